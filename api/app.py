@@ -1,0 +1,73 @@
+"""`create_app()`: the one place that wires the API together."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from typing import Any, Callable
+
+import falcon.asgi
+import redis.asyncio as aioredis
+
+from api import errors
+from api.auth import AuthMiddleware
+from api.jobs import JobService, new_job_id
+from api.relay import Relay
+from api.resources.events import EventsResource
+from api.resources.health import HealthResource, LiveResource, ReadyResource
+from api.resources.jobs import CancelResource, JobResource, JobsResource
+from api.users import UserStore
+from events import logs
+from settings import Settings
+
+RELAY_BLOCK_MS = 5000
+
+
+class Lifespan:
+    """Closes the relay and Redis pools when the server stops."""
+
+    def __init__(self, relay: Relay, *clients: Any) -> None:
+        self.relay = relay
+        self.clients = clients
+
+    async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        """Stop the relay reader, then close the connection pools."""
+        await self.relay.close()
+        for client in self.clients:
+            await client.aclose()
+
+
+def redis_clients(settings: Settings) -> tuple[Any, Any]:
+    """The request client (short timeouts: fail fast to 503) and the relay's reader (outlives its block)."""
+    common = {"health_check_interval": 10, "socket_connect_timeout": 1}
+    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, max_connections=256, **common)
+    reader = aioredis.Redis.from_url(settings.redis_url, socket_timeout=RELAY_BLOCK_MS / 1000 + 5,
+                                     max_connections=4, **common)
+    return client, reader
+
+
+def create_app(settings: Settings | None = None, *, redis: Any = None, reader: Any = None,
+               clock: Callable[[], float] = time.time, new_id: Callable[[], str] = new_job_id) -> falcon.asgi.App:
+    """Build the ASGI app; tests pass their own settings, Redis clients, clock and id maker."""
+    settings = settings or Settings.from_env()
+    logs.setup(settings.log_level)
+    if redis is None or reader is None:
+        redis, reader = redis_clients(settings)
+    instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    relay = Relay(reader, redis, instance, block_ms=RELAY_BLOCK_MS, buffer=settings.sse_buffer)
+    users = UserStore(redis, settings.secret_key, clock)
+    service = JobService(redis, relay, settings, clock=clock, new_id=new_id)
+
+    app = falcon.asgi.App(middleware=[Lifespan(relay, redis, reader), AuthMiddleware(users, settings.secret_key)])
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.install(app)
+    app.add_route("/api/v1/health", HealthResource(redis, settings))
+    app.add_route("/api/v1/monitoring/live", LiveResource())
+    app.add_route("/api/v1/monitoring/ready", ReadyResource(redis))
+    app.add_route("/api/v1/jobs", JobsResource(service, settings))
+    app.add_route("/api/v1/jobs/{job_id}", JobResource(service, settings))
+    app.add_route("/api/v1/jobs/{job_id}/cancel", CancelResource(service, settings))
+    app.add_route("/api/v1/jobs/{job_id}/events", EventsResource(service, relay, settings))
+    return app

@@ -1,0 +1,95 @@
+"""`agentic`: manage users and API keys from the shell (how the first admin key is made).
+
+    agentic users create alice --role user     # prints alice's new key, once
+    agentic users list
+    agentic keys create alice [--expires-days 30] [--name laptop]
+    agentic keys list alice
+    agentic keys revoke alice KEY_ID
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from api.permissions import Role
+from api.users import UserError, UserStore
+from settings import Settings, SettingsError
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
+    top = argparse.ArgumentParser(prog="agentic", description="Manage users and API keys of the agentic backend.")
+    nouns = top.add_subparsers(dest="noun", required=True)
+    users = nouns.add_parser("users", help="create and list users").add_subparsers(dest="verb", required=True)
+    create = users.add_parser("create", help="create a user and print a first API key")
+    create.add_argument("user_id")
+    create.add_argument("--role", default=Role.USER.value, choices=[r.value for r in Role])
+    create.add_argument("--expires-days", type=int, default=None, help="the key's lifetime (default: no expiry)")
+    users.add_parser("list", help="list users")
+    keys = nouns.add_parser("keys", help="create, list and revoke keys").add_subparsers(dest="verb", required=True)
+    new = keys.add_parser("create", help="create another key for a user")
+    new.add_argument("user_id")
+    new.add_argument("--expires-days", type=int, default=None)
+    new.add_argument("--name", default="")
+    listing = keys.add_parser("list", help="list a user's keys (never the secrets)")
+    listing.add_argument("user_id")
+    revoke = keys.add_parser("revoke", help="revoke a key; effective on the next request")
+    revoke.add_argument("user_id")
+    revoke.add_argument("key_id")
+    return top
+
+
+async def run(args: argparse.Namespace, store: UserStore) -> Any:
+    """Carry out one command; returns what to print."""
+    expires = args.expires_days * 86400 if getattr(args, "expires_days", None) else None
+    if args.noun == "users" and args.verb == "create":
+        user = await store.create_user(args.user_id, args.role)
+        key, info = await store.create_key(args.user_id, expires_in_s=expires, name="first")
+        return {"user": user, "api_key": key, "key": info}
+    if args.noun == "users":
+        return await store.list_users()
+    if args.verb == "create":
+        key, info = await store.create_key(args.user_id, expires_in_s=expires, name=args.name)
+        return {"api_key": key, "key": info}
+    if args.verb == "list":
+        return await store.list_keys(args.user_id)
+    if not await store.revoke_key(args.user_id, args.key_id):
+        raise UserError(f"User {args.user_id!r} has no key {args.key_id!r}.")
+    return {"revoked": args.key_id}
+
+
+async def _main(args: argparse.Namespace, settings: Settings) -> Any:
+    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        return await run(args, UserStore(client, settings.secret_key))
+    finally:
+        await client.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `agentic` console script."""
+    args = parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        result = asyncio.run(_main(args, settings))
+    except (UserError, SettingsError) as ex:
+        print(f"agentic: {ex}", file=sys.stderr)
+        return 1
+    except redis.RedisError as ex:
+        print(f"agentic: cannot reach Redis ({type(ex).__name__}); is it running? Check REDIS_URL.", file=sys.stderr)
+        return 2
+    if isinstance(result, dict) and "api_key" in result:
+        print("Store this key now; it is not shown again.", file=sys.stderr)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Domain errors mapped to HTTP once. Every error body is {"title", "description", "code"}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import falcon
+import redis
+from kombu.exceptions import OperationalError
+
+log = logging.getLogger("api.errors")
+
+RETRY_AFTER_S = 2
+
+
+def bad_request(description: str, code: str = "invalid_request") -> falcon.HTTPError:
+    """A 400 that says what to fix."""
+    return falcon.HTTPBadRequest(title="Bad Request", description=description, code=code)
+
+
+def not_found(description: str = "There is no such resource.", code: str = "not_found") -> falcon.HTTPError:
+    """A 404; also what another user's job looks like."""
+    return falcon.HTTPNotFound(title="Not Found", description=description, code=code)
+
+
+async def unavailable(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, Any]) -> None:
+    """Redis or the broker is down: 503 with Retry-After; the API keeps running and recovers by itself."""
+    log.warning("dependency unavailable on %s %s: %s", req.method, req.path, type(ex).__name__)
+    raise falcon.HTTPServiceUnavailable(
+        title="Service Unavailable",
+        description="The data store is unreachable right now; retry shortly.",
+        code="store_unavailable",
+        retry_after=RETRY_AFTER_S,
+    )
+
+
+async def internal(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, Any]) -> None:
+    """Anything unexpected: logged with its traceback, answered without one."""
+    if isinstance(ex, falcon.HTTPError):
+        raise ex
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    raise falcon.HTTPInternalServerError(
+        title="Internal Server Error", description="Something went wrong on our side; it has been logged.",
+        code="internal_error",
+    )
+
+
+def install(app: falcon.asgi.App) -> None:
+    """Register the handlers, most general first (Falcon picks the most specific match)."""
+    app.add_error_handler(Exception, internal)
+    for error in (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OperationalError):
+        app.add_error_handler(error, unavailable)

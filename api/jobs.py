@@ -1,0 +1,172 @@
+"""The jobs service behind the routes: submit, find, list, wait for and cancel jobs (async)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+import uuid
+from typing import Any, Callable
+
+from api.relay import Relay, parse_id
+from api.validation import Submission
+from events import jobs, keys
+from events.taskmsg import RUN_AGENT_TASK, task_message
+from settings import Settings
+
+JOB_ID = re.compile(r"^j_[0-9a-f]{32}$")
+IDEMPOTENCY_TTL_S = 24 * 3600
+MAX_WAIT_S = 60.0
+
+
+def new_job_id() -> str:
+    """A fresh job id."""
+    return f"j_{uuid.uuid4().hex}"
+
+
+def body_hash(body: dict[str, Any]) -> str:
+    """A digest of a request body that ignores key order, to match Idempotency-Key replays."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
+class IdempotencyConflictError(Exception):
+    """Raised when an Idempotency-Key is reused with a different body."""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class JobService:
+    """Jobs in Redis, as the API sees them; `client` is a redis.asyncio client."""
+
+    def __init__(self, client: Any, relay: Relay, settings: Settings, *,
+                 clock: Callable[[], float] = time.time, new_id: Callable[[], str] = new_job_id) -> None:
+        self.client = client
+        self.relay = relay
+        self.settings = settings
+        self.clock = clock
+        self.new_id = new_id
+        self.scripts = jobs.JobScripts.register(client)
+
+    async def submit(self, owner: str, sub: Submission, *, idempotency_key: str | None = None,
+                     digest: str = "") -> tuple[dict[str, str], bool]:
+        """Save and enqueue a job; returns (job, created). A replayed Idempotency-Key returns the first job."""
+        job_id = self.new_id()
+        now = self.clock()
+        offline = self.settings.provider_mode == "offline"
+        model = "offline" if offline else (sub.model or self.settings.default_model)
+        record = jobs.job_record(job_id=job_id, owner=owner, agent=sub.agent_type, model=model, query=sub.query,
+                                 max_tokens=sub.max_tokens, now=now, session_id=sub.session_id,
+                                 metadata=sub.metadata, attachments=sub.attachments,
+                                 provider=self.settings.provider_mode)
+        if sub.model and sub.model != model:
+            record["requested_model"] = sub.model
+        message = task_message(RUN_AGENT_TASK, [job_id, 1], self.settings.queue, task_id=job_id)
+        idem = keys.idempotency(owner, idempotency_key) if idempotency_key else "idem:-"
+        lifecycle = json.dumps({"status": "queued", "agent": sub.agent_type, "model": model})
+        flat = [part for pair in record.items() for part in pair]
+        reply = await self.scripts.submit(
+            keys=[keys.job(job_id), keys.user_jobs(owner), keys.JOBS_ALL, keys.LIFECYCLE_STREAM,
+                  self.settings.queue, idem],
+            args=[job_id, f"{now:.6f}", self.settings.job_ttl_s, message, digest,
+                  "1" if idempotency_key else "0", IDEMPOTENCY_TTL_S, lifecycle, *flat],
+        )
+        if _text(reply[0]) == "created":
+            return record, True
+        first_id, _, first_digest = _text(reply[1]).partition(":")
+        if first_digest != digest:
+            raise IdempotencyConflictError(
+                "This Idempotency-Key was already used with a different body; use a new key for a new job.")
+        first = await self.load(first_id)
+        if first is None:  # the first job expired; its key outlived it
+            raise IdempotencyConflictError("This Idempotency-Key belongs to a job that has expired; use a new key.")
+        return first, False
+
+    async def load(self, job_id: str) -> dict[str, str] | None:
+        """The job's record, or None if the id is malformed or unknown."""
+        if not JOB_ID.match(job_id):
+            return None
+        record = jobs.decode(await self.client.hgetall(keys.job(job_id)))
+        return record or None
+
+    async def list(self, owner: str | None, *, status: str | None, limit: int,
+                   cursor: tuple[float, str] | None) -> tuple[list[dict[str, str]], str | None]:
+        """A page of jobs, newest first (one user's, or everyone's when `owner` is None); returns (jobs, next)."""
+        index = keys.user_jobs(owner) if owner else keys.JOBS_ALL
+        top: float | str = cursor[0] if cursor else "+inf"
+        found: list[dict[str, str]] = []
+        last: tuple[float, str] | None = None
+        while len(found) < limit:
+            chunk = await self.client.zrevrangebyscore(index, top, "-inf", start=0, num=200, withscores=True)
+            chunk = [(_text(m), s) for m, s in chunk]
+            if cursor:  # entries at the cursor's score up to its id were on earlier pages
+                chunk = [(m, s) for m, s in chunk if not (s == cursor[0] and m >= cursor[1])]
+            if not chunk:
+                return found, None
+            pipe = self.client.pipeline(transaction=False)
+            for member, _ in chunk:
+                pipe.hgetall(keys.job(member))
+            for (member, score), raw in zip(chunk, await pipe.execute()):
+                last = (score, member)
+                record = jobs.decode(raw)
+                if record and (status is None or record.get("status") == status):
+                    found.append(record)
+                    if len(found) == limit:
+                        break
+            cursor = last
+            top = last[0]
+        return found, (f"{last[0]!r}:{last[1]}" if last else None)
+
+    async def cancel(self, job_id: str) -> str:
+        """Cancel a job: 'cancelled', 'cancelling', 'missing', or the terminal status it already had."""
+        data = json.dumps({"reason": "cancelled by request before it started"})
+        reply = await self.scripts.cancel(
+            keys=jobs.cancel_keys(job_id),
+            args=[job_id, f"{self.clock():.6f}", self.settings.job_ttl_s, self.settings.stream_ttl_s, data],
+        )
+        return _text(reply)
+
+    async def last_event_id(self, job_id: str) -> str | None:
+        """The id of the job stream's newest entry, if it has one."""
+        newest = await self.client.xrevrange(keys.job_stream(job_id), count=1)
+        return _text(newest[0][0]) if newest else None
+
+    async def wait(self, job_id: str, timeout_s: float) -> dict[str, str] | None:
+        """The job once it is terminal or `timeout_s` has passed, whichever is first."""
+        job = await self.load(job_id)
+        if job is None or job["status"] in jobs.TERMINAL_STATUSES or timeout_s <= 0:
+            return job
+        sub = self.relay.subscribe(job_id, await self.last_event_id(job_id) or "0-0")
+        deadline = time.monotonic() + min(timeout_s, MAX_WAIT_S)
+        try:
+            job = await self.load(job_id)  # it may have ended before we subscribed
+            while job is not None and job["status"] not in jobs.TERMINAL_STATUSES:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                delivery = await sub.next(left)
+                if delivery is None or delivery.terminal or sub.dropped:
+                    job = await self.load(job_id)
+                    if delivery is None:
+                        break
+        finally:
+            self.relay.unsubscribe(sub)
+        return job
+
+
+def parse_cursor(raw: str) -> tuple[float, str]:
+    """Decode a list cursor ('score:id'); raises ValueError."""
+    score, _, member = raw.partition(":")
+    if not JOB_ID.match(member):
+        raise ValueError("The cursor is not one this API gave out.")
+    return float(score), member
+
+
+def check_event_id(raw: str) -> str:
+    """Validate a Last-Event-ID; raises ValueError with a message."""
+    parse_id(raw)
+    if "-" not in raw:
+        raise ValueError(f"{raw!r} is not a stream id like 1700000000000-0.")
+    return raw

@@ -1,0 +1,195 @@
+"""The SSE relay: one Redis reader per API process, fanning job events out to in-process queues.
+
+However many clients watch, a process holds one blocking XREAD over every watched job stream (plus
+its own wake-up stream, written when a new subscriber arrives so it never waits for the block to time
+out). Each subscriber has a bounded queue; one that falls behind is dropped and resumes by
+Last-Event-ID. An entry is decoded and serialised once, whoever reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from events import keys
+from events.envelope import TERMINAL_TYPES, EnvelopeError, Event
+
+log = logging.getLogger("api.relay")
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    """A stream id as a comparable pair; raises ValueError if malformed."""
+    ms, sep, seq = entry_id.partition("-")
+    if not ms.isdigit() or (sep and not seq.isdigit()):
+        raise ValueError(f"{entry_id!r} is not a stream id like 1700000000000-0.")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event as every subscriber sends it."""
+
+    id: str
+    type: str
+    payload: bytes
+
+    @property
+    def terminal(self) -> bool:
+        """True for done, error and cancelled."""
+        return self.type in TERMINAL_TYPES
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One client's view of one job stream."""
+
+    key: str
+    pos: tuple[int, int]
+    queue: asyncio.Queue[Delivery] = field(repr=False)
+    dropped: bool = False
+
+    async def next(self, timeout: float) -> Delivery | None:
+        """The next event, or None after `timeout` seconds without one."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.queue.get()
+        except TimeoutError:
+            return None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def decode_entry(entry_id: str, fields: Any) -> Delivery | None:
+    """Turn a stream entry into what SSE sends; None for an entry that is not an event."""
+    try:
+        event = Event.from_fields(fields)
+    except EnvelopeError:
+        log.warning("skipping malformed entry %s", entry_id)
+        return None
+    payload = json.dumps({"id": entry_id, **event.to_json()}, separators=(",", ":"), ensure_ascii=False)
+    return Delivery(entry_id, event.type, payload.encode())
+
+
+class Relay:
+    """Multiplexes every subscribed job stream of this process over one reader connection."""
+
+    def __init__(self, reader: Any, waker: Any, instance: str, *, block_ms: int = 5000, count: int = 256,
+                 buffer: int = 2048) -> None:
+        self.reader = reader  # a client whose socket timeout exceeds block_ms
+        self.waker = waker
+        self.wake_key = keys.relay_wake(instance)
+        self.block_ms = block_ms
+        self.count = count
+        self.buffer = buffer
+        self.subs: dict[str, set[Subscription]] = {}
+        self.cursors: dict[str, tuple[int, int]] = {}
+        self._wake_cursor = "0-0"
+        self._woken = False
+        self._task: asyncio.Task[None] | None = None
+        self._has_subs = asyncio.Event()
+
+    @property
+    def streams_open(self) -> int:
+        """How many subscriptions this process holds."""
+        return sum(len(s) for s in self.subs.values())
+
+    def subscribe(self, job_id: str, after: str = "0-0") -> Subscription:
+        """Follow a job's stream from just after `after` (0-0: from the start)."""
+        key = keys.job_stream(job_id)
+        pos = parse_id(after)
+        sub = Subscription(key, pos, asyncio.Queue(self.buffer))
+        self.subs.setdefault(key, set()).add(sub)
+        if key not in self.cursors or pos < self.cursors[key]:
+            self.cursors[key] = pos
+        self._has_subs.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="sse-relay")
+        self._wake()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Stop following; the stream's cursor goes when its last subscriber does."""
+        subs = self.subs.get(sub.key)
+        if subs is None:
+            return
+        subs.discard(sub)
+        if not subs:
+            del self.subs[sub.key]
+            self.cursors.pop(sub.key, None)
+            if not self.subs:
+                self._has_subs.clear()
+
+    async def close(self) -> None:
+        """Stop the reader."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def _wake(self) -> None:
+        if self._woken:
+            return
+        self._woken = True
+        asyncio.get_running_loop().create_task(self._send_wake())
+
+    async def _send_wake(self) -> None:
+        try:
+            await self.waker.xadd(self.wake_key, {"w": "1"}, maxlen=1, approximate=False)
+        except redis.RedisError as ex:
+            log.warning("relay wake-up failed: %s", ex)
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            if not self.subs:
+                await self._has_subs.wait()
+            self._woken = False
+            streams = {self.wake_key: self._wake_cursor}
+            streams.update({k: f"{ms}-{seq}" for k, (ms, seq) in self.cursors.items()})
+            try:
+                reply = await self.reader.xread(streams, count=self.count, block=self.block_ms)
+                delay = 0.05
+            except (redis.ConnectionError, redis.TimeoutError) as ex:
+                log.warning("relay cannot read from redis: %s; retrying in %.2fs", ex, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            for key, entries in reply or []:
+                self._dispatch(_text(key), entries)
+
+    def _dispatch(self, key: str, entries: list[Any]) -> None:
+        if key == self.wake_key:
+            self._wake_cursor = _text(entries[-1][0])
+            return
+        subs = self.subs.get(key)
+        if not subs or not entries:
+            return
+        last = parse_id(_text(entries[-1][0]))
+        if key in self.cursors and last > self.cursors[key]:
+            self.cursors[key] = last
+        deliveries = []
+        for entry_id, fields in entries:
+            delivery = decode_entry(_text(entry_id), fields)
+            if delivery is not None:
+                deliveries.append((parse_id(delivery.id), delivery))
+        for sub in list(subs):
+            for pos, delivery in deliveries:
+                if pos <= sub.pos:
+                    continue
+                try:
+                    sub.queue.put_nowait(delivery)
+                except asyncio.QueueFull:
+                    # A client this far behind resumes by Last-Event-ID instead of growing our memory.
+                    sub.dropped = True
+                    self.unsubscribe(sub)
+                    break
+                sub.pos = pos

@@ -1,0 +1,65 @@
+"""GET /api/v1/jobs/{id}/events: the job's events as Server-Sent Events, resumable by Last-Event-ID."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import falcon
+from falcon.asgi import SSEvent
+
+from api.errors import bad_request
+from api.jobs import JobService, check_event_id
+from api.relay import Relay, Subscription, parse_id
+from api.resources.jobs import visible_job
+from api.permissions import Permission
+from events import jobs
+from settings import Settings
+
+RETRY_MS = 2000
+
+
+class EventsResource:
+    """Streams a job's events: replay from the start or after Last-Event-ID, then live, until the end."""
+
+    permissions = {"GET": Permission.JOBS_READ}
+    accepts_stream_token = True  # browsers' EventSource cannot send an Authorization header
+
+    def __init__(self, service: JobService, relay: Relay, settings: Settings) -> None:
+        self.service = service
+        self.relay = relay
+        self.settings = settings
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str) -> None:
+        """Open the stream; 204 once a finished job's stream has expired or was read to its end."""
+        raw = req.get_header("Last-Event-ID") or req.get_param("last_event_id")
+        try:
+            after = check_event_id(raw) if raw else "0-0"
+        except ValueError as ex:
+            raise bad_request(f"Last-Event-ID: {ex}", code="invalid_last_event_id") from ex
+        job = await visible_job(req, self.service, job_id)
+        if job["status"] in jobs.TERMINAL_STATUSES:
+            newest = await self.service.last_event_id(job_id)
+            if newest is None or parse_id(newest) <= parse_id(after):
+                resp.status = falcon.HTTP_204  # nothing more will come: browsers stop reconnecting
+                return
+        resp.set_header("Cache-Control", "no-cache")
+        resp.set_header("X-Accel-Buffering", "no")
+        resp.sse = self._events(self.relay.subscribe(job_id, after))
+
+    async def _events(self, sub: Subscription) -> AsyncIterator[SSEvent]:
+        try:
+            yield SSEvent(retry=RETRY_MS, comment="stream open")
+            while True:
+                delivery = await sub.next(self.settings.sse_heartbeat_s)
+                if delivery is None:
+                    if sub.dropped:
+                        return  # too slow: the client resumes from its last id
+                    yield SSEvent(comment="heartbeat")
+                    continue
+                yield SSEvent(data=delivery.payload, event=delivery.type, event_id=delivery.id)
+                if delivery.terminal:
+                    return
+                if sub.dropped and sub.queue.empty():
+                    return
+        finally:
+            self.relay.unsubscribe(sub)

@@ -1,0 +1,72 @@
+"""Health, liveness and readiness: open to anyone, no secrets in them."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import falcon
+import redis
+
+from api.permissions import PUBLIC
+from settings import Settings
+
+VERSION = "0.1.0"
+
+
+async def redis_check(client: Any) -> dict[str, Any]:
+    """Ping Redis: status and latency in milliseconds."""
+    started = time.perf_counter()
+    try:
+        await client.ping()
+    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as ex:
+        return {"status": "down", "error": type(ex).__name__}
+    return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+
+class HealthResource:
+    """GET /api/v1/health: overall status and Redis; 503 while Redis is unreachable."""
+
+    permissions = {"GET": PUBLIC}
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Report health."""
+        check = await redis_check(self.client)
+        ok = check["status"] == "ok"
+        resp.status = falcon.HTTP_200 if ok else falcon.HTTP_503
+        if not ok:
+            resp.set_header("Retry-After", "2")
+        resp.media = {"status": "ok" if ok else "degraded", "version": VERSION,
+                      "provider": self.settings.provider_mode, "redis": check}
+
+
+class LiveResource:
+    """GET /api/v1/monitoring/live: the process answers (no dependency checked)."""
+
+    permissions = {"GET": PUBLIC}
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Always 200 while the event loop runs."""
+        resp.media = {"status": "alive"}
+
+
+class ReadyResource:
+    """GET /api/v1/monitoring/ready: 200 when Redis answers, else 503 so the balancer skips this instance."""
+
+    permissions = {"GET": PUBLIC}
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Report readiness."""
+        check = await redis_check(self.client)
+        ready = check["status"] == "ok"
+        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
+        if not ready:
+            resp.set_header("Retry-After", "2")
+        resp.media = {"status": "ready" if ready else "not ready", "redis": check}

@@ -1,0 +1,161 @@
+"""Users and their API keys in Redis (async). The `agentic` CLI and the API share this code.
+
+Each key's hash record carries its user's role too, so authenticating a request is one round trip;
+a role change rewrites the records of that user's keys.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from api import keys as apikeys
+from api.permissions import Role
+from events import keys
+
+USER_ID = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
+class UserError(Exception):
+    """Raised when a user or key operation cannot be done as asked."""
+
+
+class UserExistsError(UserError):
+    """Raised when creating a user whose id is taken."""
+
+
+class UnknownUserError(UserError):
+    """Raised when a user id names nobody."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts as."""
+
+    user_id: str
+    role: str
+    key_id: str
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode(raw: dict[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def check_user_id(user_id: str) -> str:
+    """Return `user_id` if well formed, else raise UserError saying what is allowed."""
+    if not USER_ID.match(user_id):
+        raise UserError("A user id is 1 to 64 letters, digits, '_', '.', '@' or '-'.")
+    return user_id
+
+
+def check_role(role: str) -> str:
+    """Return `role` if it is a known role, else raise UserError listing them."""
+    try:
+        return Role(role).value
+    except ValueError:
+        raise UserError(f"Unknown role {role!r}; use one of: {', '.join(r.value for r in Role)}.") from None
+
+
+class UserStore:
+    """Users and keys; `client` is a redis.asyncio client."""
+
+    def __init__(self, client: Any, secret: str, clock: Callable[[], float] = time.time) -> None:
+        self.client = client
+        self.secret = secret
+        self.clock = clock
+
+    async def create_user(self, user_id: str, role: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create a user; raises UserExistsError if the id is taken."""
+        check_user_id(user_id)
+        role = check_role(role)
+        record = {"user_id": user_id, "role": role, "created_at": f"{self.clock():.6f}",
+                  "metadata": json.dumps(metadata or {}), "disabled": "0"}
+        if not await self.client.hsetnx(keys.user(user_id), "user_id", user_id):
+            raise UserExistsError(f"User {user_id!r} already exists.")
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(keys.user(user_id), mapping=record)
+        pipe.sadd(keys.USERS, user_id)
+        await pipe.execute()
+        return self._user_view(record)
+
+    async def get_user(self, user_id: str) -> dict[str, Any]:
+        """A user's profile; raises UnknownUserError."""
+        record = _decode(await self.client.hgetall(keys.user(user_id)))
+        if not record:
+            raise UnknownUserError(f"There is no user {user_id!r}.")
+        return self._user_view(record)
+
+    async def list_users(self) -> list[dict[str, Any]]:
+        """Every user, sorted by id."""
+        ids = sorted(_text(u) for u in await self.client.smembers(keys.USERS))
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in ids:
+            pipe.hgetall(keys.user(user_id))
+        return [self._user_view(_decode(r)) for r in await pipe.execute() if r]
+
+    async def create_key(self, user_id: str, *, expires_in_s: int | None = None, name: str = "") -> tuple[str, dict]:
+        """A new key for `user_id`: returns the key (shown once) and its public record."""
+        user = await self.get_user(user_id)
+        key = apikeys.new_key()
+        hashed = apikeys.key_hash(self.secret, key)
+        now = self.clock()
+        record = {
+            "key_id": apikeys.key_id(hashed), "user_id": user_id, "role": user["role"], "name": name,
+            "prefix": apikeys.display_prefix(key), "created_at": f"{now:.6f}",
+            "expires_at": f"{now + expires_in_s:.6f}" if expires_in_s else "", "revoked": "0",
+        }
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(keys.apikey(hashed), mapping=record)
+        pipe.hset(keys.user_keys(user_id), record["key_id"], hashed)
+        await pipe.execute()
+        return key, self._key_view(record)
+
+    async def list_keys(self, user_id: str) -> list[dict[str, Any]]:
+        """A user's keys, without secrets."""
+        hashes = [_text(h) for h in (await self.client.hgetall(keys.user_keys(user_id))).values()]
+        pipe = self.client.pipeline(transaction=False)
+        for hashed in hashes:
+            pipe.hgetall(keys.apikey(hashed))
+        records = [_decode(r) for r in await pipe.execute() if r]
+        return sorted((self._key_view(r) for r in records), key=lambda r: r["created_at"])
+
+    async def revoke_key(self, user_id: str, key_id: str) -> bool:
+        """Revoke one of a user's keys; effective on the very next request. False if no such key."""
+        hashed = await self.client.hget(keys.user_keys(user_id), key_id)
+        if hashed is None:
+            return False
+        await self.client.hset(keys.apikey(_text(hashed)), mapping={"revoked": "1",
+                                                                     "revoked_at": f"{self.clock():.6f}"})
+        return True
+
+    async def authenticate(self, key: str) -> Principal | None:
+        """The principal a key stands for, or None if it is unknown, revoked or expired."""
+        if not apikeys.looks_like_key(key):
+            return None
+        record = _decode(await self.client.hgetall(keys.apikey(apikeys.key_hash(self.secret, key))))
+        if not record or record.get("revoked") == "1":
+            return None
+        expires = record.get("expires_at")
+        if expires and float(expires) <= self.clock():
+            return None
+        return Principal(record["user_id"], record["role"], record["key_id"])
+
+    @staticmethod
+    def _user_view(record: dict[str, str]) -> dict[str, Any]:
+        return {"user_id": record["user_id"], "role": record.get("role", ""),
+                "created_at": float(record.get("created_at") or 0),
+                "metadata": json.loads(record.get("metadata") or "{}"), "disabled": record.get("disabled") == "1"}
+
+    @staticmethod
+    def _key_view(record: dict[str, str]) -> dict[str, Any]:
+        return {"key_id": record["key_id"], "user_id": record["user_id"], "name": record.get("name", ""),
+                "prefix": record.get("prefix", ""), "created_at": float(record.get("created_at") or 0),
+                "expires_at": float(record["expires_at"]) if record.get("expires_at") else None,
+                "revoked": record.get("revoked") == "1"}

@@ -1,0 +1,62 @@
+"""`python -m events`: runs the consumer groups and the job sweeper until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+
+import redis
+
+from events import keys, logs
+from events.consumer import ConsumerGroup
+from events.lifecycle import GROUP as LIFECYCLE_GROUP
+from events.lifecycle import LifecycleCounter
+from events.sweeper import Sweeper
+from settings import Settings
+
+log = logging.getLogger("events")
+
+
+def sweep_forever(sweeper: Sweeper, stop: threading.Event, every_s: float) -> None:
+    """Run the sweeper every `every_s` seconds, riding out Redis outages."""
+    while not stop.wait(every_s):
+        try:
+            sweeper.sweep()
+        except (redis.ConnectionError, redis.TimeoutError) as ex:
+            log.warning("sweeper cannot reach redis: %s", ex)
+
+
+def main() -> None:
+    """Start every consumer group and the sweeper, each in its own thread."""
+    settings = Settings.from_env()
+    logs.setup(settings.log_level)
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10,
+                                  health_check_interval=10)
+    consumer = f"{socket.gethostname()}-{os.getpid()}"
+    groups = [
+        ConsumerGroup(client, keys.LIFECYCLE_STREAM, LIFECYCLE_GROUP, consumer, LifecycleCounter(client),
+                      claim_idle_ms=settings.consumer_claim_idle_ms,
+                      max_deliveries=settings.consumer_max_deliveries),
+    ]
+    sweeper = Sweeper(client, settings.queue, grace_s=settings.lease_s, job_ttl_s=settings.job_ttl_s,
+                      stream_ttl_s=settings.stream_ttl_s)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    threads = [threading.Thread(target=g.run, args=(stop,), name=f"group-{g.group}") for g in groups]
+    threads.append(threading.Thread(target=sweep_forever, args=(sweeper, stop, settings.heartbeat_s),
+                                    name="sweeper"))
+    for thread in threads:
+        thread.start()
+    log.info("events process started", extra={"consumer": consumer, "groups": [g.group for g in groups]})
+    stop.wait()
+    for thread in threads:
+        thread.join(timeout=5)
+    log.info("events process stopped")
+
+
+if __name__ == "__main__":
+    main()

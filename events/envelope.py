@@ -1,0 +1,108 @@
+"""The one event envelope, as a typed dataclass. Pure: never imports redis.
+
+Stream entries carry the fields `type`, `job_id`, `seq`, `ts`, `attempt`, `data` (JSON) and `v`.
+Unknown fields are kept in `extra` and written back unchanged; unknown types pass through.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Mapping
+
+SCHEMA_VERSION = 1
+
+
+class EventType(str, Enum):
+    """What happened; job streams, usage, audit and lifecycle share these names."""
+
+    START = "start"
+    TOKEN = "token"
+    TOOL_START = "tool_start"
+    TOOL_END = "tool_end"
+    METADATA = "metadata"
+    USAGE = "usage"
+    DONE = "done"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    LIFECYCLE = "lifecycle"
+    AUDIT = "audit"
+
+
+TERMINAL_TYPES = frozenset({"done", "error", "cancelled"})
+_KNOWN = frozenset({"type", "job_id", "seq", "ts", "attempt", "data", "v"})
+
+
+class EnvelopeError(ValueError):
+    """Raised when a stream entry lacks the fields every event must have."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event. `type` is a plain string so that unknown types survive a round trip."""
+
+    type: str
+    job_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    attempt: int = 0
+    data: Mapping[str, Any] = field(default_factory=dict)
+    v: int = SCHEMA_VERSION
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        """True for the events after which a job's stream ends."""
+        return self.type in TERMINAL_TYPES
+
+    def to_fields(self) -> dict[str, str]:
+        """The stream entry's fields, every value a string."""
+        fields = dict(self.extra)
+        fields.update(
+            type=self.type,
+            job_id=self.job_id,
+            seq=str(self.seq),
+            ts=f"{self.ts:.6f}",
+            attempt=str(self.attempt),
+            data=json.dumps(self.data, separators=(",", ":"), ensure_ascii=False),
+            v=str(self.v),
+        )
+        return fields
+
+    @classmethod
+    def from_fields(cls, raw: Mapping[bytes | str, bytes | str]) -> Event:
+        """Decode a stream entry; raises EnvelopeError when it has no type or bad numbers."""
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        if "type" not in fields:
+            raise EnvelopeError("The entry has no 'type' field.")
+        try:
+            data = json.loads(fields.get("data") or "{}")
+            return cls(
+                type=fields["type"],
+                job_id=fields.get("job_id", ""),
+                seq=int(fields.get("seq") or 0),
+                ts=float(fields.get("ts") or 0.0),
+                attempt=int(fields.get("attempt") or 0),
+                data=data if isinstance(data, dict) else {"value": data},
+                v=int(fields.get("v") or SCHEMA_VERSION),
+                extra={k: v for k, v in fields.items() if k not in _KNOWN},
+            )
+        except ValueError as ex:
+            raise EnvelopeError(f"The entry has a malformed field: {ex}.") from ex
+
+    def to_json(self) -> dict[str, Any]:
+        """What SSE clients receive as `data:`."""
+        return {
+            "type": self.type,
+            "job_id": self.job_id,
+            "seq": self.seq,
+            "ts": self.ts,
+            "attempt": self.attempt,
+            "data": dict(self.data),
+            "v": self.v,
+        }

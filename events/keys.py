@@ -1,0 +1,74 @@
+"""Every Redis key and stream name, in one place.
+
+One logical database, names by prefix. Keys that one Lua script touches together share a hash tag
+(the part in braces), so the same scripts run on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+USAGE_STREAM = "stream:usage"
+AUDIT_STREAM = "stream:audit"
+LIFECYCLE_STREAM = "stream:lifecycle"
+JOBS_ALL = "jobs:all"
+JOB_COUNTS = "stats:jobs"
+
+
+def job(job_id: str) -> str:
+    """Hash holding a job's state."""
+    return f"job:{{{job_id}}}"
+
+
+def job_stream(job_id: str) -> str:
+    """The job's own event stream, read by the SSE relay."""
+    return f"stream:job:{{{job_id}}}"
+
+
+def job_lease(job_id: str) -> str:
+    """Held by the worker running an attempt; it lapses when that worker dies."""
+    return f"lease:job:{{{job_id}}}"
+
+
+def user(user_id: str) -> str:
+    """Hash of a user's profile (role, created_at, disabled)."""
+    return f"user:{user_id}"
+
+
+def user_keys(user_id: str) -> str:
+    """Set of the key hashes that belong to a user."""
+    return f"user:{user_id}:keys"
+
+
+def user_jobs(user_id: str) -> str:
+    """Sorted set of a user's job ids by submit time."""
+    return f"user:{user_id}:jobs"
+
+
+USERS = "users"
+
+
+def apikey(key_hash: str) -> str:
+    """Hash describing one API key, found by the keyed hash of the key."""
+    return f"apikey:{key_hash}"
+
+
+def idempotency(user_id: str, key: str) -> str:
+    """What an Idempotency-Key of one user maps to."""
+    return f"idem:{user_id}:{key}"
+
+
+RUNNING_JOBS = "jobs:running"
+
+
+def dead_letters(group: str) -> str:
+    """Entries a consumer group gave up on."""
+    return f"stream:dead:{group}"
+
+
+def dedupe(group: str, entry_id: str) -> str:
+    """Marks an entry as applied by a group, so a redelivery changes nothing."""
+    return f"seen:{group}:{entry_id}"
+
+
+def relay_wake(instance: str) -> str:
+    """Written to wake one API process's relay reader when a new subscriber arrives."""
+    return f"relay:wake:{instance}"

@@ -1,0 +1,165 @@
+"""All configuration, read from the environment in one place.
+
+Every process (API, worker, events, CLI) builds one frozen `Settings` with `Settings.from_env()`.
+A bad value fails at start-up with the variable's name.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping
+
+ROOT = Path(__file__).resolve().parent
+
+
+class SettingsError(ValueError):
+    """Raised when an environment variable holds a value we cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int = 0, high: int | None = None) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}.") from None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise SettingsError(f"{name} must be {bound}, got {value}.")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}.") from None
+    if value < low:
+        raise SettingsError(f"{name} must be at least {low}, got {value}.")
+    return value
+
+
+def _secret_key(env: Mapping[str, str]) -> str:
+    """The server secret: AGENTIC_SECRET_KEY, else a file made once with 0600 permissions."""
+    key = env.get("AGENTIC_SECRET_KEY", "")
+    if key:
+        if len(key) < 32:
+            raise SettingsError("AGENTIC_SECRET_KEY must be at least 32 characters long.")
+        return key
+    path = Path(env.get("AGENTIC_SECRET_FILE", str(ROOT / "var" / "secret_key")))
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(48))
+    key = path.read_text().strip()
+    if len(key) < 32:
+        raise SettingsError(f"The secret in {path} is shorter than 32 characters; delete it to make a new one.")
+    return key
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of every process; see the README's configuration table."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue: str = "agents"
+    port: int = 8000
+    secret_key: str = field(default="", repr=False)
+    openai_api_key: str = field(default="", repr=False)
+    openai_base_url: str = ""
+    default_model: str = "offline"
+    llm_timeout_s: float = 60.0
+    llm_max_retries: int = 3
+    offline_token_delay_ms: int = 15
+    max_tokens_default: int = 1024
+    max_tokens_limit: int = 8192
+    max_query_chars: int = 32_000
+    max_body_bytes: int = 256 * 1024
+    job_ttl_s: int = 7 * 24 * 3600
+    stream_ttl_s: int = 24 * 3600
+    heartbeat_s: float = 2.0
+    lease_s: float = 10.0
+    soft_time_limit_s: int = 540
+    hard_time_limit_s: int = 600
+    visibility_timeout_s: int = 900
+    sse_heartbeat_s: float = 15.0
+    sse_buffer: int = 2048
+    token_flush_ms: int = 10
+    stream_token_ttl_s: int = 3600
+    consumer_max_deliveries: int = 5
+    consumer_claim_idle_ms: int = 30_000
+    log_level: str = "INFO"
+
+    @property
+    def provider_mode(self) -> str:
+        """'openai' when an API key or base URL is configured, else 'offline'."""
+        return "openai" if (self.openai_api_key or self.openai_base_url) else "offline"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting from `env` (default: os.environ)."""
+        env = os.environ if env is None else env
+        openai_key = env.get("OPENAI_API_KEY", "")
+        base_url = env.get("OPENAI_BASE_URL", "")
+        default_model = env.get("DEFAULT_MODEL") or ("gpt-4o-mini" if (openai_key or base_url) else "offline")
+        settings = cls(
+            redis_url=env.get("REDIS_URL", cls.redis_url),
+            queue=env.get("AGENT_QUEUE", cls.queue),
+            port=_int(env, "PORT", cls.port, 1, 65535),
+            secret_key=_secret_key(env),
+            openai_api_key=openai_key,
+            openai_base_url=base_url,
+            default_model=default_model,
+            llm_timeout_s=_float(env, "LLM_TIMEOUT_S", cls.llm_timeout_s, 0.1),
+            llm_max_retries=_int(env, "LLM_MAX_RETRIES", cls.llm_max_retries, 0, 10),
+            offline_token_delay_ms=_int(env, "OFFLINE_TOKEN_DELAY_MS", cls.offline_token_delay_ms, 0, 10_000),
+            max_tokens_default=_int(env, "MAX_TOKENS_DEFAULT", cls.max_tokens_default, 1),
+            max_tokens_limit=_int(env, "MAX_TOKENS_LIMIT", cls.max_tokens_limit, 1),
+            max_query_chars=_int(env, "MAX_QUERY_CHARS", cls.max_query_chars, 1),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes, 1024),
+            job_ttl_s=_int(env, "JOB_TTL_S", cls.job_ttl_s, 60),
+            stream_ttl_s=_int(env, "STREAM_TTL_S", cls.stream_ttl_s, 1),
+            heartbeat_s=_float(env, "JOB_HEARTBEAT_S", cls.heartbeat_s, 0.1),
+            lease_s=_float(env, "JOB_LEASE_S", cls.lease_s, 0.5),
+            soft_time_limit_s=_int(env, "TASK_SOFT_TIME_LIMIT_S", cls.soft_time_limit_s, 1),
+            hard_time_limit_s=_int(env, "TASK_HARD_TIME_LIMIT_S", cls.hard_time_limit_s, 1),
+            visibility_timeout_s=_int(env, "BROKER_VISIBILITY_TIMEOUT_S", cls.visibility_timeout_s, 1),
+            sse_heartbeat_s=_float(env, "SSE_HEARTBEAT_S", cls.sse_heartbeat_s, 0.1),
+            sse_buffer=_int(env, "SSE_BUFFER", cls.sse_buffer, 16),
+            token_flush_ms=_int(env, "TOKEN_FLUSH_MS", cls.token_flush_ms, 0, 50),
+            stream_token_ttl_s=_int(env, "STREAM_TOKEN_TTL_S", cls.stream_token_ttl_s, 10),
+            consumer_max_deliveries=_int(env, "CONSUMER_MAX_DELIVERIES", cls.consumer_max_deliveries, 1),
+            consumer_claim_idle_ms=_int(env, "CONSUMER_CLAIM_IDLE_MS", cls.consumer_claim_idle_ms, 100),
+            log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Fail on combinations that would break crash recovery or budgets."""
+        if self.soft_time_limit_s >= self.hard_time_limit_s:
+            raise SettingsError("TASK_SOFT_TIME_LIMIT_S must be below TASK_HARD_TIME_LIMIT_S.")
+        if self.visibility_timeout_s <= self.hard_time_limit_s:
+            raise SettingsError(
+                "BROKER_VISIBILITY_TIMEOUT_S must be above TASK_HARD_TIME_LIMIT_S, "
+                "or a long job would be delivered twice while it still runs."
+            )
+        if self.lease_s <= 2 * self.heartbeat_s:
+            raise SettingsError("JOB_LEASE_S must be more than twice JOB_HEARTBEAT_S.")
+        if self.max_tokens_default > self.max_tokens_limit:
+            raise SettingsError("MAX_TOKENS_DEFAULT must not exceed MAX_TOKENS_LIMIT.")
+        if self.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise SettingsError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR.")
+
+    def public(self) -> dict[str, object]:
+        """The settings that matter to an operator, without secrets."""
+        hidden = {"secret_key", "openai_api_key"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}

@@ -1,0 +1,22 @@
+"""The general `query` agent: answers any question, with a calculator and text statistics at hand."""
+
+from __future__ import annotations
+
+from workers.agents.base import AgentContext, tool_loop
+from workers.agents.tools import CALCULATOR, TEXT_STATS
+
+SYSTEM = (
+    "You are a helpful assistant. Use the calculator for any arithmetic and text_stats when asked about "
+    "the text itself. Answer concisely."
+)
+
+
+class QueryAgent:
+    """General questions; up to three model calls (tool use, then the answer)."""
+
+    name = "query"
+    max_llm_calls = 3
+
+    def run(self, ctx: AgentContext) -> str:
+        """Answer `ctx.query`."""
+        return tool_loop(ctx, SYSTEM, [CALCULATOR, TEXT_STATS], self.max_llm_calls)

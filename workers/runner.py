@@ -1,0 +1,184 @@
+"""Runs one attempt of a job: claims it, streams the agent's events, and records the outcome once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from events import jobs, keys
+from events.envelope import Event
+from events.publisher import JobPublisher, publish
+from workers.agents.base import Agent, AgentContext, AgentError, AgentStop, Cancelled, LeaseLost
+from workers.heartbeat import Heartbeat
+from workers.llm.base import LLMError, Provider, Usage
+
+log = logging.getLogger("workers.runner")
+
+
+@dataclass
+class Totals:
+    """Tokens of every model call of one attempt."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    calls: int = 0
+    estimated: bool = False
+    models: list[str] = field(default_factory=list)
+
+    def add(self, usage: Usage) -> None:
+        """Count one call's usage."""
+        self.input_tokens += usage.input_tokens
+        self.output_tokens += usage.output_tokens
+        self.cached_input_tokens += usage.cached_input_tokens
+        self.calls += 1
+        self.estimated = self.estimated or usage.estimated
+        if usage.model not in self.models:
+            self.models.append(usage.model)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The totals as the job record and the `done` event show them."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "total_tokens": self.input_tokens + self.output_tokens,
+            "llm_calls": self.calls,
+            "estimated": self.estimated,
+        }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended: the job status, its terminal event, and what the record keeps."""
+
+    status: str
+    event: str
+    data: Mapping[str, Any]
+    result: str = ""
+    error: Mapping[str, str] | None = None
+
+
+def error_outcome(code: str, message: str) -> Outcome:
+    """A failed attempt."""
+    error = {"code": code, "message": message}
+    return Outcome("failed", "error", error, error=error)
+
+
+class JobRunner:
+    """Runs attempts in one worker process; `client` is a sync redis client."""
+
+    def __init__(
+        self,
+        client: Any,
+        provider: Provider,
+        agents: Mapping[str, Agent],
+        *,
+        lease_s: float,
+        heartbeat_s: float,
+        job_ttl_s: int,
+        stream_ttl_s: int,
+        flush_ms: int,
+        worker: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.provider = provider
+        self.agents = agents
+        self.lease_ms = int(lease_s * 1000)
+        self.heartbeat_s = heartbeat_s
+        self.job_ttl_s = job_ttl_s
+        self.stream_ttl_s = stream_ttl_s
+        self.flush_ms = flush_ms
+        self.worker = worker
+        self.clock = clock
+        self.scripts = jobs.JobScripts.register(client)
+
+    def run(self, job_id: str, attempt: int) -> str:
+        """Run attempt `attempt` of the job if it is still due; returns the outcome or why it was skipped."""
+        token = f"{attempt}:{uuid.uuid4().hex}"
+        start = {"attempt": attempt, "worker": self.worker, "provider": self.provider.name}
+        reply = self.scripts.start(
+            keys=jobs.start_keys(job_id),
+            args=[job_id, attempt, f"{self.clock():.6f}", token, self.lease_ms, self.worker, json.dumps(start)],
+        )
+        outcome = _text(reply[0])
+        if outcome != "ok":
+            log.info("skipped job %s attempt %d: %s", job_id, attempt, outcome, extra={"job_id": job_id})
+            return f"skipped:{outcome}"
+        job = jobs.decode(dict(zip(reply[2][::2], reply[2][1::2])))
+        publisher = JobPublisher(self.client, keys.job_stream(job_id), job_id, attempt, int(reply[1]),
+                                 flush_ms=self.flush_ms, clock=self.clock)
+        heartbeat = Heartbeat(self.scripts.heartbeat, keys.job_lease(job_id), keys.job(job_id), token,
+                              self.lease_ms, self.heartbeat_s)
+        totals = Totals()
+        with heartbeat:
+            result = self._outcome(job, attempt, publisher, heartbeat, totals)
+        if result is None:  # lease lost: the next attempt owns the job's stream now
+            publisher.close()
+            return "lease_lost"
+        return self._finish(job_id, attempt, token, publisher, result, totals)
+
+    def _outcome(self, job: Mapping[str, str], attempt: int, publisher: JobPublisher,
+                 heartbeat: Heartbeat, totals: Totals) -> Outcome | None:
+        agent = self.agents.get(job.get("agent", ""))
+        if agent is None:
+            return error_outcome("unknown_agent", f"This worker has no agent named {job.get('agent')!r}.")
+
+        def on_usage(usage: Usage, call: int) -> None:
+            totals.add(usage)
+            data = {"model": usage.model, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+                    "cached_input_tokens": usage.cached_input_tokens, "estimated": usage.estimated, "call": call}
+            publisher.emit("usage", data)
+            shared = {**data, "user_id": job.get("owner", ""), "session_id": job.get("session_id", ""),
+                      "agent": job.get("agent", ""), "provider": self.provider.name}
+            publish(self.client, keys.USAGE_STREAM, Event("usage", job["id"], 0, self.clock(), attempt, shared))
+
+        ctx = AgentContext(job=job, provider=self.provider, events=publisher, check=heartbeat.check,
+                           on_usage=on_usage, model=job.get("model", ""), max_tokens=int(job.get("max_tokens", 1024)))
+        try:
+            answer = agent.run(ctx)
+        except LeaseLost:
+            log.warning("job %s attempt %d lost its lease", job["id"], attempt, extra={"job_id": job["id"]})
+            return None
+        except Cancelled:
+            data = {"reason": "cancelled by request", "usage": totals.as_dict()}
+            return Outcome("cancelled", "cancelled", data,
+                           error={"code": "cancelled", "message": "The job was cancelled while running."})
+        except LLMError as ex:
+            return error_outcome(ex.code, str(ex))
+        except (AgentError, AgentStop) as ex:
+            return error_outcome(ex.code, str(ex))
+        except SoftTimeLimitExceeded:
+            return error_outcome("timeout", "The job ran past its time limit.")
+        except Exception:
+            log.exception("job %s failed", job["id"], extra={"job_id": job["id"], "attempt": attempt})
+            return error_outcome("internal_error", "The agent failed unexpectedly; the error is in the worker's log.")
+        return Outcome("succeeded", "done", {"result": answer, "usage": totals.as_dict()}, result=answer)
+
+    def _finish(self, job_id: str, attempt: int, token: str, publisher: JobPublisher,
+                outcome: Outcome, totals: Totals) -> str:
+        seq = publisher.reserve_seq()
+        publisher.close()
+        data = dict(outcome.data)
+        if outcome.status == "failed":
+            data["usage"] = totals.as_dict()
+        done = self.scripts.finish(
+            keys=jobs.start_keys(job_id),
+            args=[job_id, attempt, f"{self.clock():.6f}", token, outcome.status, outcome.result,
+                  json.dumps(outcome.error) if outcome.error else "", json.dumps(totals.as_dict()),
+                  outcome.event, json.dumps(data), seq, self.job_ttl_s, self.stream_ttl_s],
+        )
+        log.info("job %s attempt %d %s", job_id, attempt, outcome.status,
+                 extra={"job_id": job_id, "attempt": attempt, "status": outcome.status, "finish": _text(done)})
+        return outcome.status if _text(done) == "ok" else "lease_lost"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,54 @@
+"""The Celery task: thin, like a web view. It takes ids, and running it twice is harmless."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+
+import redis
+from celery.signals import worker_process_init
+
+from events import logs
+from events.taskmsg import RUN_AGENT_TASK
+from settings import Settings
+from workers import app
+from workers.agents import AGENTS
+from workers.llm.base import Provider
+from workers.runner import JobRunner
+
+
+def make_provider(settings: Settings) -> Provider:
+    """The OpenAI-compatible provider when a key or base URL is set, else the offline one."""
+    if settings.provider_mode == "openai":
+        from workers.llm.openai_provider import OpenAIProvider
+
+        return OpenAIProvider(api_key=settings.openai_api_key or "not-needed", base_url=settings.openai_base_url,
+                              timeout_s=settings.llm_timeout_s, max_retries=settings.llm_max_retries)
+    from workers.llm.offline import OfflineProvider
+
+    return OfflineProvider(delay_ms=settings.offline_token_delay_ms)
+
+
+@functools.cache
+def runner() -> JobRunner:
+    """One runner per worker process, made after the fork so no connection is shared with the parent."""
+    settings = Settings.from_env()
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30,
+                                  health_check_interval=10)
+    return JobRunner(client, make_provider(settings), AGENTS, lease_s=settings.lease_s,
+                     heartbeat_s=settings.heartbeat_s, job_ttl_s=settings.job_ttl_s,
+                     stream_ttl_s=settings.stream_ttl_s, flush_ms=settings.token_flush_ms,
+                     worker=f"{socket.gethostname()}-{os.getpid()}")
+
+
+@worker_process_init.connect
+def _child_started(**_: object) -> None:
+    runner.cache_clear()
+    logs.setup(Settings.from_env().log_level)
+
+
+@app.task(name=RUN_AGENT_TASK, acks_late=True)
+def run_agent(job_id: str, attempt: int) -> str:
+    """Run attempt `attempt` of job `job_id`."""
+    return runner().run(str(job_id), int(attempt))
