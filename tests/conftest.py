@@ -1,0 +1,84 @@
+"""Shared fixtures: a real redis-server, the real API, workers and events process, and users with keys."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from api.users import UserStore
+from tests.stack import SECRET, RedisServer, Stack
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the processes of this run write their logs."""
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def redis_server(logdir: Path) -> Iterator[RedisServer]:
+    """One throw-away redis-server for the session."""
+    server = RedisServer(logdir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server: RedisServer, logdir: Path) -> Iterator[Stack]:
+    """The API, two worker processes and the events process, offline provider."""
+    stack = Stack(redis_server.url, logdir)
+    stack.events()
+    stack.worker(concurrency=2)
+    stack.api(workers=1)
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain client of the session's Redis."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def create_user(redis_url: str, role: str = "user", prefix: str = "u") -> tuple[str, str]:
+    """A new user with one key, made through the same store the CLI uses; returns (user_id, key)."""
+    user_id = f"{prefix}{next(_names)}"
+
+    async def make() -> str:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            store = UserStore(client, SECRET)
+            await store.create_user(user_id, role)
+            key, _ = await store.create_key(user_id)
+            return key
+        finally:
+            await client.aclose()
+
+    return user_id, asyncio.run(make())
+
+
+@pytest.fixture
+def user_factory(redis_server: RedisServer) -> Callable[..., tuple[str, str]]:
+    """Make users on the session's Redis."""
+    return lambda role="user": create_user(redis_server.url, role)
+
+
+@pytest.fixture
+def alice(user_factory: Callable[..., tuple[str, str]], stack: Stack) -> Iterator[httpx.Client]:
+    """An HTTP client of the session's API, authenticated as a fresh user."""
+    user_id, key = user_factory("user")
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+        client.user_id = user_id  # type: ignore[attr-defined]
+        client.key = key  # type: ignore[attr-defined]
+        yield client

@@ -1,0 +1,50 @@
+"""A small Server-Sent Events reader for tests, over httpx."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import httpx
+
+
+@dataclass
+class SSE:
+    """One received event."""
+
+    id: str
+    event: str
+    data: dict[str, Any]
+
+
+def parse(lines: Iterator[str]) -> Iterator[SSE | str]:
+    """Events from SSE lines; comments come through as strings."""
+    fields: dict[str, str] = {}
+    for line in lines:
+        if line == "":
+            if "data" in fields:
+                yield SSE(fields.get("id", ""), fields.get("event", "message"), json.loads(fields["data"]))
+            fields = {}
+            continue
+        if line.startswith(":"):
+            yield line[1:].strip()
+            continue
+        name, _, value = line.partition(":")
+        fields[name] = value[1:] if value.startswith(" ") else value
+
+
+def read_events(client: httpx.Client, url: str, *, headers: dict[str, str] | None = None,
+                limit: int | None = None, timeout: float = 30) -> tuple[int, list[SSE]]:
+    """Read a stream until it ends (or `limit` events); returns (status, events)."""
+    events: list[SSE] = []
+    with client.stream("GET", url, headers=headers, timeout=timeout) as resp:
+        if resp.status_code != 200:
+            resp.read()
+            return resp.status_code, events
+        for item in parse(resp.iter_lines()):
+            if isinstance(item, SSE):
+                events.append(item)
+                if limit is not None and len(events) >= limit:
+                    break
+    return resp.status_code, events

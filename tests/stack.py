@@ -1,0 +1,204 @@
+"""Starting the real processes for tests and benchmarks: redis-server, the API, workers, events.
+
+Each runs as a child in its own session, bound to 127.0.0.1 on a free port, and is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SECRET = "test-secret-" + "x" * 40
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as ex:  # the thing may not be up yet
+            last_error = ex
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what or condition}: {last_error!r}")
+
+
+class Proc:
+    """One child process with its log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = logdir / f"{name}.log"
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        """Start it (again)."""
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.popen = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        """The child's PID."""
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        """True while it runs."""
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to its whole process group (a worker's children too) and reap it."""
+        if not self.alive():
+            return
+        assert self.popen is not None
+        try:
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            self.popen.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=5)
+
+    def stop(self) -> None:
+        """Stop it gracefully (SIGTERM), forcefully if it lingers."""
+        self.kill(signal.SIGTERM)
+
+    def log(self) -> str:
+        """What it printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class RedisServer:
+    """A throw-away redis-server on a free port."""
+
+    def __init__(self, logdir: Path, *, appendonly: bool = False) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="redis-", dir=logdir))
+        argv = [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "yes" if appendonly else "no", "--dir", str(self.dir),
+                "--maxmemory-policy", "noeviction"]
+        self.proc = Proc(f"redis-{self.port}", argv, dict(os.environ), logdir)
+
+    @property
+    def url(self) -> str:
+        """Its URL, database 0."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        """Start it and wait until it answers PING."""
+        self.proc.start()
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        wait_for(client.ping, what="redis-server")
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        """Stop it."""
+        self.proc.kill(signal.SIGKILL)
+
+
+def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
+    """Environment for our processes: the test Redis, a fixed secret, quick leases."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTEST_"))}
+    env.update(
+        REDIS_URL=redis_url,
+        AGENTIC_SECRET_KEY=SECRET,
+        JOB_HEARTBEAT_S="0.25",
+        JOB_LEASE_S="1.5",
+        OFFLINE_TOKEN_DELAY_MS="20",
+        CONSUMER_CLAIM_IDLE_MS="1000",
+        LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(overrides)
+    return env
+
+
+class Stack:
+    """The API (gunicorn + uvicorn), Celery workers and the events process against one Redis."""
+
+    def __init__(self, redis_url: str, logdir: Path, **env: str) -> None:
+        self.env = base_env(redis_url, **env)
+        self.logdir = logdir
+        self.port = free_port()
+        self.procs: list[Proc] = []
+        self._workers = 0
+
+    @property
+    def url(self) -> str:
+        """The API's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def _proc(self, name: str, argv: list[str], **env: str) -> Proc:
+        proc = Proc(name, argv, {**self.env, **env}, self.logdir)
+        self.procs.append(proc)
+        return proc.start()
+
+    def api(self, workers: int = 1, port: int | None = None) -> Proc:
+        """Start an API instance and wait until it is ready."""
+        port = port or self.port
+        proc = self._proc(f"api-{port}", [str(BIN / "gunicorn"), "-c", "ops/gunicorn.conf.py", "api.asgi:app"],
+                          PORT=str(port), WEB_CONCURRENCY=str(workers))
+        import httpx
+
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/api/v1/monitoring/live", timeout=1).status_code == 200,
+                 timeout=30, what="the API")
+        return proc
+
+    def worker(self, concurrency: int = 2, name: str | None = None) -> Proc:
+        """Start a Celery worker and wait until it consumes."""
+        self._workers += 1
+        name = name or f"w{self._workers}"
+        proc = self._proc(f"worker-{name}-{self._workers}",
+                          [str(BIN / "celery"), "-A", "workers", "worker", "-Q", self.env.get("AGENT_QUEUE", "agents"),
+                           "--concurrency", str(concurrency), "-n", f"{name}@%h", "-l", "INFO", "--without-mingle",
+                           "--without-gossip"])
+        wait_for(lambda: "ready." in proc.log() or not proc.alive(), timeout=60, what="the worker")
+        assert proc.alive(), proc.log()[-3000:]
+        return proc
+
+    def events(self) -> Proc:
+        """Start the events process."""
+        proc = self._proc("events", [sys.executable, "-m", "events"])
+        wait_for(lambda: "events process started" in proc.log() or not proc.alive(), timeout=30, what="events")
+        assert proc.alive(), proc.log()[-3000:]
+        return proc
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the `agentic` command."""
+        return subprocess.run([str(BIN / "agentic"), *args], env=self.env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=30)
+
+    def stop(self) -> None:
+        """Stop everything it started."""
+        for proc in reversed(self.procs):
+            proc.stop()
