@@ -26,6 +26,7 @@ task_time_limit = _settings.hard_time_limit_s
 worker_prefetch_multiplier = 1
 worker_send_task_events = True
 worker_hijack_root_logger = False
+worker_redirect_stdouts = False
 worker_max_tasks_per_child = 1000
 worker_cancel_long_running_tasks_on_connection_loss = False
 accept_content = ["json"]

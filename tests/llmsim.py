@@ -108,56 +108,33 @@ class _Call:
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
                 "system_fingerprint": "fp_sim", "choices": [choice], "usage": self.usage(completion_tokens)}
 
-    async def stream_text(self, tokens: list[str], finish: str, stall: tuple[int, float] | None = None,
-                          drop_after: int | None = None) -> AsyncIterator[SSEvent]:
-        """Stream `tokens` at the call's rate, pausing once at `stall` or breaking the connection at `drop_after`."""
+    async def stream(self, first: dict[str, Any], deltas: list[dict[str, Any]], finish: str,
+                     stall: tuple[int, float] | None, drop_after: int | None) -> AsyncIterator[SSEvent]:
+        """Stream `deltas` at the call's rate, pausing once at `stall` or breaking the connection at `drop_after`."""
         self.record["outcome"] = "streaming"
         try:
-            yield self.chunk({"role": "assistant", "content": "", "refusal": None})
+            yield self.chunk(first)
             loop = asyncio.get_running_loop()
             start, base = loop.time(), 0
-            for i in range(len(tokens) + 1):
-                if stall and i == min(stall[0], len(tokens)):
+            for i in range(len(deltas) + 1):
+                if stall and i == min(stall[0], len(deltas)):
                     await asyncio.sleep(stall[1])
-                    start, base = loop.time(), i  # pace the rest from here, as a service catching up would not
-                if drop_after is not None and i == min(drop_after, len(tokens)):
+                    start, base = loop.time(), i  # pace the rest from here: no burst to catch up
+                if drop_after is not None and i == min(drop_after, len(deltas)):
                     self.record["outcome"] = "dropped"
                     raise _Dropped()
-                if i == len(tokens):
-                    break
-                await self._pace(loop, start, i - base)
-                yield self.chunk({"content": tokens[i]})
+                if i < len(deltas):
+                    await self._pace(loop, start, i - base)
+                    yield self.chunk(deltas[i])
             yield self.chunk({}, finish)
-            for event in self._tail(len(tokens)):
-                yield event
+            if self.include_usage:
+                yield self.chunk(None, usage=self.usage(len(deltas)))
+            yield SSEvent(text="[DONE]")
             self.record["outcome"] = "completed"
         finally:
-            if self.record["outcome"] == "streaming":
+            if self.record["outcome"] == "streaming":  # Falcon stopped iterating: the client went away
                 self.record["outcome"] = "disconnected"
 
-    async def stream_tool_call(self, call_id: str, name: str, arguments: str) -> AsyncIterator[SSEvent]:
-        """Stream one tool call the way OpenAI does: id and name first, then the arguments in pieces."""
-        self.record["outcome"] = "streaming"
-        pieces = [arguments[i:i + 8] for i in range(0, len(arguments), 8)] or [""]
-        try:
-            head = {"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
-            yield self.chunk({"role": "assistant", "content": None, "tool_calls": [head]})
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            for i, piece in enumerate(pieces):
-                await self._pace(loop, start, i)
-                yield self.chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
-            yield self.chunk({}, "tool_calls")
-            for event in self._tail(len(pieces)):
-                yield event
-            self.record["outcome"] = "completed"
-        finally:
-            if self.record["outcome"] == "streaming":
-                self.record["outcome"] = "disconnected"
-
-    def _tail(self, completion_tokens: int) -> list[SSEvent]:
-        usage = [self.chunk(None, usage=self.usage(completion_tokens))] if self.include_usage else []
-        return [*usage, SSEvent(text="[DONE]")]
 
     async def _pace(self, loop: asyncio.AbstractEventLoop, start: float, index: int) -> None:
         if self.rate <= 0:
@@ -210,28 +187,39 @@ class ChatCompletions:
             record["outcome"] = "rejected"
             return _fail(resp, 400, "The request body must be JSON with a 'messages' list.")
         step = self.state.script.popleft() if self.state.script else {"kind": "default"}
-        record["step"] = step["kind"]
+        record["step"], kind = step["kind"], step["kind"]
         self.state.seq += 1
         call = _Call(body, record, self.state.seq, float(step.get("tokens_per_s", self.state.rate)))
-        if step["kind"] == "error":
+        if kind == "error":
             record["outcome"] = "error"
             if step.get("retry_after") is not None:
                 resp.set_header("Retry-After", str(step["retry_after"]))
             status = int(step["status"])
             return _fail(resp, status, step.get("message") or f"Simulated error with status {status}.")
-        if step["kind"] == "tool_call":
-            return self._tool_call(call, step, resp)
-        text = step["text"] if step["kind"] == "text" else step.get("text") or default_reply(body["messages"])
-        tokens, finish = cut_tokens(split_tokens(text), call.limit)
-        stall = (int(step["after_tokens"]), float(step["seconds"])) if step["kind"] == "stall" else None
-        drop_after = int(step["after_tokens"]) if step["kind"] == "drop" else None
+        if kind == "tool_call":
+            arguments = json.dumps(step.get("arguments") or {})
+            tool = {"id": step.get("id") or f"call_sim_{self.state.seq}", "type": "function",
+                    "function": {"name": step["name"], "arguments": arguments}}
+            first = {"role": "assistant", "content": None,
+                     "tool_calls": [{**tool, "index": 0, "function": {"name": step["name"], "arguments": ""}}]}
+            deltas = [{"tool_calls": [{"index": 0, "function": {"arguments": arguments[i:i + 8]}}]}
+                      for i in range(0, len(arguments), 8)]
+            message: dict[str, Any] = {"content": None, "tool_calls": [tool]}
+            finish = "tool_calls"
+        else:
+            text = step["text"] if kind == "text" else step.get("text") or default_reply(body["messages"])
+            tokens, finish = cut_tokens(split_tokens(text), call.limit)
+            first, deltas = {"role": "assistant", "content": "", "refusal": None}, [{"content": t} for t in tokens]
+            message = {"content": "".join(tokens)}
+        stall = (int(step.get("after_tokens", 0)), float(step.get("seconds", 1.0))) if kind == "stall" else None
+        drop_after = int(step.get("after_tokens", 0)) if kind == "drop" else None
         if body.get("stream"):
-            resp.sse = call.stream_text(tokens, finish, stall, drop_after)
+            resp.sse = call.stream(first, deltas, finish, stall, drop_after)
             return None
         if stall:
             await asyncio.sleep(stall[1])
         resp.content_type = falcon.MEDIA_JSON
-        payload = json.dumps(call.completion({"content": "".join(tokens)}, finish, len(tokens))).encode()
+        payload = json.dumps(call.completion(message, finish, len(deltas))).encode()
         if drop_after is not None:
             resp.content_length = len(payload)
             resp.stream = _truncated(payload, record)
@@ -239,16 +227,6 @@ class ChatCompletions:
             record["outcome"] = "completed"
             resp.data = payload
         return None
-
-    def _tool_call(self, call: _Call, step: dict[str, Any], resp: falcon.asgi.Response) -> None:
-        call_id = step.get("id") or f"call_sim_{self.state.seq}"
-        arguments = json.dumps(step.get("arguments") or {})
-        if call.body.get("stream"):
-            resp.sse = call.stream_tool_call(call_id, step["name"], arguments)
-            return
-        call.record["outcome"] = "completed"
-        tool = {"id": call_id, "type": "function", "function": {"name": step["name"], "arguments": arguments}}
-        resp.media = call.completion({"content": None, "tool_calls": [tool]}, "tool_calls", 1)
 
 
 async def _read_json(req: falcon.asgi.Request) -> Any:

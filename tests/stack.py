@@ -100,12 +100,12 @@ class Proc:
 class RedisServer:
     """A throw-away redis-server on a free port."""
 
-    def __init__(self, logdir: Path, *, appendonly: bool = False) -> None:
+    def __init__(self, logdir: Path, *, appendonly: bool = False, fsync_always: bool = False) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="redis-", dir=logdir))
         argv = [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "yes" if appendonly else "no", "--dir", str(self.dir),
-                "--maxmemory-policy", "noeviction"]
+                "--maxmemory-policy", "noeviction", "--appendfsync", "always" if fsync_always else "everysec"]
         self.proc = Proc(f"redis-{self.port}", argv, dict(os.environ), logdir)
 
     @property

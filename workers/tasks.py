@@ -7,7 +7,7 @@ import os
 import socket
 
 import redis
-from celery.signals import worker_process_init
+from celery.signals import setup_logging, worker_process_init
 
 from events import logs
 from events.taskmsg import RUN_AGENT_TASK
@@ -42,10 +42,15 @@ def runner() -> JobRunner:
                      worker=f"{socket.gethostname()}-{os.getpid()}")
 
 
+@setup_logging.connect
+def _json_logs(**_: object) -> None:
+    """Celery's logs and ours, as one JSON object per line (connecting here stops Celery's own setup)."""
+    logs.setup(Settings.from_env().log_level)
+
+
 @worker_process_init.connect
 def _child_started(**_: object) -> None:
     runner.cache_clear()
-    logs.setup(Settings.from_env().log_level)
 
 
 @app.task(name=RUN_AGENT_TASK, acks_late=True)
