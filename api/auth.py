@@ -71,9 +71,10 @@ class AuthMiddleware:
         principal = await self.users.authenticate(key)
         if principal is None:
             raise unauthorized("The API key is invalid, revoked or expired.")
-        if not allowed(principal.role, Permission(permission)):
+        needed = Permission(permission)
+        if not allowed(principal.role, needed):
             raise falcon.HTTPForbidden(title="Forbidden", code="forbidden",
-                                       description=f"Your role '{principal.role}' lacks the '{permission}' permission.")
+                                       description=f"Your role '{principal.role}' lacks the '{needed.value}' permission.")
         req.context.principal = principal
 
 

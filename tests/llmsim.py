@@ -27,7 +27,6 @@ import httpx
 from falcon.asgi import SSEvent
 
 _TOKEN = re.compile(r"\s*\S+|\s+")
-_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 429: "rate_limit_exceeded"}
 _STEP_KINDS = {"text", "tool_call", "error", "stall", "drop"}
 DEFAULT_RATE = 1000.0
 
@@ -64,7 +63,7 @@ def cut_tokens(tokens: list[str], limit: int | None) -> tuple[list[str], str]:
 
 
 def _error_body(status: int, message: str) -> dict[str, Any]:
-    kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    kind = {429: "rate_limit_exceeded"}.get(status, "server_error" if status >= 500 else "invalid_request_error")
     code = {401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(status)
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
@@ -73,9 +72,8 @@ class _Dropped(Exception):
     """Raised inside a response to make uvicorn close the connection mid-body, like a dropped link."""
 
 
-class _QuietDrops(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], _Dropped))
+def _not_a_drop(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], _Dropped))
 
 
 class _Call:
@@ -135,7 +133,6 @@ class _Call:
             if self.record["outcome"] == "streaming":  # Falcon stopped iterating: the client went away
                 self.record["outcome"] = "disconnected"
 
-
     async def _pace(self, loop: asyncio.AbstractEventLoop, start: float, index: int) -> None:
         if self.rate <= 0:
             if index % 64 == 63:
@@ -150,10 +147,11 @@ class _State:
     """What the control API sets and the chat endpoint reads: the rate, the script, the request log."""
 
     def __init__(self) -> None:
-        self.reset()
         self.seq = 0
+        self.reset()
 
     def reset(self) -> None:
+        """Forget the script, the rate setting and the request log; ids keep counting up."""
         self.rate = DEFAULT_RATE
         self.script: deque[dict[str, Any]] = deque()
         self.records: list[dict[str, Any]] = []
@@ -316,9 +314,7 @@ class SimControl:
 
     def requests(self) -> list[dict[str, Any]]:
         """The chat requests received so far: body, has_authorization, step and outcome of each."""
-        response = self._http.get("/_sim/requests")
-        response.raise_for_status()
-        return list(response.json())
+        return list(self._http.get("/_sim/requests").raise_for_status().json())
 
     def close(self) -> None:
         """Close the HTTP client."""
@@ -368,9 +364,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
-    logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+    logging.getLogger("uvicorn.error").addFilter(_not_a_drop)  # drops are on purpose, not server errors
+    # A short graceful shutdown: streams still stalling at exit are of no interest to anyone.
     uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                timeout_keep_alive=30, backlog=4096)
+                timeout_keep_alive=30, timeout_graceful_shutdown=1, backlog=4096)
 
 
 if __name__ == "__main__":
