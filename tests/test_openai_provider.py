@@ -261,7 +261,7 @@ def test_400_fails_at_once_with_the_services_message(sim: SimControl, make_provi
 
 
 def test_stall_longer_than_the_timeout_is_retried(sim: SimControl, make_provider: Callable) -> None:
-    sim.script({"kind": "stall", "after_tokens": 2, "seconds": 3})
+    sim.script({"kind": "stall", "after_tokens": 2, "seconds": 1.5})
     items = list(make_provider(timeout_s=0.5).stream(request()))
     assert [(r.reason, r.discard_partial) for r in of(items, Retrying)] == [("timed out", True)]
     assert items[-1].text == f"Simulated answer to: {QUESTION}"

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# `make run`: Redis (AOF), the API (gunicorn + uvicorn workers), a Celery worker, the events process and
+# Flower, all in the foreground. Ctrl-C stops them all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export PORT=${PORT:-8000}
+export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+FLOWER_PORT=${FLOWER_PORT:-5555}
+WORKER_AUTOSCALE=${WORKER_AUTOSCALE:-8,2}
+mkdir -p var/redis var/log
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  echo
+  echo "run: stopping..."
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  echo "run: stopped."
+  exit 0
+}
+trap stop INT TERM EXIT
+
+start() {  # name, command...
+  local name=$1
+  shift
+  "$@" >"var/log/$name.log" 2>&1 &
+  pids+=($!)
+}
+
+redis_host_port=${REDIS_URL#redis://}
+redis_host_port=${redis_host_port%%/*}
+redis_host_port=${redis_host_port##*@}
+redis_port=${redis_host_port##*:}
+if redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
+  echo "run: using the Redis already answering at $redis_host_port"
+elif [ "${redis_host_port%%:*}" = "127.0.0.1" ] || [ "${redis_host_port%%:*}" = "localhost" ]; then
+  start redis redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$PWD/var/redis" \
+    --appendonly yes --appendfsync everysec --save "" --maxmemory-policy noeviction
+  for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+else
+  echo "run: Redis at $REDIS_URL does not answer" >&2
+  exit 1
+fi
+
+if [ -z "${FLOWER_BASIC_AUTH:-}" ]; then
+  FLOWER_BASIC_AUTH="admin:$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(12))')"
+  echo "run: FLOWER_BASIC_AUTH not set; Flower's login for this run is $FLOWER_BASIC_AUTH"
+fi
+
+start events .venv/bin/python -m events
+start worker .venv/bin/celery -A workers worker -Q "${AGENT_QUEUE:-agents}" --autoscale="$WORKER_AUTOSCALE" -l INFO
+start api .venv/bin/gunicorn -c ops/gunicorn.conf.py api.asgi:app
+start flower .venv/bin/celery -A workers flower --address=127.0.0.1 --port="$FLOWER_PORT" \
+  --basic-auth="$FLOWER_BASIC_AUTH"
+
+for _ in $(seq 100); do
+  curl -fs "http://127.0.0.1:$PORT/api/v1/monitoring/live" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+cat <<TXT
+
+  API        http://127.0.0.1:$PORT/api/v1/health
+  Flower     http://127.0.0.1:$FLOWER_PORT   (basic auth from FLOWER_BASIC_AUTH)
+  Redis      $REDIS_URL
+  Logs       var/log/*.log
+
+  Make a key:  .venv/bin/agentic users create alice --role user
+  Ctrl-C stops everything.
+TXT
+
+wait -n "${pids[@]}" || true
+echo "run: a process exited; see var/log/. Stopping the rest." >&2
