@@ -321,7 +321,8 @@ class SimControl:
         self._http.close()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -330,7 +331,7 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def run_simulator(port: int | None = None, *, startup_s: float = 15.0) -> Iterator[str]:
     """Run the simulator in a subprocess on `port` (a free one by default) and yield its base URL, ending in /v1."""
-    port = port or _free_port()
+    port = port or free_port()
     root = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "tests.llmsim", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent.parent)

@@ -12,10 +12,10 @@ import pytest
 
 from tests.llmsim import (
     SimControl,
-    _free_port,
     count_prompt_tokens,
     cut_tokens,
     default_reply,
+    free_port,
     run_simulator,
     split_tokens,
 )
@@ -291,12 +291,12 @@ def test_dropped_connection_before_any_text_keeps_nothing_to_discard(sim: SimCon
                                                                      make_provider: Callable) -> None:
     sim.script({"kind": "drop", "after_tokens": 0})
     (retrying,) = of(list(make_provider().stream(request())), Retrying)
-    assert not retrying.discard_partial
+    assert (retrying.reason, retrying.discard_partial) == ("stream broke mid-way", False)
 
 
 def test_unreachable_service_gives_up_as_unavailable(make_provider: Callable) -> None:
     with pytest.raises(LLMUnavailableError, match="connection failed"):
-        list(make_provider(base_url=f"http://127.0.0.1:{_free_port()}/v1", max_retries=1).stream(request()))
+        list(make_provider(base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=1).stream(request()))
 
 
 def test_closing_the_stream_after_the_first_token_aborts_the_request(sim: SimControl,

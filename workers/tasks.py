@@ -57,3 +57,12 @@ def _child_started(**_: object) -> None:
 def run_agent(job_id: str, attempt: int) -> str:
     """Run attempt `attempt` of job `job_id`."""
     return runner().run(str(job_id), int(attempt))
+
+
+@app.task(name="agentic.ping", acks_late=False)
+def ping(reply_key: str) -> None:
+    """A no-op round trip (benchmarks' baseline): answers by pushing to `reply_key`."""
+    pipe = runner().client.pipeline(transaction=False)
+    pipe.lpush(reply_key, "pong")
+    pipe.expire(reply_key, 60)
+    pipe.execute()

@@ -10,7 +10,7 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
 import openai
 
@@ -91,6 +91,7 @@ class OpenAIProvider:
                  sleep: Callable[[float], None] = time.sleep,
                  rand: float | Callable[[], float] | None = None) -> None:
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.sleep = sleep
         self.rand = rand
@@ -129,12 +130,12 @@ class OpenAIProvider:
 
     def _call(self, request: ChatRequest, attempt: _Attempt) -> Iterator[TextDelta]:
         """Make one HTTP call, yielding text as it arrives; raises _Transient or LLMRequestError on failure."""
-        kwargs: dict[str, Any] = {"tools": request.tools} if request.tools else {}
         stream = None
         try:
             stream = self._client.chat.completions.create(
-                model=request.model, messages=request.messages, max_tokens=request.max_tokens,  # type: ignore[arg-type]
-                stream=True, stream_options={"include_usage": True}, **kwargs)
+                model=request.model, messages=cast(Any, request.messages), max_tokens=request.max_tokens,
+                stream=True, stream_options={"include_usage": True},
+                tools=cast(Any, request.tools) if request.tools else openai.omit)  # omit: some servers reject []
             for chunk in stream:
                 if chunk.usage is not None:
                     attempt.usage = self._usage(request.model, chunk.usage)
@@ -151,13 +152,13 @@ class OpenAIProvider:
         except openai.APIStatusError as ex:
             raise self._classify_status(ex) from ex
         except openai.APITimeoutError as ex:
-            raise _Transient("timed out", f"no answer within the timeout ({self._redact(str(ex))})") from ex
+            raise _Transient("timed out", f"no data within {self.timeout_s:g} s") from ex
         except openai.APIConnectionError as ex:
             cause = self._redact(str(ex.__cause__ or ex))
-            reason = "stream broke mid-way" if attempt.deltas else "connection failed"
+            reason = "stream broke mid-way" if stream is not None else "connection failed"
             raise _Transient(reason, f"{reason}: {cause}") from ex
         except openai.APIError as ex:  # an error event inside the stream: the service failed mid-answer
-            raise _Transient("stream error", f"error event mid-stream: {self._redact(ex.message)}") from ex
+            raise _Transient("stream error", f"an error event mid-stream: {self._redact(ex.message)}") from ex
         finally:
             if stream is not None:
                 stream.close()  # also aborts the HTTP call when our caller closes this generator early
@@ -174,15 +175,15 @@ class OpenAIProvider:
         if status >= 500 or status == 408:
             return _Transient(f"server error (HTTP {status})", f"HTTP {status}: {message}")
         return LLMRequestError(f"The LLM service at {self.base_url} rejected the request with HTTP {status}: "
-                               f"{message} Retrying cannot help; fix the request, the model name or the API key.")
+                               f"{message}. Retrying cannot help; fix the request, the model name or the API key.")
 
     def _give_up(self, ex: _Transient, retries: int) -> Exception:
         tries = f"{retries + 1} attempt{'s' if retries else ''}"
         if ex.rate_limited:
-            return LLMRateLimitedError(f"The LLM service at {self.base_url} kept rate-limiting after {tries} "
-                                       f"(last: {ex.detail}). Lower the load or raise the account's rate limit.")
-        return LLMUnavailableError(f"The LLM service at {self.base_url} failed {tries} (last: {ex.detail}). "
-                                   f"Check that the service is up, or raise LLM_TIMEOUT_S / LLM_MAX_RETRIES.")
+            return LLMRateLimitedError(f"The LLM service at {self.base_url} still rate-limited after {tries}; the "
+                                       f"last answer was {ex.detail}. Lower the load or raise the account's limit.")
+        return LLMUnavailableError(f"The LLM service at {self.base_url} failed {tries}; the last failure was "
+                                   f"{ex.detail}. Check that it is up, or raise LLM_TIMEOUT_S / LLM_MAX_RETRIES.")
 
     def _backoff(self, retry: int) -> float:
         rand = self.rand() if callable(self.rand) else self.rand
@@ -203,10 +204,10 @@ class OpenAIProvider:
 
 
 def _service_message(ex: openai.APIStatusError) -> str:
-    """The service's own error message from OpenAI's `{"error": {"message": ...}}` shape, else the SDK's."""
+    """Return the service's message from OpenAI's `{"error": {"message": ...}}` shape, else the SDK's, sans period."""
     body = ex.body
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"]).rstrip(".") + "."
-    return ex.message
+            return str(inner["message"]).rstrip(". ")
+    return ex.message.rstrip(". ")

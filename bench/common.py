@@ -1,0 +1,48 @@
+"""What the benchmarks share: a fresh stack per benchmark, percentiles, and the report format."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from tests.conftest import create_user
+from tests.stack import RedisServer, Stack
+
+LOGDIR = Path(tempfile.mkdtemp(prefix="bench-"))
+
+
+@contextmanager
+def fresh_stack(**env: str) -> Iterator[tuple[Stack, RedisServer]]:
+    """A new redis-server and an (empty) stack on it; the caller starts the processes it needs."""
+    server = RedisServer(LOGDIR).start()
+    stack = Stack(server.url, LOGDIR, **env)
+    try:
+        yield stack, server
+    finally:
+        stack.stop()
+        server.stop()
+
+
+def user_key(stack: Stack, role: str = "user") -> str:
+    """A fresh user's API key."""
+    return create_user(stack.env["REDIS_URL"], role, prefix="bench")[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by the nearest-rank method."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def median(values: list[float]) -> float:
+    """The median."""
+    return statistics.median(values)
+
+
+def line(name: str, value: str, baseline: str, verdict: str) -> None:
+    """Print one result beside its same-run baseline."""
+    print(f"  {name:<44} {value:>22}   baseline {baseline:>22}   {verdict}", flush=True)

@@ -1,0 +1,72 @@
+"""A bare asyncio HTTP/1.1 client for load: keep-alive requests and SSE reads, no library overhead."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+
+class Connection:
+    """One keep-alive connection to the API."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> Connection:
+        """Connect."""
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+        return self
+
+    async def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                      body: Any = None) -> tuple[int, dict[str, str], bytes]:
+        """Send one request and read the whole response (Content-Length framed)."""
+        assert self.reader is not None and self.writer is not None
+        payload = json.dumps(body).encode() if body is not None else b""
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(payload)}"]
+        if body is not None:
+            lines.append("Content-Type: application/json")
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
+        status, head = await self._head()
+        length = int(head.get("content-length", "0"))
+        data = await self.reader.readexactly(length) if length else b""
+        return status, head, data
+
+    async def open_stream(self, path: str, headers: dict[str, str] | None = None) -> int:
+        """Send a GET for an event stream and read its status line and headers."""
+        assert self.writer is not None
+        lines = [f"GET {path} HTTP/1.1", f"Host: {self.host}:{self.port}", "Accept: text/event-stream"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        status, _ = await self._head()
+        return status
+
+    async def next_event(self) -> str:
+        """Read chunked SSE data until the next `event:` line; returns the event type."""
+        assert self.reader is not None
+        while True:
+            line = await self.reader.readline()
+            if not line:
+                raise ConnectionError("stream closed")
+            if line.startswith(b"event:"):
+                return line[6:].strip().decode()
+
+    async def _head(self) -> tuple[int, dict[str, str]]:
+        assert self.reader is not None
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        first, *rest = raw.decode("latin-1").split("\r\n")
+        head = {}
+        for line in rest:
+            if ":" in line:
+                name, _, value = line.partition(":")
+                head[name.strip().lower()] = value.strip()
+        return int(first.split()[1]), head
+
+    def close(self) -> None:
+        """Close the socket."""
+        if self.writer is not None:
+            self.writer.close()
