@@ -18,6 +18,7 @@ from api.relay import Relay
 from api.resources.events import EventsResource
 from api.resources.health import HealthResource, LiveResource, ReadyResource
 from api.resources.jobs import CancelResource, JobResource, JobsResource
+from api.resources.stream import DemoResource, StreamHealthResource, StreamSubmitResource
 from api.users import UserStore
 from events import logs
 from settings import Settings
@@ -70,4 +71,7 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
     app.add_route("/api/v1/jobs/{job_id}", JobResource(service, settings))
     app.add_route("/api/v1/jobs/{job_id}/cancel", CancelResource(service, settings))
     app.add_route("/api/v1/jobs/{job_id}/events", EventsResource(service, relay, settings))
+    app.add_route("/api/v1/stream/demo", DemoResource())
+    app.add_route("/api/v1/stream/health", StreamHealthResource(relay, settings))
+    app.add_route("/api/v1/stream/{agent}", StreamSubmitResource(service, relay, settings))
     return app

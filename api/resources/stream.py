@@ -1,0 +1,92 @@
+"""The seed's streaming routes: submit and stream in one response, a demo page, and the relay's health."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import falcon
+from falcon.asgi import SSEvent
+
+from api.auth import principal_of
+from api.body import read_json
+from api.errors import bad_request, not_found
+from api.jobs import body_hash
+from api.permissions import PUBLIC, Permission
+from api.relay import Relay, Subscription
+from api.resources.events import EventsResource
+from api.resources.jobs import public_job
+from api.validation import InvalidFieldError, parse_submission
+from events.catalog import AGENT_TYPES
+from settings import Settings
+
+DEMO_PAGE = Path(__file__).resolve().parent.parent / "static" / "demo.html"
+
+
+class StreamSubmitResource(EventsResource):
+    """POST /api/v1/stream/{agent}: submit a job and stream its events in the same response.
+
+    The first event (`job`) carries the job id and its stream URL, so a client that loses the connection
+    resumes on /api/v1/jobs/{id}/events with the id of the last event it saw.
+    """
+
+    permissions = {"POST": Permission.JOBS_SUBMIT}
+    accepts_stream_token = False
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, agent: str) -> None:
+        """Submit to `agent` and stream."""
+        if agent not in AGENT_TYPES:
+            raise not_found(f"There is no agent {agent!r}; use one of: {', '.join(sorted(AGENT_TYPES))}.",
+                            code="unknown_agent")
+        body = await read_json(req, self.settings.max_body_bytes)
+        body.pop("agent_type", None)  # the path names the agent
+        try:
+            submission = parse_submission({**body, "agent_type": agent},
+                                          max_query_chars=self.settings.max_query_chars,
+                                          max_tokens_default=self.settings.max_tokens_default,
+                                          max_tokens_limit=self.settings.max_tokens_limit)
+        except InvalidFieldError as ex:
+            raise bad_request(str(ex), code="invalid_field") from ex
+        principal = principal_of(req)
+        assert principal is not None
+        job, _ = await self.service.submit(principal.user_id, submission, digest=body_hash(body))
+        view = public_job(job, self.settings)
+        resp.set_header("Cache-Control", "no-cache")
+        resp.set_header("X-Accel-Buffering", "no")
+        resp.set_header("Location", f"/api/v1/jobs/{job['id']}")
+        resp.sse = self._with_job(view, self.relay.subscribe(job["id"]))
+
+    async def _with_job(self, view: dict[str, Any], sub: Subscription) -> AsyncIterator[SSEvent]:
+        yield SSEvent(event="job", json={"job_id": view["id"], "status": view["status"],
+                                         "stream_url": view["stream_url"]})
+        async for event in self._events(sub):
+            yield event
+
+
+class DemoResource:
+    """GET /api/v1/stream/demo: a page that submits a job and follows it with EventSource."""
+
+    permissions = {"GET": PUBLIC}
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Serve the page."""
+        resp.content_type = falcon.MEDIA_HTML
+        resp.text = DEMO_PAGE.read_text()
+        resp.set_header("Content-Security-Policy", "default-src 'self'; style-src 'unsafe-inline'; "
+                                                   "script-src 'unsafe-inline'; connect-src 'self'")
+
+
+class StreamHealthResource:
+    """GET /api/v1/stream/health: whether this process's relay runs, and how many streams it holds."""
+
+    permissions = {"GET": PUBLIC}
+
+    def __init__(self, relay: Relay, settings: Settings) -> None:
+        self.relay = relay
+        self.settings = settings
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Report the relay's state."""
+        resp.media = {"status": "ok", "streams_open": self.relay.streams_open,
+                      "jobs_watched": len(self.relay.subs), "heartbeat_s": self.settings.sse_heartbeat_s,
+                      "agents": sorted(AGENT_TYPES)}

@@ -1,0 +1,41 @@
+"""The seed's streaming routes: submit-and-stream in one response, the demo page, the relay's health."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.sse import SSE, parse, read_events
+from tests.stack import Stack
+
+
+def test_post_stream_submits_and_streams_with_the_job_id_first(alice: httpx.Client) -> None:
+    events = []
+    with alice.stream("POST", "/api/v1/stream/query", json={"query": "What is 9*9?"}) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        events = [e for e in parse(resp.iter_lines()) if isinstance(e, SSE)]
+    assert events[0].event == "job"
+    job_id = events[0].data["job_id"]
+    assert resp.headers["location"] == f"/api/v1/jobs/{job_id}"
+    assert events[1].event == "start" and events[-1].event == "done"
+    assert "9*9 = 81" in events[-1].data["data"]["result"]
+    _, resumed = read_events(alice, f"/api/v1/jobs/{job_id}/events", headers={"Last-Event-ID": events[2].id})
+    assert [e.id for e in resumed] == [e.id for e in events[3:]]
+
+
+def test_post_stream_to_an_unknown_agent_is_404(alice: httpx.Client) -> None:
+    resp = alice.post("/api/v1/stream/astrology", json={"query": "hi"})
+    assert resp.status_code == 404 and "query" in resp.json()["description"]
+
+
+def test_post_stream_needs_a_key_and_validates_the_body(stack: Stack, alice: httpx.Client) -> None:
+    assert httpx.post(f"{stack.url}/api/v1/stream/query", json={"query": "hi"}).status_code == 401
+    assert alice.post("/api/v1/stream/query", json={"query": 3}).status_code == 400
+
+
+def test_demo_page_and_stream_health_are_open(stack: Stack) -> None:
+    page = httpx.get(f"{stack.url}/api/v1/stream/demo")
+    assert page.status_code == 200 and "EventSource" in page.text
+    assert page.headers["content-type"].startswith("text/html")
+    health = httpx.get(f"{stack.url}/api/v1/stream/health").json()
+    assert health["status"] == "ok" and "query" in health["agents"]
