@@ -73,8 +73,9 @@ class AuthMiddleware:
             raise unauthorized("The API key is invalid, revoked or expired.")
         needed = Permission(permission)
         if not allowed(principal.role, needed):
-            raise falcon.HTTPForbidden(title="Forbidden", code="forbidden",
-                                       description=f"Your role '{principal.role}' lacks the '{needed.value}' permission.")
+            raise falcon.HTTPForbidden(
+                title="Forbidden", code="forbidden",
+                description=f"Your role '{principal.role}' lacks the '{needed}' permission.")
         req.context.principal = principal
 
 

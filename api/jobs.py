@@ -108,7 +108,7 @@ class JobService:
             pipe = self.client.pipeline(transaction=False)
             for member, _ in chunk:
                 pipe.hgetall(keys.job(member))
-            for (member, score), raw in zip(chunk, await pipe.execute()):
+            for (member, score), raw in zip(chunk, await pipe.execute(), strict=True):
                 last = (score, member)
                 record = jobs.decode(raw)
                 if record and (status is None or record.get("status") == status):

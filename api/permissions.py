@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     """A user's role."""
 
     ADMIN = "admin"
@@ -13,7 +13,7 @@ class Role(str, Enum):
     READONLY = "readonly"
 
 
-class Permission(str, Enum):
+class Permission(StrEnum):
     """One thing a request may do."""
 
     JOBS_SUBMIT = "jobs:submit"

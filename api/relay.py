@@ -9,6 +9,7 @@ Last-Event-ID. An entry is decoded and serialised once, whoever reads it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -130,10 +131,8 @@ class Relay:
         """Stop the reader."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     def _wake(self) -> None:
         if self._woken:

@@ -92,7 +92,7 @@ async def _hold(port: int, key: str, ids: list[str], received: dict[str, int], l
                 lags.append(time.time() - json.loads(row[5:])["ts"])
                 received[job_id] += 1
 
-    readers = [asyncio.create_task(count(j, c)) for j, c in zip(ids, conns)]
+    readers = [asyncio.create_task(count(j, c)) for j, c in zip(ids, conns, strict=True)]
     opened.set()
     hold_for = ROUNDS * ROUND_EVERY_S + 3
     await asyncio.sleep(hold_for)

@@ -1,4 +1,4 @@
-"""Cancel and crash recovery with real worker processes: queued jobs never run, running ones stop, killed ones finish."""
+"""Cancel and crash recovery with real workers: queued jobs never run, running ones stop, killed ones finish."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def fault_stack(logdir: Path) -> Iterator[tuple[Stack, redis.Redis]]:
 
 @pytest.fixture
 def api(fault_stack: tuple[Stack, redis.Redis]) -> Iterator[httpx.Client]:
-    stack, r = fault_stack
+    stack, _ = fault_stack
     _, key = create_user(stack.env["REDIS_URL"])
     with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
         yield client
@@ -71,7 +71,7 @@ def test_cancelling_a_queued_job_means_it_never_runs(fault_stack, api: httpx.Cli
 
 
 def test_cancelling_a_running_job_stops_it_within_one_second(fault_stack, api: httpx.Client) -> None:
-    stack, r = fault_stack
+    stack, _ = fault_stack
     worker = stack.worker(concurrency=1, name="stopper")
     try:
         job_id = submit(api, LONG_QUERY)
@@ -127,7 +127,8 @@ def test_a_job_whose_worker_is_killed_finishes_as_attempt_two(fault_stack, api: 
         _, events = read_events(api, f"/api/v1/jobs/{job_id}/events")
         starts = [e.data["attempt"] for e in events if e.event == "start"]
         assert starts == [1, 2]
-        lost = [e.data["data"] for e in events if e.event == "metadata" and e.data["data"].get("event") == "attempt_lost"]
+        notes = [e.data["data"] for e in events if e.event == "metadata"]
+        lost = [n for n in notes if n.get("event") == "attempt_lost"]
         assert lost == [{"event": "attempt_lost", "attempt": 1, "next_attempt": 2}]
         assert events[-1].event == "done" and events[-1].data["attempt"] == 2
         assert [e.data["seq"] for e in events] == list(range(len(events)))

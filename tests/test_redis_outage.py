@@ -72,7 +72,7 @@ def test_api_answers_503_while_redis_is_down_and_recovers_by_itself(logdir: Path
         reader.join(timeout=60)
         assert streamed["status"] == 200
         events = streamed["events"]
-        assert [e.event for e in events][0] == "start" and events[-1].event == "done"  # type: ignore[index,union-attr]
+        assert events[0].event == "start" and events[-1].event == "done"  # type: ignore[index,union-attr]
         api.close()
     finally:
         stack.stop()

@@ -112,7 +112,7 @@ class JobRunner:
         if outcome != "ok":
             log.info("skipped job %s attempt %d: %s", job_id, attempt, outcome, extra={"job_id": job_id})
             return f"skipped:{outcome}"
-        job = jobs.decode(dict(zip(reply[2][::2], reply[2][1::2])))
+        job = jobs.decode(dict(zip(reply[2][::2], reply[2][1::2], strict=True)))
         publisher = JobPublisher(self.client, keys.job_stream(job_id), job_id, attempt, int(reply[1]),
                                  flush_ms=self.flush_ms, clock=self.clock)
         heartbeat = Heartbeat(self.scripts.heartbeat, keys.job_lease(job_id), keys.job(job_id), token,

@@ -9,9 +9,9 @@ from falcon.asgi import SSEvent
 
 from api.errors import bad_request
 from api.jobs import JobService, check_event_id
+from api.permissions import Permission
 from api.relay import Relay, Subscription, parse_id
 from api.resources.jobs import visible_job
-from api.permissions import Permission
 from events import jobs
 from settings import Settings
 

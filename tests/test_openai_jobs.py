@@ -1,0 +1,99 @@
+"""Jobs on the OpenAI-compatible path: real workers, the real `openai` client, the simulator as the service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import create_user
+from tests.llmsim import SimControl, run_simulator
+from tests.sse import read_events
+from tests.stack import RedisServer, Stack
+
+PROVIDER_KEY = "sk-provider-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def sim_stack(logdir: Path) -> Iterator[tuple[Stack, SimControl]]:
+    with run_simulator() as base_url:
+        server = RedisServer(logdir).start()
+        stack = Stack(server.url, logdir, OPENAI_API_KEY=PROVIDER_KEY, OPENAI_BASE_URL=base_url,
+                      DEFAULT_MODEL="gpt-4o-mini", LLM_MAX_RETRIES="2", LLM_TIMEOUT_S="5")
+        stack.events()
+        stack.worker(concurrency=1)
+        stack.api()
+        control = SimControl(base_url)
+        yield stack, control
+        control.close()
+        stack.stop()
+        server.stop()
+
+
+@pytest.fixture
+def api(sim_stack: tuple[Stack, SimControl]) -> Iterator[httpx.Client]:
+    stack, control = sim_stack
+    control.reset()
+    control.config(tokens_per_s=0)
+    _, key = create_user(stack.env["REDIS_URL"])
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+        yield client
+
+
+def run_job(api: httpx.Client, query: str) -> tuple[dict, list]:
+    job = api.post("/api/v1/jobs", json={"agent_type": "query", "query": query}).json()
+    done = api.get(f"/api/v1/jobs/{job['id']}", params={"wait": 30}).json()
+    _, events = read_events(api, f"/api/v1/jobs/{job['id']}/events")
+    return done, events
+
+
+def test_a_tool_call_from_the_model_runs_the_tool_and_the_answer_streams(sim_stack, api: httpx.Client) -> None:
+    _, control = sim_stack
+    control.script({"kind": "tool_call", "name": "calculator", "arguments": {"expression": "6*7"}})
+    done, events = run_job(api, "what is six times seven")
+    assert done["status"] == "succeeded", done
+    assert done["model"] == "gpt-4o-mini" and done["provider"] == "openai"
+    assert done["result"] == "Simulated answer using tool result: 6*7 = 42"
+    ends = [e.data["data"] for e in events if e.event == "tool_end"]
+    assert ends == [ends[0]] and ends[0]["result"] == "6*7 = 42" and ends[0]["ok"]
+    usage = [e.data["data"] for e in events if e.event == "usage"]
+    assert len(usage) == 2 and not any(u["estimated"] for u in usage)
+    assert done["usage"]["output_tokens"] == sum(u["output_tokens"] for u in usage)
+    requests = control.requests()
+    assert all(r["body"]["max_tokens"] == 1024 and r["body"]["stream_options"]["include_usage"] for r in requests)
+    assert len(requests) == 2 and all(r["body"]["tools"] for r in requests)
+
+
+def test_a_429_is_retried_and_reported_as_a_metadata_event(sim_stack, api: httpx.Client) -> None:
+    _, control = sim_stack
+    control.script({"kind": "error", "status": 429, "retry_after": 0.2}, {"kind": "text", "text": "fine now"})
+    done, events = run_job(api, "hello")
+    assert done["status"] == "succeeded" and done["result"] == "fine now"
+    retries = [e.data["data"] for e in events if e.event == "metadata"]
+    assert retries == [retries[0]] and retries[0]["event"] == "llm_retry" and retries[0]["delay_s"] == 0.2
+    usage = [e.data["data"] for e in events if e.event == "usage"]
+    assert [u["estimated"] for u in usage] == [True, False]
+
+
+def test_a_dropped_stream_is_retried_and_flagged_to_discard_the_partial_text(sim_stack, api: httpx.Client) -> None:
+    _, control = sim_stack
+    control.script({"kind": "drop", "after_tokens": 2})
+    done, events = run_job(api, "drop me")
+    assert done["status"] == "succeeded" and done["result"] == "Simulated answer to: drop me"
+    [retry] = [e.data["data"] for e in events if e.event == "metadata"]
+    assert retry["discard_partial"] is True
+
+
+def test_a_service_that_keeps_failing_fails_the_job_without_leaking_the_key(sim_stack, api: httpx.Client) -> None:
+    stack, control = sim_stack
+    control.script(*[{"kind": "error", "status": 503}] * 3)
+    done, events = run_job(api, "doomed")
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "llm_unavailable"
+    assert events[-1].event == "error" and events[-1].data["data"]["code"] == "llm_unavailable"
+    assert len(control.requests()) == 3
+    for proc in stack.procs:
+        assert PROVIDER_KEY not in proc.log(), proc.name
+    assert PROVIDER_KEY not in str(done) and all(PROVIDER_KEY not in str(e.data) for e in events)
