@@ -42,7 +42,7 @@ class Lifespan:
 
 def redis_clients(settings: Settings) -> tuple[Any, Any]:
     """The request client (short timeouts: fail fast to 503) and the relay's reader (outlives its block)."""
-    common = {"health_check_interval": 10, "socket_connect_timeout": 1}
+    common: dict[str, Any] = {"health_check_interval": 10, "socket_connect_timeout": 1}
     client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, max_connections=256, **common)
     reader = aioredis.Redis.from_url(settings.redis_url, socket_timeout=RELAY_BLOCK_MS / 1000 + 5,
                                      max_connections=4, **common)
@@ -61,7 +61,8 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
     users = UserStore(redis, settings.secret_key, clock)
     service = JobService(redis, relay, settings, clock=clock, new_id=new_id)
 
-    app = falcon.asgi.App(middleware=[Lifespan(relay, redis, reader), AuthMiddleware(users, settings.secret_key)])
+    middleware: list[Any] = [Lifespan(relay, redis, reader), AuthMiddleware(users, settings.secret_key)]
+    app = falcon.asgi.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     app.add_route("/api/v1/health", HealthResource(redis, settings))

@@ -101,8 +101,9 @@ class JobService:
         while len(found) < limit:
             chunk = await self.client.zrevrangebyscore(index, top, "-inf", start=0, num=200, withscores=True)
             chunk = [(_text(m), s) for m, s in chunk]
-            if cursor:  # entries at the cursor's score up to its id were on earlier pages
-                chunk = [(m, s) for m, s in chunk if not (s == cursor[0] and m >= cursor[1])]
+            if cursor is not None:  # entries at the cursor's score up to its id were on earlier pages
+                at_score, at_id = cursor
+                chunk = [(m, s) for m, s in chunk if not (s == at_score and m >= at_id)]
             if not chunk:
                 return found, None
             pipe = self.client.pipeline(transaction=False)
@@ -115,6 +116,7 @@ class JobService:
                     found.append(record)
                     if len(found) == limit:
                         break
+            assert last is not None  # the chunk was not empty
             cursor = last
             top = last[0]
         return found, (f"{last[0]!r}:{last[1]}" if last else None)

@@ -44,7 +44,7 @@ class ConsumerGroup:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Any,
         stream: str,
         group: str,
         consumer: str,
@@ -196,7 +196,7 @@ class ConsumerGroup:
             self.client.xtrim(self.stream, minid=floor, approximate=True)
 
 
-def consumed_floor(client: redis.Redis, stream: str) -> str | None:
+def consumed_floor(client: Any, stream: str) -> str | None:
     """The lowest entry id some group still needs: below it, every group has read and acked."""
     floors: list[tuple[int, int]] = []
     for group in client.xinfo_groups(stream):
@@ -205,9 +205,9 @@ def consumed_floor(client: redis.Redis, stream: str) -> str | None:
         bound = _text(oldest) if oldest else _text(group["last-delivered-id"])
         if bound == "0-0":
             return None
-        ms, _, seq = bound.partition("-")
+        bound_ms, _, bound_seq = bound.partition("-")
         # Nothing below `bound` is needed, `bound` itself may be (pending or next after last-delivered).
-        floors.append((int(ms), int(seq) + (0 if oldest else 1)))
+        floors.append((int(bound_ms), int(bound_seq) + (0 if oldest else 1)))
     if not floors:
         return None
     ms, seq = min(floors)

@@ -19,7 +19,7 @@ def task_message(task: str, args: list[Any], queue: str, *, task_id: str | None 
     """The JSON text to LPUSH onto `queue` so that a Celery worker runs `task(*args)`."""
     task_id = task_id or str(uuid.uuid4())
     body = json.dumps([args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-    headers = {
+    headers: dict[str, Any] = {
         "lang": "py",
         "task": task,
         "id": task_id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Union
+from typing import Any, Generator, Protocol, Union
 
 
 class LLMError(Exception):
@@ -102,7 +102,7 @@ class Provider(Protocol):
     name: str
     base_url: str
 
-    def stream(self, request: ChatRequest) -> Iterator[StreamItem]:
+    def stream(self, request: ChatRequest) -> Generator[StreamItem, None, None]:
         """Stream one completion, retrying transient failures; raises LLMError when it gives up."""
         ...
 

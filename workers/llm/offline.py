@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator
 
 from workers.llm.base import ChatRequest, Completion, StreamItem, TextDelta, ToolCall, Usage
 
@@ -81,7 +81,7 @@ class OfflineProvider:
         self.delay_s = delay_ms / 1000
         self.sleep = sleep
 
-    def stream(self, request: ChatRequest) -> Iterator[StreamItem]:
+    def stream(self, request: ChatRequest) -> Generator[StreamItem, None, None]:
         """Stream one completion; never fails."""
         prompt = _prompt_tokens(request.messages)
         calls = plan_tool_calls(request)

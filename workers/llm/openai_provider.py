@@ -10,7 +10,7 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, cast
+from typing import Any, Callable, Generator, Iterator, cast
 
 import openai
 
@@ -104,7 +104,7 @@ class OpenAIProvider:
         """Close the HTTP connections."""
         self._client.close()
 
-    def stream(self, request: ChatRequest) -> Iterator[StreamItem]:
+    def stream(self, request: ChatRequest) -> Generator[StreamItem, None, None]:
         """Stream one completion, retrying transient failures; raises LLMError when it gives up."""
         retry = 0
         while True:
