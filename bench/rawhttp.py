@@ -45,15 +45,18 @@ class Connection:
         status, _ = await self._head()
         return status
 
-    async def next_event(self) -> str:
-        """Read chunked SSE data until the next `event:` line; returns the event type."""
+    async def next_event(self) -> tuple[str, dict[str, Any]]:
+        """Read the stream up to the next event's `data:` line; returns its type and data."""
         assert self.reader is not None
+        etype = "message"
         while True:
             line = await self.reader.readline()
             if not line:
                 raise ConnectionError("stream closed")
             if line.startswith(b"event:"):
-                return line[6:].strip().decode()
+                etype = line[6:].strip().decode()
+            elif line.startswith(b"data:"):
+                return etype, json.loads(line[5:])
 
     async def _head(self) -> tuple[int, dict[str, str]]:
         assert self.reader is not None
