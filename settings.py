@@ -6,11 +6,13 @@ A bad value fails at start-up with the variable's name.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent
 
@@ -41,8 +43,8 @@ def _float(env: Mapping[str, str], name: str, default: float, low: float = 0.0) 
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}.") from None
-    if value < low:
-        raise SettingsError(f"{name} must be at least {low}, got {value}.")
+    if not math.isfinite(value) or value < low:
+        raise SettingsError(f"{name} must be a finite number of at least {low}, got {raw!r}.")
     return value
 
 
@@ -160,6 +162,19 @@ class Settings:
             raise SettingsError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR.")
 
     def public(self) -> dict[str, object]:
-        """The settings that matter to an operator, without secrets."""
+        """The settings that matter to an operator, without secrets (a password in REDIS_URL is masked)."""
         hidden = {"secret_key", "openai_api_key"}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
+        shown: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
+        shown["redis_url"] = mask_password(self.redis_url)
+        return shown
+
+
+def mask_password(url: str) -> str:
+    """`url` with any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.netloc.rsplit("@", 1)[1]
+        user = f"{parts.username}:" if parts.username else ":"
+        parts = parts._replace(netloc=f"{user}***@{host}")
+    query = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="*")))

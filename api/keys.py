@@ -43,7 +43,7 @@ def display_prefix(key: str) -> str:
 
 def looks_like_key(key: str) -> bool:
     """True when `key` has the shape of one of our keys (checked before any Redis work)."""
-    return bool(KEY_PATTERN.match(key))
+    return bool(KEY_PATTERN.fullmatch(key))
 
 
 def _b64(raw: bytes) -> str:

@@ -50,7 +50,7 @@ def _decode(raw: dict[Any, Any]) -> dict[str, str]:
 
 def check_user_id(user_id: str) -> str:
     """Return `user_id` if well formed, else raise UserError saying what is allowed."""
-    if not USER_ID.match(user_id):
+    if not USER_ID.fullmatch(user_id):
         raise UserError("A user id is 1 to 64 letters, digits, '_', '.', '@' or '-'.")
     return user_id
 

@@ -64,7 +64,7 @@ def parse_submission(body: dict[str, Any], *, max_query_chars: int, max_tokens_d
     if len(query) > max_query_chars:
         raise InvalidFieldError("query", f"must be at most {max_query_chars} characters.")
     model = _string(body, "model")
-    if model is not None and not MODEL.match(model):
+    if model is not None and not MODEL.fullmatch(model):
         raise InvalidFieldError("model", "must be 1 to 128 letters, digits or ._/:@- characters.")
     max_tokens = body.get("max_tokens", max_tokens_default)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
@@ -72,14 +72,16 @@ def parse_submission(body: dict[str, Any], *, max_query_chars: int, max_tokens_d
     if not 1 <= max_tokens <= max_tokens_limit:
         raise InvalidFieldError("max_tokens", f"must be between 1 and {max_tokens_limit}.")
     session_id = _string(body, "session_id") or ""
-    if session_id and not SESSION_ID.match(session_id):
+    if session_id and not SESSION_ID.fullmatch(session_id):
         raise InvalidFieldError("session_id", "must be 1 to 128 letters, digits or ._:- characters.")
-    metadata = body.get("metadata") or {}
+    metadata = body.get("metadata")
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise InvalidFieldError("metadata", "must be a JSON object.")
     if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
         raise InvalidFieldError("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON.")
-    attachments = body.get("attachments") or []
+    attachments = body.get("attachments")
+    attachments = [] if attachments is None else attachments
     if not isinstance(attachments, list) or not all(isinstance(a, dict) for a in attachments):
         raise InvalidFieldError("attachments", "must be a list of objects.")
     if len(attachments) > MAX_ATTACHMENTS:
@@ -89,6 +91,6 @@ def parse_submission(body: dict[str, Any], *, max_query_chars: int, max_tokens_d
 
 def check_idempotency_key(value: str) -> str:
     """Return the key if it is 1 to 255 visible ASCII characters, else raise InvalidFieldError."""
-    if not IDEMPOTENCY_KEY.match(value):
+    if not IDEMPOTENCY_KEY.fullmatch(value):
         raise InvalidFieldError("Idempotency-Key", "must be 1 to 255 visible ASCII characters.")
     return value

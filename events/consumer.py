@@ -70,7 +70,6 @@ class ConsumerGroup:
         self.clock = clock
         self.stats = GroupStats()
         self._last_trim = clock()
-        self._claim_cursor = "0-0"
 
     @property
     def dead_stream(self) -> str:
@@ -165,6 +164,10 @@ class ConsumerGroup:
         except (redis.ConnectionError, redis.TimeoutError):
             raise
         except Exception:
+            if len(entries) == 1:  # it stays pending and is retried after claim_idle_ms
+                self.stats.failed += 1
+                log.exception("entry %s failed in group %s; it stays pending", entries[0][0], self.group)
+                return 0
             log.exception("batch of %d failed in group %s; applying one by one", len(entries), self.group)
             return self._apply_each(entries)
         self.client.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])

@@ -42,14 +42,28 @@ def db_url(redis_server: RedisServer) -> str:
 
 @pytest.fixture
 def db(db_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(db_url, decode_responses=True)
-    yield client
-    client.close()
+    with redis.Redis.from_url(db_url, decode_responses=True) as client:
+        yield client
 
 
 @pytest.fixture
 def scripts(db: redis.Redis) -> jobs.JobScripts:
     return jobs.JobScripts.register(db)
+
+
+@pytest.fixture
+def publisher(db: redis.Redis) -> Iterator[Callable[..., tuple[JobPublisher, str]]]:
+    """Makes publishers on fresh streams; closes them (stopping their flusher threads) afterwards."""
+    made: list[JobPublisher] = []
+
+    def make(flush_ms: int = 60_000, seq: int = 0, **kw: Any) -> tuple[JobPublisher, str]:
+        stream = uid("stream")
+        made.append(JobPublisher(db, stream, "j1", kw.pop("attempt", 1), seq, flush_ms=flush_ms, **kw))
+        return made[-1], stream
+
+    yield make
+    for pub in made:
+        pub.close()
 
 
 @pytest.fixture
@@ -94,61 +108,49 @@ def lifecycle_of(db: redis.Redis, job_id: str) -> list[str]:
     return [e.data["status"] for e in reversed(events) if e.job_id == job_id]
 
 
-# --- JobPublisher ------------------------------------------------------------------------------------------------
-
-
-def test_events_get_consecutive_seq_and_tokens_are_written_before_the_next_event(db: redis.Redis) -> None:
-    stream = uid("stream")
-    pub = JobPublisher(db, stream, "j1", 2, seq=5, flush_ms=60_000, clock=lambda: 1.5)
+def test_events_get_consecutive_seq_and_tokens_are_written_before_the_next_event(db: redis.Redis, publisher) -> None:
+    pub, stream = publisher(seq=5, attempt=2, clock=lambda: 1.5)
     assert pub.emit("start", {}) == 5
     pub.token("a")
     pub.token("b", call=0)
     assert db.xlen(stream) == 1  # the tokens wait for their batch
     assert pub.emit("tool_start", {"tool": "calculator"}) == 8
-    pub.close()
     events = [Event.from_fields(f) for _, f in db.xrange(stream)]
     assert [(e.type, e.seq) for e in events] == [("start", 5), ("token", 6), ("token", 7), ("tool_start", 8)]
     assert [e.data for e in events[1:3]] == [{"text": "a"}, {"text": "b", "call": 0}]
     assert {(e.job_id, e.attempt, e.ts) for e in events} == {("j1", 2, 1.5)}
 
 
-def test_a_lone_token_is_written_by_the_flusher_without_another_call(db: redis.Redis) -> None:
-    stream = uid("stream")
-    pub = JobPublisher(db, stream, "j1", 1, seq=0, flush_ms=20)
+def test_a_lone_token_is_written_by_the_flusher_without_another_call(db: redis.Redis, publisher) -> None:
+    pub, stream = publisher(flush_ms=20)
     pub.token("only")
     wait_for(lambda: db.xlen(stream) == 1, timeout=5, what="the flusher thread")
-    pub.close()
     assert [Event.from_fields(f).data for _, f in db.xrange(stream)] == [{"text": "only"}]
 
 
-def test_a_full_batch_of_tokens_is_written_at_once(db: redis.Redis) -> None:
-    stream = uid("stream")
-    pub = JobPublisher(db, stream, "j1", 1, seq=0, flush_ms=60_000)
+def test_a_full_batch_of_tokens_is_written_at_once(db: redis.Redis, publisher) -> None:
+    pub, stream = publisher()
     for i in range(MAX_BATCH - 1):
         pub.token(str(i))
     assert db.xlen(stream) == 0
     pub.token("last")
     assert db.xlen(stream) == MAX_BATCH
-    pub.close()
     assert [Event.from_fields(f).seq for _, f in db.xrange(stream)] == list(range(MAX_BATCH))
 
 
-def test_reserve_seq_flushes_tokens_and_hands_out_the_next_number(db: redis.Redis) -> None:
-    stream = uid("stream")
-    pub = JobPublisher(db, stream, "j1", 1, seq=0, flush_ms=60_000)
+def test_reserve_seq_flushes_tokens_and_hands_out_the_next_number(db: redis.Redis, publisher) -> None:
+    pub, stream = publisher()
     pub.token("a")
     pub.token("b")
     assert pub.reserve_seq() == 2
     assert db.xlen(stream) == 2
     assert pub.emit("metadata", {}) == 3
     assert pub.next_seq == 4
-    pub.close()
 
 
-def test_a_failed_background_flush_is_raised_on_the_next_call(db: redis.Redis) -> None:
-    stream = uid("stream")
+def test_a_failed_background_flush_is_raised_on_the_next_call(db: redis.Redis, publisher) -> None:
+    pub, stream = publisher(flush_ms=5)
     db.set(stream, "not a stream")
-    pub = JobPublisher(db, stream, "j1", 1, seq=0, flush_ms=5)
     pub.token("a")
 
     def raised() -> bool:
@@ -159,11 +161,7 @@ def test_a_failed_background_flush_is_raised_on_the_next_call(db: redis.Redis) -
         return False
 
     wait_for(raised, timeout=5, what="the flusher's error")
-    pub.close()
     db.delete(stream)
-
-
-# --- ConsumerGroup -----------------------------------------------------------------------------------------------
 
 
 def add(db: redis.Redis, stream: str, n: int, **data: Any) -> list[str]:
@@ -180,10 +178,13 @@ def pending_ids(db: redis.Redis, g: ConsumerGroup) -> list[str]:
     return [p["message_id"] for p in db.xpending_range(g.stream, g.group, "-", "+", 1000)]
 
 
+def fail(entries: list[Entry]) -> None:
+    raise RuntimeError("cannot apply")
+
+
 def test_ensure_group_creates_stream_and_group_once(db: redis.Redis) -> None:
-    g = group(db, uid("stream"), lambda entries: None)
+    g = group(db, uid("stream"), fail)
     g.ensure_group()
-    assert db.exists(g.stream) == 1
     assert [x["name"] for x in db.xinfo_groups(g.stream)] == [g.group]
 
 
@@ -204,11 +205,7 @@ def test_entries_are_acked_only_after_the_handler_returns(db: redis.Redis) -> No
 def test_a_handler_that_raises_leaves_its_entries_pending(db: redis.Redis) -> None:
     stream = uid("stream")
     ids = add(db, stream, 3)
-
-    def handler(entries: list[Entry]) -> None:
-        raise RuntimeError("disk full")
-
-    g = group(db, stream, handler)
+    g = group(db, stream, fail)
     assert g.run_once() == 0
     assert pending_ids(db, g) == ids and g.stats.failed == 3
 
@@ -245,11 +242,7 @@ def test_entries_left_pending_by_a_dead_consumer_are_claimed_once_idle(db: redis
 def test_an_entry_that_keeps_failing_is_dead_lettered_after_max_deliveries(db: redis.Redis) -> None:
     stream = uid("stream")
     [entry_id] = add(db, stream, 1, poison=True)
-
-    def handler(entries: list[Entry]) -> None:
-        raise RuntimeError("cannot apply")
-
-    g = group(db, stream, handler, claim_idle_ms=100, max_deliveries=3)
+    g = group(db, stream, fail, claim_idle_ms=100, max_deliveries=3)
     wait_for(lambda: g.run_once() == 0 and db.xlen(g.dead_stream) == 1, timeout=10, what="the dead letter")
     [(_, dead)] = db.xrange(g.dead_stream)
     assert g.dead_stream == keys.dead_letters(g.group)
@@ -296,8 +289,6 @@ def test_a_group_that_has_read_nothing_keeps_the_whole_stream(db: redis.Redis) -
     assert consumed_floor(db, stream) is None and db.xlen(stream) == 250
 
 
-# --- LifecycleCounter --------------------------------------------------------------------------------------------
-
 STATUSES = ["queued"] * 5 + ["running"] * 3 + ["succeeded"] * 2 + ["failed"]
 EXPECTED = {"submitted": 5, "started": 3, "succeeded": 2, "failed": 1}
 
@@ -339,13 +330,10 @@ def test_through_a_consumer_group_counts_equal_events_even_when_redelivered(db: 
     assert delta(db, before) == EXPECTED
 
 
-# --- job scripts -------------------------------------------------------------------------------------------------
-
-
 def test_start_takes_the_lease_of_a_queued_job_and_returns_its_fields(db, scripts, new_job) -> None:
     job_id = new_job()
     outcome, next_seq, flat = start(scripts, job_id, token="tok-1")
-    fields = dict(zip(flat[::2], flat[1::2]))
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
     assert (outcome, next_seq) == ("ok", 1)
     assert (fields["id"], fields["status"], fields["worker"], fields["query"]) == (job_id, "running", "w1", "2+2")
     assert db.get(keys.job_lease(job_id)) == "tok-1" and 0 < db.pttl(keys.job_lease(job_id)) <= LEASE_MS
@@ -379,8 +367,7 @@ def test_heartbeat_renews_our_lease_reports_cancel_and_notices_a_lost_lease(db, 
     assert cancel(scripts, job_id) == "cancelling"
     assert scripts.heartbeat(keys=lease_keys, args=["mine", LEASE_MS]) == [1, "1"]
     db.delete(keys.job_lease(job_id))
-    assert scripts.heartbeat(keys=lease_keys, args=["mine", LEASE_MS]) == [0, "1"]
-    assert not db.exists(keys.job_lease(job_id))
+    assert scripts.heartbeat(keys=lease_keys, args=["mine", LEASE_MS]) == [0, "1"]  # lost
 
 
 def test_finish_writes_only_while_holding_the_lease_and_sets_ttls(db, scripts, new_job) -> None:
@@ -415,9 +402,6 @@ def test_cancel_ends_queued_jobs_flags_running_ones_and_leaves_ended_ones(db, sc
     assert cancel(scripts, ended) == "succeeded"
     assert db.hget(keys.job(ended), "cancel") == "0"
     assert cancel(scripts, uid("nobody")) == "missing"
-
-
-# --- Sweeper -----------------------------------------------------------------------------------------------------
 
 
 def sweeper(db: redis.Redis, queue: str, **kw: Any) -> Sweeper:

@@ -15,8 +15,25 @@ _BINARY: dict[type, Callable[[Any, Any], Any]] = {
     ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
 }
 _UNARY: dict[type, Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-_EXPRESSION = re.compile(r"[-+(]*\d[\d\s.+\-*/%()^]*")
+_EXPRESSION = re.compile(r"[-+(]*\d(?:[\d\s.+\-*/%()^]|[eE][-+]?\d)*")
 MAX_EXPONENT = 1000
+MAX_BITS = 10_000  # about 3,000 digits: big enough for any sum people ask, small enough to stay instant
+
+
+def _bounded(op: ast.operator, left: int | float, right: int | float) -> int | float:
+    """Apply `op`, refusing integer results too large to compute or print quickly."""
+    if isinstance(op, ast.Pow) and abs(right) > MAX_EXPONENT:
+        raise ValueError(f"Exponents above {MAX_EXPONENT} are not allowed.")
+    if isinstance(left, int) and isinstance(right, int):
+        if isinstance(op, ast.Pow) and right > 0:
+            bits = max(left.bit_length(), 1) * right
+        elif isinstance(op, ast.Mult):
+            bits = left.bit_length() + right.bit_length()
+        else:
+            bits = max(left.bit_length(), right.bit_length()) + 1
+        if bits > MAX_BITS:
+            raise ValueError(f"The result would exceed {MAX_BITS} bits.")
+    return _BINARY[type(op)](left, right)
 
 
 def _eval(node: ast.AST) -> int | float:
@@ -25,10 +42,7 @@ def _eval(node: ast.AST) -> int | float:
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
         return node.value
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
-            raise ValueError(f"Exponents above {MAX_EXPONENT} are not allowed.")
-        return _BINARY[type(node.op)](left, right)
+        return _bounded(node.op, _eval(node.left), _eval(node.right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_eval(node.operand))
     raise ValueError("Only numbers, + - * / // % ** ^ and parentheses are allowed.")
@@ -44,7 +58,7 @@ def find_expression(text: str) -> str | None:
 def calculate(args: Mapping[str, Any]) -> str:
     """Evaluate the arithmetic expression in `expression` (plain text around it is ignored)."""
     text = str(args.get("expression", ""))
-    expression = find_expression(text) if not re.fullmatch(r"[\d\s.+\-*/%()^]+", text) else text.strip()
+    expression = find_expression(text) if not re.fullmatch(r"[\d\s.eE+\-*/%()^]+", text) else text.strip()
     if not expression:
         return "no arithmetic expression found"
     try:

@@ -90,12 +90,13 @@ class OfflineProvider:
             yield usage
             yield Completion("", calls, "tool_calls", usage)
             return
-        words = _TOKEN.findall(compose_answer(request))[: request.max_tokens]
+        answer = _TOKEN.findall(compose_answer(request))
+        words = answer[: request.max_tokens]
         for word in words:
             if self.delay_s:
                 self.sleep(self.delay_s)
             yield TextDelta(word)
-        finish = "length" if len(words) == request.max_tokens else "stop"
+        finish = "length" if len(answer) > len(words) else "stop"
         usage = Usage(request.model, prompt, len(words))
         yield usage
         yield Completion("".join(words), (), finish, usage)
