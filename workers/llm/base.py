@@ -108,7 +108,7 @@ class Provider(Protocol):
 
 
 def backoff_delay(retry: int, *, base: float = 0.5, cap: float = 8.0, rand: float | None = None) -> float:
-    """Seconds to wait before retry number `retry` (1-based): "equal jitter": between half and all of an exponential bound."""
+    """Seconds to wait before retry `retry` (1-based): "equal jitter", half to all of an exponential bound."""
     bound = min(cap, base * (2 ** (retry - 1)))
     r = random.random() if rand is None else rand
     return bound * (0.5 + r / 2)
