@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from celery import Celery
+
 from tests.conftest import create_user
 from tests.stack import RedisServer, Stack
 
@@ -24,6 +26,14 @@ def fresh_stack(**env: str) -> Iterator[tuple[Stack, RedisServer]]:
     finally:
         stack.stop()
         server.stop()
+
+
+def celery_app(redis_url: str) -> Celery:
+    """A plain Celery client of `redis_url`, configured like ours (the baseline's producer)."""
+    app = Celery("bench", broker=redis_url)
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = redis_url
+    return app
 
 
 def user_key(stack: Stack, role: str = "user") -> str:

@@ -8,7 +8,7 @@ import uuid
 
 import redis
 
-from bench.common import fresh_stack, line, percentile, user_key
+from bench.common import celery_app, fresh_stack, line, percentile, user_key
 from bench.rawhttp import Connection
 
 SAMPLES = 300
@@ -41,9 +41,7 @@ async def _first_event_latencies(port: int, key: str, samples: int, token_lags: 
 
 
 def _raw_round_trips(redis_url: str, queue: str, samples: int) -> list[float]:
-    from workers import app
-
-    app.conf.broker_url = redis_url
+    app = celery_app(redis_url)
     client = redis.Redis.from_url(redis_url)
     latencies = []
     for i in range(samples + 20):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bench.common import fresh_stack, line, user_key
+from bench.common import celery_app, fresh_stack, line, user_key
 from bench.rawhttp import Connection
 
 REQUESTS = 6000
@@ -38,9 +38,7 @@ async def _http_rate(port: int, key: str, total: int, connections: int) -> tuple
 
 
 def _raw_rate(redis_url: str, total: int) -> float:
-    from workers import app
-
-    app.conf.broker_url = redis_url
+    app = celery_app(redis_url)
     for _ in range(200):  # warm the producer pool
         app.send_task("agentic.ping", args=["bench:void"], queue="bench-raw")
     started = time.perf_counter()
