@@ -23,6 +23,7 @@ apt_install() {
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v curl >/dev/null || missing+=(curl)
+[ -x /usr/bin/chromium ] || missing+=(chromium)  # the browser test drives it with Playwright
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install: Debian packages: ${missing[*]}"
   apt_install "${missing[@]}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 from pathlib import Path
 from typing import Callable, Iterator
@@ -65,7 +66,9 @@ def create_user(redis_url: str, role: str = "user", prefix: str = "u") -> tuple[
         finally:
             await client.aclose()
 
-    return user_id, asyncio.run(make())
+    # In a thread of its own: a caller may already run an event loop (pytest-asyncio, Playwright).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return user_id, pool.submit(lambda: asyncio.run(make())).result()
 
 
 @pytest.fixture
