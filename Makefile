@@ -10,7 +10,8 @@ install:  ## Debian packages, venv and pip packages (idempotent)
 run: install  ## set up and run the whole system (Ctrl-C stops it)
 	@bash ops/run.sh
 
-test: install  ## set up and run lint and the whole test suite
+test:  ## set up and run lint and the whole test suite
+	@bash ops/install.sh test
 	$(PY) -m ruff check .
 	$(PY) -m pytest -p no:cacheprovider
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up everything `make run` and `make test` need on Debian/Ubuntu: Debian packages, a venv, pip packages.
+# Sets up everything `make run` needs on Debian/Ubuntu (Debian packages, a venv, pip packages);
+# `install.sh test` adds what only the tests use (Chromium for the browser test).
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,9 @@ apt_install() {
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v curl >/dev/null || missing+=(curl)
-[ -x /usr/bin/chromium ] || missing+=(chromium)  # the browser test drives it with Playwright
+if [ "${1:-}" = "test" ]; then
+  [ -x /usr/bin/chromium ] || missing+=(chromium)  # the browser test drives it with Playwright
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install: Debian packages: ${missing[*]}"
   apt_install "${missing[@]}"
