@@ -95,6 +95,7 @@ class Relay:
         self._woken = False
         self._task: asyncio.Task[None] | None = None
         self._has_subs = asyncio.Event()
+        self._closing = False
 
     @property
     def streams_open(self) -> int:
@@ -128,11 +129,16 @@ class Relay:
                 self._has_subs.clear()
 
     async def close(self) -> None:
-        """Stop the reader."""
-        if self._task is not None:
+        """Stop the reader: wake its blocked XREAD so it sees the flag (cancelling a blocked read can hang)."""
+        self._closing = True
+        self._has_subs.set()
+        if self._task is None or self._task.done():
+            return
+        with contextlib.suppress(redis.RedisError):
+            await self.waker.xadd(self.wake_key, {"w": "1"}, maxlen=1, approximate=False)
+        await asyncio.wait({self._task}, timeout=2)
+        if not self._task.done():
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     def _wake(self) -> None:
         if self._woken:
@@ -148,16 +154,17 @@ class Relay:
 
     async def _run(self) -> None:
         delay = 0.05
-        while True:
+        while not self._closing:
             if not self.subs:
                 await self._has_subs.wait()
+                continue
             self._woken = False
             streams = {self.wake_key: self._wake_cursor}
             streams.update({k: f"{ms}-{seq}" for k, (ms, seq) in self.cursors.items()})
             try:
                 reply = await self.reader.xread(streams, count=self.count, block=self.block_ms)
                 delay = 0.05
-            except (redis.ConnectionError, redis.TimeoutError) as ex:
+            except redis.RedisError as ex:
                 log.warning("relay cannot read from redis: %s; retrying in %.2fs", ex, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

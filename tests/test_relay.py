@@ -1,0 +1,97 @@
+"""The SSE relay in-process on real Redis: one reader multiplexes streams, wakes for new subscribers, drops laggards."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from api.relay import Relay
+from events import keys
+from events.envelope import Event
+from tests.stack import RedisServer
+
+_ids = itertools.count()
+
+
+@pytest.fixture
+async def clients(redis_server: RedisServer) -> AsyncIterator[tuple[aioredis.Redis, aioredis.Redis]]:
+    writer = aioredis.Redis.from_url(redis_server.url)
+    reader = aioredis.Redis.from_url(redis_server.url, socket_timeout=15)
+    yield writer, reader
+    await writer.aclose()
+    await reader.aclose()
+
+
+def new_job() -> str:
+    return f"j_{next(_ids) + 7_000_000:032x}"
+
+
+async def add(client: aioredis.Redis, job_id: str, seq: int, etype: str = "token") -> str:
+    event = Event(etype, job_id, seq, time.time(), 1, {"n": seq})
+    return (await client.xadd(keys.job_stream(job_id), event.to_fields())).decode()
+
+
+async def test_one_reader_serves_many_streams_and_positions(clients) -> None:
+    writer, reader = clients
+    relay = Relay(reader, writer, "t-multi", block_ms=2000)
+    a, b = new_job(), new_job()
+    first = await add(writer, a, 0)
+    await add(writer, a, 1)
+    from_start, after_first, other = relay.subscribe(a), relay.subscribe(a, first), relay.subscribe(b)
+    await add(writer, b, 0)
+    await add(writer, a, 2, "done")
+    got_start = [(await from_start.next(5)).type for _ in range(3)]
+    got_after = [(await after_first.next(5)).type for _ in range(2)]
+    got_other = (await other.next(5)).type
+    assert got_start == ["token", "token", "done"] and got_after == ["token", "done"] and got_other == "token"
+    assert from_start.queue.empty() and after_first.queue.empty()
+    assert relay.streams_open == 3 and len(relay.subs) == 2
+    for sub in (from_start, after_first, other):
+        relay.unsubscribe(sub)
+    assert relay.streams_open == 0 and relay.cursors == {}
+    await relay.close()
+
+
+async def test_a_new_subscriber_does_not_wait_for_the_blocked_read_to_time_out(clients) -> None:
+    writer, reader = clients
+    relay = Relay(reader, writer, "t-wake", block_ms=10_000)
+    idle = relay.subscribe(new_job())  # the reader now blocks for up to 10 s on this stream alone
+    await asyncio.sleep(0.2)
+    job = new_job()
+    await add(writer, job, 0)
+    started = time.monotonic()
+    sub = relay.subscribe(job)
+    delivery = await sub.next(8)
+    assert delivery is not None and delivery.type == "token"
+    assert time.monotonic() - started < 5, "the subscriber waited for the 10 s block"
+    relay.unsubscribe(idle)
+    relay.unsubscribe(sub)
+    await relay.close()
+
+
+async def test_a_subscriber_that_falls_behind_is_dropped_and_others_keep_going(clients) -> None:
+    writer, reader = clients
+    relay = Relay(reader, writer, "t-slow", block_ms=2000, buffer=16)
+    job = new_job()
+    slow, fast = relay.subscribe(job), relay.subscribe(job)
+    received = []
+
+    async def drain() -> None:
+        while len(received) < 40:
+            delivery = await fast.next(5)
+            assert delivery is not None
+            received.append(delivery.id)
+
+    reading = asyncio.create_task(drain())
+    ids = [await add(writer, job, n) for n in range(40)]
+    await asyncio.wait_for(reading, 10)
+    assert received == ids
+    assert slow.dropped and slow.queue.full()
+    assert slow not in relay.subs.get(keys.job_stream(job), set())
+    relay.unsubscribe(fast)
+    await relay.close()
