@@ -23,7 +23,7 @@ LONG_QUERY = "Tell me about " + " ".join(f"w{i}" for i in range(60))
 def fault_stack(logdir: Path) -> Iterator[tuple[Stack, redis.Redis]]:
     """A stack of its own, slow tokens (100 ms), no worker until a test starts one."""
     server = RedisServer(logdir).start()
-    stack = Stack(server.url, logdir, OFFLINE_TOKEN_DELAY_MS="100")
+    stack = Stack(server.url, logdir, OFFLINE_TOKEN_DELAY_MS="100", SSE_HEARTBEAT_S="0.3")
     stack.events()
     stack.api()
     client = redis.Redis.from_url(server.url, decode_responses=True)
@@ -68,6 +68,22 @@ def test_cancelling_a_queued_job_means_it_never_runs(fault_stack, api: httpx.Cli
         assert job["error"]["code"] == "cancelled"
     finally:
         worker.stop()
+
+
+def test_an_idle_stream_gets_heartbeats_and_ends_with_the_cancel(fault_stack, api: httpx.Client) -> None:
+    job_id = submit(api, "nobody runs me")  # no worker: the job stays queued
+    comments, events = [], []
+    with api.stream("GET", f"/api/v1/jobs/{job_id}/events") as resp:
+        assert resp.headers["cache-control"] == "no-cache" and resp.headers["x-accel-buffering"] == "no"
+        for item in parse(resp.iter_lines()):
+            if isinstance(item, SSE):
+                events.append(item)
+                continue
+            comments.append(item)
+            if comments.count("heartbeat") == 2:
+                assert api.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
+    assert comments[0] == "stream open" and comments.count("heartbeat") >= 2
+    assert [e.event for e in events] == ["cancelled"]
 
 
 def test_cancelling_a_running_job_stops_it_within_one_second(fault_stack, api: httpx.Client) -> None:
