@@ -99,6 +99,9 @@ class Settings:
     consumer_max_deliveries: int = 5
     consumer_claim_idle_ms: int = 30_000
     log_level: str = "INFO"
+    prices_file: str = str(ROOT / "ops" / "prices.yaml")
+    hold_ttl_s: int = 600
+    budget_alert_pct: int = 80
 
     @property
     def provider_mode(self) -> str:
@@ -141,6 +144,9 @@ class Settings:
             consumer_max_deliveries=_int(env, "CONSUMER_MAX_DELIVERIES", cls.consumer_max_deliveries, 1),
             consumer_claim_idle_ms=_int(env, "CONSUMER_CLAIM_IDLE_MS", cls.consumer_claim_idle_ms, 100),
             log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
+            prices_file=env.get("PRICES_FILE") or cls.prices_file,
+            hold_ttl_s=_int(env, "HOLD_TTL_S", cls.hold_ttl_s, 10),
+            budget_alert_pct=_int(env, "BUDGET_ALERT_PCT", cls.budget_alert_pct, 1, 100),
         )
         settings.check()
         return settings
@@ -158,6 +164,8 @@ class Settings:
             raise SettingsError("JOB_LEASE_S must be more than twice JOB_HEARTBEAT_S.")
         if self.max_tokens_default > self.max_tokens_limit:
             raise SettingsError("MAX_TOKENS_DEFAULT must not exceed MAX_TOKENS_LIMIT.")
+        if not Path(self.prices_file).is_file():
+            raise SettingsError(f"PRICES_FILE names {self.prices_file}, which is not a file.")
         if self.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise SettingsError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR.")
 

@@ -6,6 +6,7 @@ import os
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Callable
 
 import falcon.asgi
@@ -15,12 +16,24 @@ from api import errors
 from api.auth import AuthMiddleware
 from api.jobs import JobService, new_job_id
 from api.relay import Relay
+from api.costs import CostService
+from api.resources.costs import (
+    BudgetResource,
+    CostsHealthResource,
+    ForecastResource,
+    ModelsResource,
+    RecommendationsResource,
+    StatsResource,
+    TrackResource,
+    UsageResource,
+)
 from api.resources.events import EventsResource
 from api.resources.health import HealthResource, LiveResource, ReadyResource
 from api.resources.jobs import CancelResource, JobResource, JobsResource
 from api.resources.stream import DemoResource, StreamHealthResource, StreamSubmitResource
 from api.users import UserStore
 from events import logs
+from events.prices import PriceBook
 from settings import Settings
 
 RELAY_BLOCK_MS = 5000
@@ -59,7 +72,10 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
     instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     relay = Relay(reader, redis, instance, block_ms=RELAY_BLOCK_MS, buffer=settings.sse_buffer)
     users = UserStore(redis, settings.secret_key, clock)
-    service = JobService(redis, relay, settings, clock=clock, new_id=new_id)
+    prices = PriceBook(Path(settings.prices_file))
+    service = JobService(redis, relay, settings, prices, clock=clock, new_id=new_id)
+    costs = CostService(redis, prices, hold_ttl_s=settings.hold_ttl_s, alert_pct=settings.budget_alert_pct,
+                        clock=clock)
 
     middleware: list[Any] = [Lifespan(relay, redis, reader), AuthMiddleware(users, settings.secret_key)]
     app = falcon.asgi.App(middleware=middleware)
@@ -72,6 +88,11 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
     app.add_route("/api/v1/jobs/{job_id}", JobResource(service, settings))
     app.add_route("/api/v1/jobs/{job_id}/cancel", CancelResource(service, settings))
     app.add_route("/api/v1/jobs/{job_id}/events", EventsResource(service, relay, settings))
+    for path, resource in (("stats", StatsResource), ("budget", BudgetResource), ("forecast", ForecastResource),
+                           ("recommendations", RecommendationsResource), ("models", ModelsResource),
+                           ("track", TrackResource), ("health", CostsHealthResource)):
+        app.add_route(f"/api/v1/costs/{path}", resource(costs, settings.max_body_bytes))
+    app.add_route("/api/v1/costs/usage/{user_id}", UsageResource(costs, settings.max_body_bytes))
     app.add_route("/api/v1/stream/demo", DemoResource())
     app.add_route("/api/v1/stream/health", StreamHealthResource(relay, settings))
     app.add_route("/api/v1/stream/{agent}", StreamSubmitResource(service, relay, settings))

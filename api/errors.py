@@ -9,6 +9,8 @@ import falcon
 import redis
 from kombu.exceptions import OperationalError
 
+from events.money import micros_to_usd
+
 log = logging.getLogger("api.errors")
 
 RETRY_AFTER_S = 2
@@ -22,6 +24,27 @@ def bad_request(description: str, code: str = "invalid_request") -> falcon.HTTPE
 def not_found(description: str = "There is no such resource.", code: str = "not_found") -> falcon.HTTPError:
     """A 404; also what another user's job looks like."""
     return falcon.HTTPNotFound(title="Not Found", description=description, code=code)
+
+
+class PaymentRequired(falcon.HTTPError):
+    """402 whose body also carries the figures a client needs to decide what to do."""
+
+    def __init__(self, description: str, figures: dict[str, Any]) -> None:
+        super().__init__(falcon.HTTP_402, title="Payment Required", description=description, code="budget_exceeded")
+        self.figures = figures
+
+    def to_dict(self, obj_type: Any = dict) -> Any:
+        """The standard error fields plus the figures."""
+        body = super().to_dict(obj_type)
+        body.update(self.figures)
+        return body
+
+
+def budget_exceeded(ex: Any) -> falcon.HTTPError:
+    """The 402 for a BudgetExceededError: remaining budget and the hold that was asked for."""
+    return PaymentRequired(str(ex), {
+        "scope": ex.scope, "period": ex.period, "limit_usd": micros_to_usd(ex.limit),
+        "remaining_usd": micros_to_usd(max(ex.remaining, 0)), "hold_usd": micros_to_usd(ex.hold)})
 
 
 async def unavailable(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, Any]) -> None:

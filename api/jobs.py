@@ -12,6 +12,11 @@ from typing import Any, Callable
 from api.relay import Relay, parse_id
 from api.validation import Submission
 from events import jobs, keys
+from events.budgets import BudgetScripts, hold_member, job_scopes, period_keys, period_ttls, settle_call
+from events.budgets import worst_case_micros
+from events.catalog import AGENT_TYPES
+from events.money import micros_to_usd
+from events.prices import PriceBook
 from events.taskmsg import RUN_AGENT_TASK, task_message
 from settings import Settings
 
@@ -34,6 +39,17 @@ class IdempotencyConflictError(Exception):
     """Raised when an Idempotency-Key is reused with a different body."""
 
 
+class BudgetExceededError(Exception):
+    """Raised when a job's worst-case cost does not fit what a budget has left."""
+
+    def __init__(self, scope: str, remaining: int, limit: int, period: str, hold: int) -> None:
+        super().__init__(
+            f"The {period} budget for scope '{scope}' has ${micros_to_usd(max(remaining, 0))} left of "
+            f"${micros_to_usd(limit)}; this job needs a hold of ${micros_to_usd(hold)} (its worst case). "
+            "Lower max_tokens, use a cheaper model, or ask an admin to raise the budget.")
+        self.scope, self.remaining, self.limit, self.period, self.hold = scope, remaining, limit, period, hold
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -41,30 +57,40 @@ def _text(value: Any) -> str:
 class JobService:
     """Jobs in Redis, as the API sees them; `client` is a redis.asyncio client."""
 
-    def __init__(self, client: Any, relay: Relay, settings: Settings, *,
+    def __init__(self, client: Any, relay: Relay, settings: Settings, prices: PriceBook, *,
                  clock: Callable[[], float] = time.time, new_id: Callable[[], str] = new_job_id) -> None:
         self.client = client
         self.relay = relay
         self.settings = settings
         self.clock = clock
         self.new_id = new_id
+        self.prices = prices
         self.scripts = jobs.JobScripts.register(client)
+        self.budget = BudgetScripts.register(client)
 
     async def submit(self, owner: str, sub: Submission, *, idempotency_key: str | None = None,
                      digest: str = "") -> tuple[dict[str, str], bool]:
-        """Save and enqueue a job; returns (job, created). A replayed Idempotency-Key returns the first job."""
+        """Hold the worst-case cost, then save and enqueue the job; returns (job, created).
+
+        A replayed Idempotency-Key returns the first job. Raises UnknownModelError for an unpriced model and
+        BudgetExceededError when the hold does not fit a budget.
+        """
+        idem = keys.idempotency(owner, idempotency_key) if idempotency_key else "idem:-"
+        if idempotency_key and (first := await self._replay(idem, digest)) is not None:
+            return first, False
         job_id = self.new_id()
         now = self.clock()
         offline = self.settings.provider_mode == "offline"
         model = "offline" if offline else (sub.model or self.settings.default_model)
+        amount = await self._hold(owner, job_id, sub, model, now)
         record = jobs.job_record(job_id=job_id, owner=owner, agent=sub.agent_type, model=model, query=sub.query,
                                  max_tokens=sub.max_tokens, now=now, session_id=sub.session_id,
                                  metadata=sub.metadata, attachments=sub.attachments,
                                  provider=self.settings.provider_mode)
+        record["hold_micros"] = str(amount)
         if sub.model and sub.model != model:
             record["requested_model"] = sub.model
         message = task_message(RUN_AGENT_TASK, [job_id, 1], self.settings.queue, task_id=job_id)
-        idem = keys.idempotency(owner, idempotency_key) if idempotency_key else "idem:-"
         lifecycle = json.dumps({"status": "queued", "agent": sub.agent_type, "model": model})
         flat = [part for pair in record.items() for part in pair]
         reply = await self.scripts.submit(
@@ -75,14 +101,46 @@ class JobService:
         )
         if _text(reply[0]) == "created":
             return record, True
-        first_id, _, first_digest = _text(reply[1]).partition(":")
+        await self.settle(owner, job_id)  # a concurrent request with the same key won: return our hold
+        first = await self._replay(idem, digest)
+        if first is None:
+            raise IdempotencyConflictError("This Idempotency-Key belongs to a job that has expired; use a new key.")
+        return first, False
+
+    async def _replay(self, idem: str, digest: str) -> dict[str, str] | None:
+        """The job an Idempotency-Key already made, if any; IdempotencyConflictError if the body differs."""
+        raw = await self.client.get(idem)
+        if raw is None:
+            return None
+        first_id, _, first_digest = _text(raw).partition(":")
         if first_digest != digest:
             raise IdempotencyConflictError(
                 "This Idempotency-Key was already used with a different body; use a new key for a new job.")
         first = await self.load(first_id)
-        if first is None:  # the first job expired; its key outlived it
+        if first is None:
             raise IdempotencyConflictError("This Idempotency-Key belongs to a job that has expired; use a new key.")
-        return first, False
+        return first
+
+    async def _hold(self, owner: str, job_id: str, sub: Submission, model: str, now: float) -> int:
+        """Reserve the job's worst-case cost against every budget scope; returns the amount held."""
+        info = AGENT_TYPES[sub.agent_type]
+        amount = worst_case_micros(self.prices.price(model), max_tokens=sub.max_tokens, calls=info.max_llm_calls,
+                                   input_bytes=len(sub.query.encode()) + info.prompt_overhead_bytes)
+        reply = await self.budget.hold(
+            keys=[keys.budget_config(owner), *period_keys(owner, now), keys.budget_hold(owner, job_id),
+                  keys.HOLDS_INDEX],
+            args=[amount, f"{now + self.settings.hold_ttl_s:.6f}", hold_member(owner, job_id), job_id, owner,
+                  *period_ttls(), *job_scopes(sub.session_id, sub.agent_type)],
+        )
+        if _text(reply[0]) == "rejected":
+            scope, remaining, limit, period = (_text(v) for v in reply[1:5])
+            raise BudgetExceededError(scope, int(remaining), int(limit), period, amount)
+        return amount
+
+    async def settle(self, owner: str, job_id: str) -> None:
+        """Swap a job's hold for its spend (nothing, for a job that never ran)."""
+        keys_, args = settle_call(owner, job_id, self.clock())
+        await self.budget.settle(keys=keys_, args=args)
 
     async def load(self, job_id: str) -> dict[str, str] | None:
         """The job's record, or None if the id is malformed or unknown."""
@@ -121,14 +179,16 @@ class JobService:
             top = last[0]
         return found, (f"{last[0]!r}:{last[1]}" if last else None)
 
-    async def cancel(self, job_id: str) -> str:
+    async def cancel(self, job: dict[str, str]) -> str:
         """Cancel a job: 'cancelled', 'cancelling', 'missing', or the terminal status it already had."""
         data = json.dumps({"reason": "cancelled by request before it started"})
-        reply = await self.scripts.cancel(
-            keys=jobs.cancel_keys(job_id),
-            args=[job_id, f"{self.clock():.6f}", self.settings.job_ttl_s, self.settings.stream_ttl_s, data],
-        )
-        return _text(reply)
+        reply = _text(await self.scripts.cancel(
+            keys=jobs.cancel_keys(job["id"]),
+            args=[job["id"], f"{self.clock():.6f}", self.settings.job_ttl_s, self.settings.stream_ttl_s, data],
+        ))
+        if reply == "cancelled":  # it never ran: its whole hold goes back
+            await self.settle(job.get("owner", ""), job["id"])
+        return reply
 
     async def last_event_id(self, job_id: str) -> str | None:
         """The id of the job stream's newest entry, if it has one."""

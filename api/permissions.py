@@ -20,13 +20,16 @@ class Permission(StrEnum):
     JOBS_READ = "jobs:read"
     JOBS_CANCEL = "jobs:cancel"
     JOBS_READ_ALL = "jobs:read_all"
+    COSTS_READ = "costs:read"
+    COSTS_ADMIN = "costs:admin"
     USERS_ADMIN = "users:admin"
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.USER: frozenset({Permission.JOBS_SUBMIT, Permission.JOBS_READ, Permission.JOBS_CANCEL}),
-    Role.READONLY: frozenset({Permission.JOBS_READ}),
+    Role.USER: frozenset({Permission.JOBS_SUBMIT, Permission.JOBS_READ, Permission.JOBS_CANCEL,
+                          Permission.COSTS_READ}),
+    Role.READONLY: frozenset({Permission.JOBS_READ, Permission.COSTS_READ}),
 }
 
 

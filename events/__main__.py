@@ -13,6 +13,8 @@ import redis
 from events import keys, logs
 from events.consumer import ConsumerGroup
 from events.lifecycle import GROUP as LIFECYCLE_GROUP
+from events.ledger import GROUP as LEDGER_GROUP
+from events.ledger import Ledger
 from events.lifecycle import LifecycleCounter
 from events.sweeper import Sweeper
 from settings import Settings
@@ -25,6 +27,7 @@ def sweep_forever(sweeper: Sweeper, stop: threading.Event, every_s: float) -> No
     while not stop.wait(every_s):
         try:
             sweeper.sweep()
+            sweeper.sweep_holds()
         except (redis.ConnectionError, redis.TimeoutError) as ex:
             log.warning("sweeper cannot reach redis: %s", ex)
 
@@ -37,12 +40,15 @@ def main() -> None:
                                   health_check_interval=10)
     consumer = f"{socket.gethostname()}-{os.getpid()}"
     groups = [
-        ConsumerGroup(client, keys.LIFECYCLE_STREAM, LIFECYCLE_GROUP, consumer, LifecycleCounter(client),
-                      claim_idle_ms=settings.consumer_claim_idle_ms,
-                      max_deliveries=settings.consumer_max_deliveries),
+        ConsumerGroup(client, stream, group, consumer, handler, claim_idle_ms=settings.consumer_claim_idle_ms,
+                      max_deliveries=settings.consumer_max_deliveries)
+        for stream, group, handler in (
+            (keys.LIFECYCLE_STREAM, LIFECYCLE_GROUP, LifecycleCounter(client)),
+            (keys.USAGE_STREAM, LEDGER_GROUP, Ledger(client)),
+        )
     ]
     sweeper = Sweeper(client, settings.queue, grace_s=settings.lease_s, job_ttl_s=settings.job_ttl_s,
-                      stream_ttl_s=settings.stream_ttl_s)
+                      stream_ttl_s=settings.stream_ttl_s, hold_ttl_s=settings.hold_ttl_s)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -12,6 +12,7 @@ class AgentInfo:
     name: str
     description: str
     max_llm_calls: int
+    prompt_overhead_bytes: int = 1024  # system prompt and tool specs, sent with every call
 
 
 AGENT_TYPES: dict[str, AgentInfo] = {

@@ -12,18 +12,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from events import keys
+from events.money import micros_to_usd
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 MAX_ATTEMPTS = 3
 
 _LUA = Path(__file__).with_name("lua")
-_EMIT = (_LUA / "_emit.lua").read_text()
 
 
-def lua(name: str) -> str:
-    """The source of one job script, with the shared `emit` helper in front."""
-    return _EMIT + (_LUA / f"{name}.lua").read_text()
+def lua(name: str, prelude: str = "_emit") -> str:
+    """The source of one script, with a shared helper file (`_emit` or `_budget`) in front."""
+    return (_LUA / f"{prelude}.lua").read_text() + (_LUA / f"{name}.lua").read_text()
 
 
 SCRIPT_NAMES = ("submit", "start", "heartbeat", "finish", "cancel", "requeue")
@@ -82,7 +82,8 @@ def view(job: Mapping[str, str]) -> dict[str, Any]:
         "result": job.get("result") or None,
         "error": _json(job.get("error"), None),
         "usage": usage,
-        "cost_usd": job.get("cost_usd") or None,
+        "cost_usd": micros_to_usd(int(job.get("cost_micros") or 0)),
+        "hold_usd": micros_to_usd(int(job["hold_micros"])) if job.get("hold_micros") else None,
         "attempts": int(job.get("attempt") or 1),
         "provider": job.get("provider") or None,
         "cancel_requested": job.get("cancel") == "1",

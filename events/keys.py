@@ -72,3 +72,38 @@ def dedupe(group: str, entry_id: str) -> str:
 def relay_wake(instance: str) -> str:
     """Written to wake one API process's relay reader when a new subscriber arrives."""
     return f"relay:wake:{instance}"
+
+
+# Budgets: every key of one user shares the hash tag {user}, so the budget scripts stay in one slot.
+HOLDS_INDEX = "budget:holds"
+ALERTS_STREAM = "stream:alerts"
+
+
+def budget_config(user_id: str) -> str:
+    """Hash of a user's budgets: scope ('user', 'session:…', 'agent:…') → JSON limit, period, alert_pct."""
+    return f"budget:{{{user_id}}}:cfg"
+
+
+def budget_period(user_id: str, period_id: str) -> str:
+    """Hash of spent:/held:/alerted: counters per scope for one period (d20261126, w2026-48, m202611, total)."""
+    return f"budget:{{{user_id}}}:p:{period_id}"
+
+
+def budget_hold(user_id: str, job_id: str) -> str:
+    """Hash of one job's hold: amount, spent so far, the scopes and periods it counts against."""
+    return f"budget:{{{user_id}}}:hold:{job_id}"
+
+
+def ledger_hour(owner: str, bucket: str) -> str:
+    """Hash of one hour's spend and tokens, for a user or for 'all' users."""
+    return f"ledger:{owner}:h:{bucket}"
+
+
+def ledger_total(owner: str) -> str:
+    """Hash of all-time spend and tokens, for a user or for 'all' users."""
+    return f"ledger:{owner}:total"
+
+
+def ledger_queries(user_id: str) -> str:
+    """Hash of a user's runs and cost per identical query (n:/c: + query hash)."""
+    return f"ledger:{user_id}:queries"

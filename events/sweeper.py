@@ -1,4 +1,5 @@
-"""The sweeper: a running job whose lease lapsed (its worker died) runs again as the next attempt."""
+"""The sweeper: a running job whose lease lapsed (its worker died) runs again as the next attempt, and
+budget holds whose job ended or vanished are settled (their spend counted, the rest returned)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from typing import Any, Callable
 
 from events import jobs, keys
+from events.budgets import BudgetScripts, settle_call
 from events.taskmsg import RUN_AGENT_TASK, task_message
 
 log = logging.getLogger("events.sweeper")
@@ -24,6 +26,7 @@ class Sweeper:
         job_ttl_s: int,
         stream_ttl_s: int,
         max_attempts: int = jobs.MAX_ATTEMPTS,
+        hold_ttl_s: int = 600,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
@@ -33,7 +36,9 @@ class Sweeper:
         self.stream_ttl_s = stream_ttl_s
         self.max_attempts = max_attempts
         self.clock = clock
+        self.hold_ttl_s = hold_ttl_s
         self._requeue = client.register_script(jobs.lua("requeue"))
+        self._settle = BudgetScripts.register(client).settle
 
     def sweep(self) -> dict[str, int]:
         """One pass; returns how many jobs ended up in each outcome."""
@@ -46,10 +51,10 @@ class Sweeper:
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
             pipe.exists(keys.job_lease(job_id))
-            pipe.hget(keys.job(job_id), "attempt")
+            pipe.hmget(keys.job(job_id), "attempt", "owner")
         replies = pipe.execute()
         for i, job_id in enumerate(ids):
-            leased, attempt = replies[2 * i], replies[2 * i + 1]
+            leased, (attempt, owner) = replies[2 * i], replies[2 * i + 1]
             if leased:
                 continue
             attempt_no = int(attempt or 0)
@@ -62,8 +67,33 @@ class Sweeper:
                 )
             )
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            if outcome in ("failed", "cancelled") and owner is not None:  # ended for good: settle its hold now
+                keys_, args = settle_call(_text(owner), job_id, now)
+                self._settle(keys=keys_, args=args)
             if outcome not in ("alive", "changed"):
                 log.warning("job %s lost its worker on attempt %d: %s", job_id, attempt_no, outcome)
+        return outcomes
+
+
+    def sweep_holds(self, batch: int = 500) -> dict[str, int]:
+        """Settle holds past their expiry whose job has ended or is gone; extend those of live jobs."""
+        now = self.clock()
+        members = [_text(m) for m in self.client.zrangebyscore(keys.HOLDS_INDEX, "-inf", now, start=0, num=batch)]
+        outcomes = {"settled": 0, "extended": 0}
+        if not members:
+            return outcomes
+        pipe = self.client.pipeline(transaction=False)
+        for member in members:
+            pipe.hget(keys.job(member.partition("\t")[2]), "status")
+        for member, status in zip(members, pipe.execute(), strict=True):
+            user, _, job_id = member.partition("\t")
+            if status is not None and _text(status) not in jobs.TERMINAL_STATUSES:
+                self.client.zadd(keys.HOLDS_INDEX, {member: now + self.hold_ttl_s})
+                outcomes["extended"] += 1
+                continue
+            keys_, args = settle_call(user, job_id, now)
+            self._settle(keys=keys_, args=args)
+            outcomes["settled"] += 1
         return outcomes
 
 

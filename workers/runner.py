@@ -12,11 +12,14 @@ from typing import Any, Callable, Mapping
 from celery.exceptions import SoftTimeLimitExceeded
 
 from events import jobs, keys
-from events.envelope import Event
-from events.publisher import JobPublisher, publish
+from events.budgets import BudgetScripts, settle_call
+from events.money import micros_to_usd
+from events.prices import PriceBook
+from events.publisher import JobPublisher
 from workers.agents.base import Agent, AgentContext, AgentError, AgentStop, Cancelled, LeaseLost
 from workers.heartbeat import Heartbeat
 from workers.llm.base import LLMError, Provider, Usage
+from workers.spending import Spending
 
 log = logging.getLogger("workers.runner")
 
@@ -29,11 +32,13 @@ class Totals:
     output_tokens: int = 0
     cached_input_tokens: int = 0
     calls: int = 0
+    cost_micros: int = 0
     estimated: bool = False
     models: list[str] = field(default_factory=list)
 
-    def add(self, usage: Usage) -> None:
-        """Count one call's usage."""
+    def add(self, usage: Usage, cost_micros: int = 0) -> None:
+        """Count one call's usage and cost."""
+        self.cost_micros += cost_micros
         self.input_tokens += usage.input_tokens
         self.output_tokens += usage.output_tokens
         self.cached_input_tokens += usage.cached_input_tokens
@@ -51,6 +56,7 @@ class Totals:
             "total_tokens": self.input_tokens + self.output_tokens,
             "llm_calls": self.calls,
             "estimated": self.estimated,
+            "cost_usd": micros_to_usd(self.cost_micros),
         }
 
 
@@ -79,6 +85,7 @@ class JobRunner:
         client: Any,
         provider: Provider,
         agents: Mapping[str, Agent],
+        prices: PriceBook,
         *,
         lease_s: float,
         heartbeat_s: float,
@@ -98,7 +105,9 @@ class JobRunner:
         self.flush_ms = flush_ms
         self.worker = worker
         self.clock = clock
+        self.prices = prices
         self.scripts = jobs.JobScripts.register(client)
+        self.budget_scripts = BudgetScripts.register(client)
 
     def run(self, job_id: str, attempt: int) -> str:
         """Run attempt `attempt` of the job if it is still due; returns the outcome or why it was skipped."""
@@ -123,7 +132,7 @@ class JobRunner:
         if result is None:  # lease lost: the next attempt owns the job's stream now
             publisher.close()
             return "lease_lost"
-        return self._finish(job_id, attempt, token, publisher, result, totals)
+        return self._finish(job_id, job.get("owner", ""), attempt, token, publisher, result, totals)
 
     def _outcome(self, job: Mapping[str, str], attempt: int, publisher: JobPublisher,
                  heartbeat: Heartbeat, totals: Totals) -> Outcome | None:
@@ -131,17 +140,17 @@ class JobRunner:
         if agent is None:
             return error_outcome("unknown_agent", f"This worker has no agent named {job.get('agent')!r}.")
 
+        spending = Spending(self.client, self.budget_scripts, self.prices, job, attempt, self.provider.name,
+                            self.clock)
+
         def on_usage(usage: Usage, call: int) -> None:
-            totals.add(usage)
-            data = {"model": usage.model, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-                    "cached_input_tokens": usage.cached_input_tokens, "estimated": usage.estimated, "call": call}
+            data = spending.charge(usage, call)
+            totals.add(usage, data["cost_micros"])
             publisher.emit("usage", data)
-            shared = {**data, "user_id": job.get("owner", ""), "session_id": job.get("session_id", ""),
-                      "agent": job.get("agent", ""), "provider": self.provider.name}
-            publish(self.client, keys.USAGE_STREAM, Event("usage", job["id"], 0, self.clock(), attempt, shared))
 
         ctx = AgentContext(job=job, provider=self.provider, events=publisher, check=heartbeat.check,
-                           on_usage=on_usage, model=job.get("model", ""), max_tokens=int(job.get("max_tokens", 1024)))
+                           on_usage=on_usage, before_call=spending.before_call, model=job.get("model", ""),
+                           max_tokens=int(job.get("max_tokens", 1024)))
         try:
             answer = agent.run(ctx)
         except LeaseLost:
@@ -162,7 +171,7 @@ class JobRunner:
             return error_outcome("internal_error", "The agent failed unexpectedly; the error is in the worker's log.")
         return Outcome("succeeded", "done", {"result": answer, "usage": totals.as_dict()}, result=answer)
 
-    def _finish(self, job_id: str, attempt: int, token: str, publisher: JobPublisher,
+    def _finish(self, job_id: str, owner: str, attempt: int, token: str, publisher: JobPublisher,
                 outcome: Outcome, totals: Totals) -> str:
         seq = publisher.reserve_seq()
         publisher.close()
@@ -177,7 +186,18 @@ class JobRunner:
         )
         log.info("job %s attempt %d %s", job_id, attempt, outcome.status,
                  extra={"job_id": job_id, "attempt": attempt, "status": outcome.status, "finish": _text(done)})
-        return outcome.status if _text(done) == "ok" else "lease_lost"
+        if _text(done) != "ok":
+            return "lease_lost"
+        self.settle(owner, job_id)
+        return outcome.status
+
+    def settle(self, owner: str, job_id: str) -> None:
+        """Swap the job's hold for its actual spend (once; the sweeper does it if we die first)."""
+        keys_, args = settle_call(owner, job_id, self.clock())
+        reply = self.budget_scripts.settle(keys=keys_, args=args)
+        for scope, spent, limit in (reply[3] if len(reply) > 3 else []):
+            log.warning("budget alert for %s scope %s: spent %s of %s micros", owner, _text(scope), _text(spent),
+                        _text(limit), extra={"job_id": job_id, "user_id": owner})
 
 
 def _text(value: Any) -> str:

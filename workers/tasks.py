@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 import os
 import socket
+from pathlib import Path
 
 import redis
 from celery.signals import setup_logging, worker_process_init
 
 from events import logs
+from events.prices import PriceBook
 from events.taskmsg import RUN_AGENT_TASK
 from settings import Settings
 from workers import app
@@ -36,7 +38,8 @@ def runner() -> JobRunner:
     settings = Settings.from_env()
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30,
                                   health_check_interval=10)
-    return JobRunner(client, make_provider(settings), AGENTS, lease_s=settings.lease_s,
+    return JobRunner(client, make_provider(settings), AGENTS, PriceBook(Path(settings.prices_file)),
+                     lease_s=settings.lease_s,
                      heartbeat_s=settings.heartbeat_s, job_ttl_s=settings.job_ttl_s,
                      stream_ttl_s=settings.stream_ttl_s, flush_ms=settings.token_flush_ms,
                      worker=f"{socket.gethostname()}-{os.getpid()}")

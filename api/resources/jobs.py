@@ -9,11 +9,12 @@ import falcon
 from api import keys as apikeys
 from api.auth import principal_of
 from api.body import read_json
-from api.errors import bad_request, not_found
-from api.jobs import IdempotencyConflictError, JobService, body_hash, parse_cursor
+from api.errors import bad_request, budget_exceeded, not_found
+from api.jobs import BudgetExceededError, IdempotencyConflictError, JobService, body_hash, parse_cursor
 from api.permissions import Permission, allowed
 from api.validation import InvalidFieldError, check_idempotency_key, parse_submission
 from events import jobs
+from events.prices import UnknownModelError
 from settings import Settings
 
 MAX_PAGE = 100
@@ -69,12 +70,15 @@ class JobsResource:
         except IdempotencyConflictError as ex:
             raise falcon.HTTPUnprocessableEntity(title="Idempotency-Key reused", description=str(ex),
                                                  code="idempotency_conflict") from ex
+        except UnknownModelError as ex:
+            raise bad_request(str(ex), code="unpriced_model") from ex
+        except BudgetExceededError as ex:
+            raise budget_exceeded(ex) from ex
         resp.status = falcon.HTTP_202 if created else falcon.HTTP_200
         if not created:
             resp.set_header("Idempotent-Replayed", "true")
         resp.location = f"/api/v1/jobs/{job['id']}"
         view = public_job(job, self.settings)
-        view["hold_usd"] = None
         resp.media = view
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
@@ -126,8 +130,7 @@ class CancelResource:
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str) -> None:
         """200 when the job is cancelled, 202 while a running one stops, 409 if it already ended otherwise."""
-        await visible_job(req, self.service, job_id)
-        outcome = await self.service.cancel(job_id)
+        outcome = await self.service.cancel(await visible_job(req, self.service, job_id))
         if outcome == "missing":
             raise not_found(f"There is no job {job_id!r} that you can see.", code="job_not_found")
         if outcome in ("succeeded", "failed"):

@@ -10,14 +10,15 @@ from falcon.asgi import SSEvent
 
 from api.auth import principal_of
 from api.body import read_json
-from api.errors import bad_request, not_found
-from api.jobs import body_hash
+from api.errors import bad_request, budget_exceeded, not_found
+from api.jobs import BudgetExceededError, body_hash
 from api.permissions import PUBLIC, Permission
 from api.relay import Relay, Subscription
 from api.resources.events import EventsResource
 from api.resources.jobs import public_job
 from api.validation import InvalidFieldError, parse_submission
 from events.catalog import AGENT_TYPES
+from events.prices import UnknownModelError
 from settings import Settings
 
 DEMO_PAGE = Path(__file__).resolve().parent.parent / "static" / "demo.html"
@@ -49,7 +50,12 @@ class StreamSubmitResource(EventsResource):
             raise bad_request(str(ex), code="invalid_field") from ex
         principal = principal_of(req)
         assert principal is not None
-        job, _ = await self.service.submit(principal.user_id, submission, digest=body_hash(body))
+        try:
+            job, _ = await self.service.submit(principal.user_id, submission, digest=body_hash(body))
+        except UnknownModelError as ex:
+            raise bad_request(str(ex), code="unpriced_model") from ex
+        except BudgetExceededError as ex:
+            raise budget_exceeded(ex) from ex
         view = public_job(job, self.settings)
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")

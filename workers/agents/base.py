@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
+from events.budgets import MAX_TOOL_RESULT_CHARS
 from workers.llm.base import ChatRequest, Completion, Provider, Retrying, TextDelta, ToolCall, Usage
 
 
@@ -26,6 +27,12 @@ class LeaseLost(AgentStop):
     """Raised when this attempt lost its lease (another attempt took over); it must write nothing more."""
 
     code = "lease_lost"
+
+
+class BudgetExhausted(AgentStop):
+    """Raised before a model call whose worst case would take the job past its budget hold."""
+
+    code = "budget_exhausted"
 
 
 class AgentError(Exception):
@@ -68,6 +75,7 @@ class AgentContext:
     events: Events
     check: Callable[[], None]
     on_usage: Callable[[Usage, int], None]
+    before_call: Callable[[ChatRequest], None]
     model: str
     max_tokens: int
     clock: Callable[[], float] = time.monotonic
@@ -93,6 +101,7 @@ class Agent(Protocol):
 def call_model(ctx: AgentContext, messages: list[dict[str, Any]], tools: list[Tool]) -> Completion:
     """One streamed model call: tokens and usage go out as events, cancel is checked between tokens."""
     request = ChatRequest(ctx.model, messages, ctx.max_tokens, [t.spec() for t in tools])
+    ctx.before_call(request)
     call = ctx.calls
     ctx.calls += 1
     completion: Completion | None = None
@@ -134,6 +143,8 @@ def run_tool(ctx: AgentContext, tools: Mapping[str, Tool], call: ToolCall) -> st
     except Exception as ex:  # the model sees the error and may try again
         ok = False
         result = f"error: {ex}"
+    if len(result) > MAX_TOOL_RESULT_CHARS:  # budget holds count on this bound
+        result = result[:MAX_TOOL_RESULT_CHARS] + "…"
     ctx.events.emit("tool_end", {"tool": call.name, "call_id": call.id, "ok": ok, "result": result,
                                  "duration_ms": round((ctx.clock() - started) * 1000, 3)})
     return result
