@@ -5,9 +5,9 @@ from __future__ import annotations
 import platform
 import sys
 
-from bench import latency, streams, submit
+from bench import latency, money, streams, submit
 
-BENCHES = {"submit": submit.run, "latency": latency.run, "streams": streams.run}
+BENCHES = {"submit": submit.run, "latency": latency.run, "streams": streams.run, "money": money.run}
 
 
 def main() -> None:

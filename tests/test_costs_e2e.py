@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Iterator
 
@@ -11,6 +14,10 @@ import pytest
 import redis
 
 from events import keys
+from events.envelope import Event
+from events.forecast import forecast
+from events.money import micros_to_usd
+from events.periods import period_bounds
 from tests.conftest import create_user
 from tests.stack import ROOT, RedisServer, Stack, wait_for
 
@@ -147,3 +154,81 @@ def test_cost_read_endpoints_answer_for_the_caller_only(money_stack) -> None:
     assert api.get("/api/v1/costs/stats", params={"period": "year"}).status_code == 400
     models = {m["model"]: m for m in api.get("/api/v1/costs/models").json()["models"]}
     assert "offline" in models and "gpt-4o" in models
+
+
+def add_usage(r: redis.Redis, user_id: str, ts: float, **data: object) -> None:
+    fields = {"user_id": user_id, "model": "gpt-4o", "input_tokens": 0, "output_tokens": 0, "cost_micros": 0,
+              "agent": "query", "call": 0, **data}
+    r.xadd(keys.USAGE_STREAM, Event("usage", "synthetic", 0, ts, 1, fields).to_fields())
+
+
+def test_forecast_on_a_synthetic_history_matches_the_model(money_stack) -> None:
+    stack, r = money_stack
+    user_id, api = client_for(stack)
+    now = time.time()
+    today = datetime.fromtimestamp(now, UTC).date()
+    for days_ago in range(10):  # a ramp: 10,000 micros ten days ago, up by 1,000 a day
+        noon = datetime(today.year, today.month, today.day, 12, tzinfo=UTC) - timedelta(days=days_ago)
+        add_usage(r, user_id, min(noon.timestamp(), now), cost_micros=10_000 + 1_000 * (9 - days_ago))
+    wait_for(lambda: int(r.hget(keys.ledger_total(user_id), "calls") or 0) == 10, what="the ledger")
+    got = api.get("/api/v1/costs/forecast").json()
+    history = [(today - timedelta(days=13 - i), 0 if i < 4 else 10_000 + 1_000 * (i - 4)) for i in range(14)]
+    _, end = period_bounds("monthly", now)
+    spent = sum(c for d, c in history if d >= today.replace(day=1))
+    want = forecast(history, today=today, period_end=end - timedelta(days=1), limit_micros=None, spent_micros=spent)
+    assert got["method"] == want["method"] == "ols_daily_14d"
+    assert got["slope_micros_per_day"] == want["slope_micros_per_day"]
+    assert got["projected_remaining_usd"] == micros_to_usd(want["projected_remaining_micros"])
+    assert got["interval_high_usd"] == micros_to_usd(want["interval_high_micros"])
+    assert got["history_days"] == 14 and got["days_until_exhausted"] is None
+
+
+def test_recommendations_from_real_usage_give_the_expected_savings(money_stack) -> None:
+    stack, r = money_stack
+    user_id, api = client_for(stack)
+    now = time.time()
+    add_usage(r, user_id, now, model="gpt-4o", input_tokens=1_000_000, output_tokens=100_000,
+              cost_micros=3_500_000)
+    for _ in range(3):
+        add_usage(r, user_id, now, model="offline", cost_micros=1_000, query_hash="q-same")
+    wait_for(lambda: int(r.hget(keys.ledger_total(user_id), "calls") or 0) == 4, what="the ledger")
+    got = api.get("/api/v1/costs/recommendations").json()
+    by_kind = {item["kind"]: item for item in got["recommendations"]}
+    swap = by_kind["model_swap"]
+    # gpt-4o-mini: 1M × $0.15/M + 100k × $0.60/M = $0.21, against $3.50 on gpt-4o
+    assert swap["suggested_model"] == "gpt-4o-mini" and swap["savings_micros"] == 3_290_000
+    assert swap["savings_usd"] == "3.290000"
+    assert by_kind["cache_repeats"]["savings_micros"] == 2_000  # two of three identical runs
+    assert got["total_savings_usd"] == "3.292000"
+    assert [i["kind"] for i in got["recommendations"]] == ["model_swap", "cache_repeats"]
+
+
+def test_stats_group_spend_by_model_and_admins_see_everyone(money_stack) -> None:
+    stack, r = money_stack
+    user_id, api = client_for(stack)
+    _, admin = client_for(stack, "admin")
+    now = time.time()
+    add_usage(r, user_id, now, model="gpt-4o", input_tokens=10, output_tokens=5, cost_micros=75)
+    add_usage(r, user_id, now, model="house-model", input_tokens=10, output_tokens=5, cost_micros=60)
+    wait_for(lambda: int(r.hget(keys.ledger_total(user_id), "calls") or 0) == 2, what="the ledger")
+    stats = api.get("/api/v1/costs/stats", params={"period": "day", "group_by": "model"}).json()
+    assert stats["cost_micros"] == 135 and stats["input_tokens"] == 20 and stats["calls"] == 2
+    assert [(g["key"], g["cost_micros"]) for g in stats["groups"]] == [("gpt-4o", 75), ("house-model", 60)]
+    everyone = admin.get("/api/v1/costs/stats", params={"period": "day", "group_by": "user"}).json()
+    assert any(g["key"] == user_id and g["cost_micros"] == 135 for g in everyone["groups"])
+    usage = admin.get(f"/api/v1/costs/usage/{user_id}").json()
+    assert usage["all_time"]["cost_usd"] == "0.000135"
+
+
+def test_soft_alert_fires_once_when_spend_crosses_the_threshold(money_stack) -> None:
+    stack, r = money_stack
+    user_id, _ = client_for(stack)
+    _, admin = client_for(stack, "admin")
+    admin.post("/api/v1/costs/budget", json={"user_id": user_id, "limit_usd": "0.010000", "alert_pct": 50})
+    before = r.xlen(keys.ALERTS_STREAM) if r.exists(keys.ALERTS_STREAM) else 0
+    track = {"user_id": user_id, "model": "house-model", "input_tokens": 1000, "output_tokens": 0}  # $0.003
+    for _ in range(3):
+        assert admin.post("/api/v1/costs/track", json=track).status_code == 201
+    alerts = [f for _, f in r.xrange(keys.ALERTS_STREAM)][before:]
+    mine = [json.loads(f["data"]) for f in alerts if json.loads(f["data"])["user_id"] == user_id]
+    assert len(mine) == 1 and mine[0]["spent_micros"] == 6_000 and mine[0]["limit_micros"] == 10_000

@@ -212,8 +212,8 @@ def test_tampered_or_malformed_stream_tokens_are_refused() -> None:
 
 GRANTS = {
     "admin": set(Permission),
-    "user": {Permission.JOBS_SUBMIT, Permission.JOBS_READ, Permission.JOBS_CANCEL},
-    "readonly": {Permission.JOBS_READ},
+    "user": {Permission.JOBS_SUBMIT, Permission.JOBS_READ, Permission.JOBS_CANCEL, Permission.COSTS_READ},
+    "readonly": {Permission.JOBS_READ, Permission.COSTS_READ},
     "superuser": set(),
     "": set(),
 }
