@@ -14,9 +14,9 @@ import redis.asyncio as aioredis
 
 from api import errors
 from api.auth import AuthMiddleware
+from api.costs import CostService
 from api.jobs import JobService, new_job_id
 from api.relay import Relay
-from api.costs import CostService
 from api.resources.costs import (
     BudgetResource,
     CostsHealthResource,

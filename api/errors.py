@@ -30,7 +30,9 @@ class PaymentRequired(falcon.HTTPError):
     """402 whose body also carries the figures a client needs to decide what to do."""
 
     def __init__(self, description: str, figures: dict[str, Any]) -> None:
-        super().__init__(falcon.HTTP_402, title="Payment Required", description=description, code="budget_exceeded")
+        # Falcon types `code` as int, but it is any JSON value; ours are strings everywhere.
+        super().__init__(falcon.HTTP_402, title="Payment Required", description=description,
+                         code="budget_exceeded")  # type: ignore[arg-type]
         self.figures = figures
 
     def to_dict(self, obj_type: Any = dict) -> Any:

@@ -12,8 +12,15 @@ from typing import Any, Callable
 from api.relay import Relay, parse_id
 from api.validation import Submission
 from events import jobs, keys
-from events.budgets import BudgetScripts, hold_member, job_scopes, period_keys, period_ttls, settle_call
-from events.budgets import worst_case_micros
+from events.budgets import (
+    BudgetScripts,
+    hold_member,
+    job_scopes,
+    period_keys,
+    period_ttls,
+    settle_call,
+    worst_case_micros,
+)
 from events.catalog import AGENT_TYPES
 from events.money import micros_to_usd
 from events.prices import PriceBook

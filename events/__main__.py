@@ -12,9 +12,9 @@ import redis
 
 from events import keys, logs
 from events.consumer import ConsumerGroup
-from events.lifecycle import GROUP as LIFECYCLE_GROUP
 from events.ledger import GROUP as LEDGER_GROUP
 from events.ledger import Ledger
+from events.lifecycle import GROUP as LIFECYCLE_GROUP
 from events.lifecycle import LifecycleCounter
 from events.sweeper import Sweeper
 from settings import Settings

@@ -1,0 +1,79 @@
+"""The worker's side of budgets on real Redis: no call starts whose worst case would overrun the job's hold."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+import redis
+
+from events import jobs, keys
+from events.budgets import BudgetScripts, call_cost_bound, hold_member, period_keys, period_ttls, settle_call
+from events.prices import PriceBook
+from tests.stack import ROOT
+from workers.agents.base import AgentError, BudgetExhausted
+from workers.llm.base import ChatRequest, Usage
+from workers.spending import Spending
+
+PRICES = PriceBook(ROOT / "tests" / "data" / "prices.yaml")
+_ids = itertools.count()
+
+
+def make_job(r: redis.Redis, amount: int, model: str = "house-model") -> dict[str, str]:
+    user, job_id = f"spender{next(_ids)}", f"j_{next(_ids) + 9_000_000:032x}"
+    record = jobs.job_record(job_id=job_id, owner=user, agent="query", model=model, query="q", max_tokens=100,
+                             now=time.time())
+    r.hset(keys.job(job_id), mapping=record)
+    now = time.time()
+    reply = BudgetScripts.register(r).hold(
+        keys=[keys.budget_config(user), *period_keys(user, now), keys.budget_hold(user, job_id), keys.HOLDS_INDEX],
+        args=[amount, now + 60, hold_member(user, job_id), job_id, user, *period_ttls(), "user"])
+    assert reply[0] == "held"
+    return record
+
+
+def spending(r: redis.Redis, job: dict[str, str]) -> Spending:
+    return Spending(r, BudgetScripts.register(r), PRICES, job, 1, "offline", time.time)
+
+
+def request(prompt_chars: int, max_tokens: int = 100) -> ChatRequest:
+    return ChatRequest("house-model", [{"role": "user", "content": "x" * prompt_chars}], max_tokens)
+
+
+def test_a_call_that_could_overrun_the_hold_is_refused_before_it_starts(r: redis.Redis) -> None:
+    price = PRICES.price("house-model")
+    fits = request(1000)
+    bound = call_cost_bound(price, prompt_bytes=1000 + 40, max_tokens=100)  # the JSON framing adds bytes
+    job = make_job(r, amount=bound + 50)
+    guard = spending(r, job)
+    guard.before_call(fits)
+    with pytest.raises(BudgetExhausted, match="left of this job's budget hold|is left"):
+        guard.before_call(request(5000))
+
+
+def test_charges_use_up_the_hold_and_then_nothing_more_may_start(r: redis.Redis) -> None:
+    job = make_job(r, amount=2_000)
+    guard = spending(r, job)
+    figures = guard.charge(Usage("house-model", 300, 100), call=0)  # 300 × $3/M + 100 × $6/M = 1,500 micros
+    assert figures["cost_micros"] == 1_500 and figures["price_source"] == "overrides:prices.yaml"
+    assert int(r.hget(keys.budget_hold(job["owner"], job["id"]), "spent")) == 1_500
+    assert int(r.hget(keys.job(job["id"]), "cost_micros")) == 1_500
+    with pytest.raises(BudgetExhausted):
+        guard.before_call(request(10, max_tokens=100))  # worst case 10+ bytes in, 600 micros out: over 500 left
+    again = spending(r, job)  # a later attempt sees what earlier ones spent
+    assert again.spent == 1_500 and again.amount == 2_000
+
+
+def test_a_job_without_a_hold_may_not_spend_on_a_priced_model(r: redis.Redis) -> None:
+    job = make_job(r, amount=1_000)
+    BudgetScripts.register(r).settle(*settle_call(job["owner"], job["id"], time.time()))
+    with pytest.raises(BudgetExhausted):
+        spending(r, job).before_call(request(10))
+
+
+def test_an_unpriced_model_stops_the_agent_with_a_clear_error(r: redis.Redis) -> None:
+    job = make_job(r, amount=1_000)
+    guard = spending(r, job)
+    with pytest.raises(AgentError, match="has no price"):
+        guard.before_call(ChatRequest("mystery-model", [], 10))
