@@ -11,6 +11,7 @@ import redis
 from events import jobs, keys
 from events.budgets import BudgetScripts, call_cost_bound, hold_member, period_keys, period_ttls, settle_call
 from events.prices import PriceBook
+from events.sweeper import Sweeper
 from tests.stack import ROOT
 from workers.agents.base import AgentError, BudgetExhausted
 from workers.llm.base import ChatRequest, Usage
@@ -77,3 +78,22 @@ def test_an_unpriced_model_stops_the_agent_with_a_clear_error(r: redis.Redis) ->
     guard = spending(r, job)
     with pytest.raises(AgentError, match="has no price"):
         guard.before_call(ChatRequest("mystery-model", [], 10))
+
+
+def test_the_sweeper_settles_holds_of_ended_or_vanished_jobs_and_extends_live_ones(r: redis.Redis) -> None:
+    live, ended, vanished = (make_job(r, amount=5_000) for _ in range(3))
+    r.hset(keys.job(ended["id"]), "status", "failed")
+    r.hincrby(keys.budget_hold(ended["owner"], ended["id"]), "spent", 1_234)
+    r.delete(keys.job(vanished["id"]))
+    later = time.time() + 120  # past every hold's expiry
+    sweeper = Sweeper(r, "agents-test", grace_s=1, job_ttl_s=60, stream_ttl_s=60, hold_ttl_s=30,
+                      clock=lambda: later)
+    outcome = sweeper.sweep_holds()
+    assert outcome["settled"] >= 2 and outcome["extended"] >= 1
+    assert r.exists(keys.budget_hold(live["owner"], live["id"]))
+    assert r.zscore(keys.HOLDS_INDEX, hold_member(live["owner"], live["id"])) == pytest.approx(later + 30)
+    for job in (ended, vanished):
+        assert not r.exists(keys.budget_hold(job["owner"], job["id"]))
+        assert r.zscore(keys.HOLDS_INDEX, hold_member(job["owner"], job["id"])) is None
+    [period] = [k for k in r.keys(f"budget:{{{ended['owner']}}}:p:*") if k.endswith("total")]
+    assert r.hget(period, "spent:user") == "1234" and int(r.hget(period, "held:user") or 0) == 0
