@@ -97,3 +97,11 @@ def test_a_service_that_keeps_failing_fails_the_job_without_leaking_the_key(sim_
     for proc in stack.procs:
         assert PROVIDER_KEY not in proc.log(), proc.name
     assert PROVIDER_KEY not in str(done) and all(PROVIDER_KEY not in str(e.data) for e in events)
+
+
+def test_a_job_naming_an_unpriced_model_is_refused_at_submit(api: httpx.Client) -> None:
+    resp = api.post("/api/v1/jobs", json={"agent_type": "query", "query": "hi", "model": "mystery-model-3"})
+    assert resp.status_code == 400 and resp.json()["code"] == "unpriced_model"
+    assert "mystery-model-3" in resp.json()["description"] and "prices.yaml" in resp.json()["description"]
+    priced = api.post("/api/v1/jobs", json={"agent_type": "query", "query": "hi", "model": "gpt-4o"})
+    assert priced.status_code == 202 and float(priced.json()["hold_usd"]) > 0
