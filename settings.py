@@ -6,6 +6,7 @@ A bad value fails at start-up with the variable's name.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import secrets
@@ -46,6 +47,20 @@ def _float(env: Mapping[str, str], name: str, default: float, low: float = 0.0) 
     if not math.isfinite(value) or value < low:
         raise SettingsError(f"{name} must be a finite number of at least {low}, got {raw!r}.")
     return value
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    found = _list(env, name)
+    for net in found:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise SettingsError(f"{name} must list IP addresses or networks (CIDR), got {net!r}.") from None
+    return found
 
 
 def _secret_key(env: Mapping[str, str]) -> str:
@@ -102,6 +117,10 @@ class Settings:
     prices_file: str = str(ROOT / "ops" / "prices.yaml")
     hold_ttl_s: int = 600
     budget_alert_pct: int = 80
+    rate_limit_per_min: int = 600
+    cors_origins: tuple[str, ...] = ()
+    admin_ip_allowlist: tuple[str, ...] = ()
+    key_rotation_grace_s: int = 86400
 
     @property
     def provider_mode(self) -> str:
@@ -147,6 +166,10 @@ class Settings:
             prices_file=env.get("PRICES_FILE") or cls.prices_file,
             hold_ttl_s=_int(env, "HOLD_TTL_S", cls.hold_ttl_s, 10),
             budget_alert_pct=_int(env, "BUDGET_ALERT_PCT", cls.budget_alert_pct, 1, 100),
+            rate_limit_per_min=_int(env, "RATE_LIMIT_PER_MIN", cls.rate_limit_per_min, 0),
+            cors_origins=_list(env, "CORS_ORIGINS"),
+            admin_ip_allowlist=_networks(env, "ADMIN_IP_ALLOWLIST"),
+            key_rotation_grace_s=_int(env, "KEY_ROTATION_GRACE_S", cls.key_rotation_grace_s, 0),
         )
         settings.check()
         return settings

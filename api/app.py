@@ -13,6 +13,7 @@ import falcon.asgi
 import redis.asyncio as aioredis
 
 from api import errors
+from api.audit import AuditLog
 from api.auth import AuthMiddleware
 from api.costs import CostService
 from api.jobs import JobService, new_job_id
@@ -77,7 +78,14 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
     costs = CostService(redis, prices, hold_ttl_s=settings.hold_ttl_s, alert_pct=settings.budget_alert_pct,
                         clock=clock)
 
-    middleware: list[Any] = [Lifespan(relay, redis, reader), AuthMiddleware(users, settings.secret_key)]
+    audit = AuditLog(redis, clock)
+    auth = AuthMiddleware(users, settings.secret_key, audit, rate_limit_per_min=settings.rate_limit_per_min,
+                          admin_networks=settings.admin_ip_allowlist, clock=clock)
+    middleware: list[Any] = [Lifespan(relay, redis, reader), auth]
+    if settings.cors_origins:
+        middleware.insert(0, falcon.CORSMiddleware(allow_origins=list(settings.cors_origins),
+                                                   expose_headers=["Location", "RateLimit-Limit",
+                                                                   "RateLimit-Remaining", "RateLimit-Reset"]))
     app = falcon.asgi.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)

@@ -1,18 +1,27 @@
-"""Authentication and authorisation: every request names its permission through its resource.
+"""Authentication, authorisation, rate limits and the admin IP allow-list, before any responder runs.
 
 A resource declares `permissions = {"GET": Permission.X, ...}`; `PUBLIC` marks the few open routes.
 A method a resource does not declare is refused, so a new route is closed until someone opens it.
+Failures and denials are audited. Keys are found by their keyed hash, so the time a lookup takes does not
+depend on how much of a guessed key is right.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import ipaddress
+import time
+from typing import Any, Callable
 
 import falcon
 
 from api import keys as apikeys
+from api.audit import AuditLog, client_ip
 from api.permissions import PUBLIC, Permission, allowed
 from api.users import Principal, UserStore
+
+ADMIN_PERMISSIONS = frozenset({Permission.USERS_ADMIN, Permission.COSTS_ADMIN, Permission.AUDIT_READ,
+                               Permission.JOBS_READ_ALL})
+WINDOW_S = 60
 
 
 def presented_key(req: falcon.asgi.Request) -> str | None:
@@ -40,13 +49,18 @@ def required_permission(resource: Any, method: str) -> Permission | str | None:
 class AuthMiddleware:
     """Finds the principal behind each request and checks its permission before the responder runs."""
 
-    def __init__(self, users: UserStore, secret: str) -> None:
+    def __init__(self, users: UserStore, secret: str, audit: AuditLog, *, rate_limit_per_min: int = 0,
+                 admin_networks: tuple[str, ...] = (), clock: Callable[[], float] = time.time) -> None:
         self.users = users
         self.secret = secret
+        self.audit = audit
+        self.limit = rate_limit_per_min
+        self.admin_networks = [ipaddress.ip_network(n, strict=False) for n in admin_networks]
+        self.clock = clock
 
     async def process_resource(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                                resource: Any, params: dict[str, Any]) -> None:
-        """Authenticate and authorise, or raise 401/403."""
+        """Authenticate, rate-limit and authorise, or raise 401, 429 or 403."""
         req.context.principal = None
         req.context.stream_job = None
         if resource is None or req.method == "OPTIONS":
@@ -60,23 +74,59 @@ class AuthMiddleware:
                                               description=f"{req.method} is not allowed here.", code="bad_method")
         key = presented_key(req)
         if key is None:
-            token = req.get_param("token")
-            job_id = params.get("job_id")
-            if token and job_id and getattr(resource, "accepts_stream_token", False):
-                if apikeys.check_stream_token(self.secret, job_id, token):
-                    req.context.stream_job = job_id
-                    return
-                raise unauthorized("The stream token is invalid or expired; ask for the job again for a new one.")
-            raise unauthorized("Send an API key as 'Authorization: Bearer sk_live_…' or 'X-API-Key'.")
-        principal = await self.users.authenticate(key)
+            await self._stream_token(req, resource, params)
+            return
+        principal = await self.users.authenticate(key, window_s=WINDOW_S if self.limit else 0)
         if principal is None:
+            prefix = apikeys.display_prefix(key) if apikeys.looks_like_key(key) else "malformed"
+            await self.audit.record("anonymous", "auth.failure", resource=req.path, result="failure",
+                                    ip=client_ip(req), details={"key_prefix": prefix})
             raise unauthorized("The API key is invalid, revoked or expired.")
+        self._rate_limit(principal, resp)
         needed = Permission(permission)
         if not allowed(principal.role, needed):
-            raise falcon.HTTPForbidden(
-                title="Forbidden", code="forbidden",
-                description=f"Your role '{principal.role}' lacks the '{needed}' permission.")
+            await self._deny(req, principal, needed, f"Your role '{principal.role}' lacks the '{needed}' permission.")
+        if needed in ADMIN_PERMISSIONS and self.admin_networks and not self._admin_ip_ok(req):
+            await self._deny(req, principal, needed, "Admin routes are not reachable from this address.")
         req.context.principal = principal
+
+    async def _stream_token(self, req: falcon.asgi.Request, resource: Any, params: dict[str, Any]) -> None:
+        token = req.get_param("token")
+        job_id = params.get("job_id")
+        if token and job_id and getattr(resource, "accepts_stream_token", False):
+            if apikeys.check_stream_token(self.secret, job_id, token):
+                req.context.stream_job = job_id
+                return
+            await self.audit.record("anonymous", "auth.failure", resource=req.path, result="failure",
+                                    ip=client_ip(req), details={"reason": "bad stream token"})
+            raise unauthorized("The stream token is invalid or expired; ask for the job again for a new one.")
+        raise unauthorized("Send an API key as 'Authorization: Bearer sk_live_…' or 'X-API-Key'.")
+
+    def _rate_limit(self, principal: Principal, resp: falcon.asgi.Response) -> None:
+        if not self.limit:
+            return
+        reset = WINDOW_S - int(self.clock()) % WINDOW_S
+        resp.set_header("RateLimit-Limit", str(self.limit))
+        resp.set_header("RateLimit-Remaining", str(max(self.limit - principal.window_count, 0)))
+        resp.set_header("RateLimit-Reset", str(reset))
+        if principal.window_count > self.limit:
+            raise falcon.HTTPTooManyRequests(
+                title="Too Many Requests", code="rate_limited", retry_after=reset,
+                description=f"This key may make {self.limit} requests a minute; retry in {reset} s.",
+                headers={"RateLimit-Limit": str(self.limit), "RateLimit-Remaining": "0",
+                         "RateLimit-Reset": str(reset)})
+
+    def _admin_ip_ok(self, req: falcon.asgi.Request) -> bool:
+        try:
+            address = ipaddress.ip_address(client_ip(req))
+        except ValueError:
+            return False
+        return any(address in net for net in self.admin_networks)
+
+    async def _deny(self, req: falcon.asgi.Request, principal: Principal, needed: Permission, why: str) -> None:
+        await self.audit.record(principal.user_id, "permission.denied", resource=req.path, result="denied",
+                                ip=client_ip(req), details={"permission": needed.value, "key_id": principal.key_id})
+        raise falcon.HTTPForbidden(title="Forbidden", code="forbidden", description=why)
 
 
 def principal_of(req: falcon.asgi.Request) -> Principal | None:

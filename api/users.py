@@ -33,11 +33,21 @@ class UnknownUserError(UserError):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request acts as."""
+    """Who a request acts as; `agents` None means every agent is allowed."""
 
     user_id: str
     role: str
     key_id: str
+    agents: tuple[str, ...] | None = None
+    window_count: int = 0  # requests made with this key in the current rate-limit window
+
+    def may_use(self, agent: str) -> bool:
+        """True when the user's allow list admits `agent`."""
+        return self.agents is None or agent in self.agents
+
+
+def _agents(raw: str | None) -> tuple[str, ...] | None:
+    return tuple(json.loads(raw)) if raw else None
 
 
 def _text(value: Any) -> str:
@@ -71,12 +81,14 @@ class UserStore:
         self.secret = secret
         self.clock = clock
 
-    async def create_user(self, user_id: str, role: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Create a user; raises UserExistsError if the id is taken."""
+    async def create_user(self, user_id: str, role: str, metadata: dict[str, Any] | None = None,
+                          agents: list[str] | None = None) -> dict[str, Any]:
+        """Create a user (`agents`: an allow list, None for all); raises UserExistsError if the id is taken."""
         check_user_id(user_id)
         role = check_role(role)
         record = {"user_id": user_id, "role": role, "created_at": f"{self.clock():.6f}",
-                  "metadata": json.dumps(metadata or {}), "disabled": "0"}
+                  "metadata": json.dumps(metadata or {}), "disabled": "0",
+                  "agents": json.dumps(sorted(agents)) if agents is not None else ""}
         if not await self.client.hsetnx(keys.user(user_id), "user_id", user_id):
             raise UserExistsError(f"User {user_id!r} already exists.")
         pipe = self.client.pipeline(transaction=True)
@@ -108,6 +120,7 @@ class UserStore:
         now = self.clock()
         record = {
             "key_id": apikeys.key_id(hashed), "user_id": user_id, "role": user["role"], "name": name,
+            "agents": json.dumps(user["agents"]) if user["agents"] is not None else "",
             "prefix": apikeys.display_prefix(key), "created_at": f"{now:.6f}",
             "expires_at": f"{now + expires_in_s:.6f}" if expires_in_s else "", "revoked": "0",
         }
@@ -135,22 +148,72 @@ class UserStore:
                                                                      "revoked_at": f"{self.clock():.6f}"})
         return True
 
-    async def authenticate(self, key: str) -> Principal | None:
-        """The principal a key stands for, or None if it is unknown, revoked or expired."""
+    async def authenticate(self, key: str, *, window_s: int = 0) -> Principal | None:
+        """The principal a key stands for, or None if it is unknown, revoked or expired.
+
+        With `window_s`, the same round trip counts the request in the key's rate-limit window.
+        """
         if not apikeys.looks_like_key(key):
             return None
-        record = _decode(await self.client.hgetall(keys.apikey(apikeys.key_hash(self.secret, key))))
+        hashed = apikeys.key_hash(self.secret, key)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(keys.apikey(hashed))
+        if window_s:
+            counter = keys.rate_limit(apikeys.key_id(hashed), int(self.clock() // window_s))
+            pipe.incr(counter)
+            pipe.expire(counter, window_s * 2)
+        replies = await pipe.execute()
+        record = _decode(replies[0])
         if not record or record.get("revoked") == "1":
             return None
         expires = record.get("expires_at")
         if expires and float(expires) <= self.clock():
             return None
-        return Principal(record["user_id"], record["role"], record["key_id"])
+        return Principal(record["user_id"], record["role"], record["key_id"], _agents(record.get("agents")),
+                         int(replies[1]) if window_s else 0)
+
+    async def set_role(self, user_id: str, role: str) -> dict[str, Any]:
+        """Change a user's role; every key of theirs carries it from the next request on."""
+        await self.get_user(user_id)
+        role = check_role(role)
+        await self._rewrite(user_id, {"role": role})
+        return await self.get_user(user_id)
+
+    async def set_agents(self, user_id: str, agents: list[str] | None) -> dict[str, Any]:
+        """Limit a user to these agents (None: all agents)."""
+        await self.get_user(user_id)
+        await self._rewrite(user_id, {"agents": json.dumps(sorted(agents)) if agents is not None else ""})
+        return await self.get_user(user_id)
+
+    async def rotate_key(self, user_id: str, key_id: str, grace_s: int, *, name: str = "") -> tuple[str, dict]:
+        """A new key replacing `key_id`, which keeps working for `grace_s` seconds more."""
+        hashed = await self.client.hget(keys.user_keys(user_id), key_id)
+        if hashed is None:
+            raise UnknownUserError(f"User {user_id!r} has no key {key_id!r}.")
+        old = _decode(await self.client.hgetall(keys.apikey(_text(hashed))))
+        if old.get("revoked") == "1":
+            raise UserError(f"Key {key_id!r} is revoked; create a new key instead of rotating it.")
+        key, info = await self.create_key(user_id, name=name or old.get("name", ""), expires_in_s=None)
+        ends = self.clock() + grace_s
+        if not old.get("expires_at") or float(old["expires_at"]) > ends:
+            await self.client.hset(keys.apikey(_text(hashed)), mapping={"expires_at": f"{ends:.6f}",
+                                                                         "rotated_to": info["key_id"]})
+        return key, info
+
+    async def _rewrite(self, user_id: str, fields: dict[str, str]) -> None:
+        """Set fields on the user and on every key record of theirs (auth reads them from the key)."""
+        hashes = [_text(h) for h in (await self.client.hgetall(keys.user_keys(user_id))).values()]
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(keys.user(user_id), mapping=fields)
+        for hashed in hashes:
+            pipe.hset(keys.apikey(hashed), mapping=fields)
+        await pipe.execute()
 
     @staticmethod
     def _user_view(record: dict[str, str]) -> dict[str, Any]:
+        agents = _agents(record.get("agents"))
         return {"user_id": record["user_id"], "role": record.get("role", ""),
-                "created_at": float(record.get("created_at") or 0),
+                "created_at": float(record.get("created_at") or 0), "agents": list(agents) if agents is not None else None,
                 "metadata": json.loads(record.get("metadata") or "{}"), "disabled": record.get("disabled") == "1"}
 
     @staticmethod
@@ -158,4 +221,4 @@ class UserStore:
         return {"key_id": record["key_id"], "user_id": record["user_id"], "name": record.get("name", ""),
                 "prefix": record.get("prefix", ""), "created_at": float(record.get("created_at") or 0),
                 "expires_at": float(record["expires_at"]) if record.get("expires_at") else None,
-                "revoked": record.get("revoked") == "1"}
+                "revoked": record.get("revoked") == "1", "rotated_to": record.get("rotated_to") or None}

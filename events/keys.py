@@ -51,6 +51,11 @@ def apikey(key_hash: str) -> str:
     return f"apikey:{key_hash}"
 
 
+def rate_limit(key_id: str, window: int) -> str:
+    """Requests made with one API key in one rate-limit window."""
+    return f"ratelimit:{key_id}:{window}"
+
+
 def idempotency(user_id: str, key: str) -> str:
     """What an Idempotency-Key of one user maps to."""
     return f"idem:{user_id}:{key}"

@@ -212,8 +212,11 @@ def test_tampered_or_malformed_stream_tokens_are_refused() -> None:
 
 GRANTS = {
     "admin": set(Permission),
-    "user": {Permission.JOBS_SUBMIT, Permission.JOBS_READ, Permission.JOBS_CANCEL, Permission.COSTS_READ},
-    "readonly": {Permission.JOBS_READ, Permission.COSTS_READ},
+    "user": {Permission.JOBS_SUBMIT, Permission.JOBS_READ, Permission.JOBS_CANCEL, Permission.COSTS_READ,
+             Permission.CACHE_READ, Permission.METRICS_READ, Permission.DOCS_UPLOAD, Permission.KEYS_OWN,
+             Permission.SECURITY_READ},
+    "readonly": {Permission.JOBS_READ, Permission.COSTS_READ, Permission.CACHE_READ, Permission.METRICS_READ,
+                 Permission.SECURITY_READ},
     "superuser": set(),
     "": set(),
 }
