@@ -31,6 +31,20 @@ from api.resources.costs import (
 from api.resources.events import EventsResource
 from api.resources.health import HealthResource, LiveResource, ReadyResource
 from api.resources.jobs import CancelResource, JobResource, JobsResource
+from api.resources.security import (
+    AuditResource,
+    AuditVerifyResource,
+    AuthenticateResource,
+    CheckPermissionResource,
+    KeyResource,
+    KeysResource,
+    PermissionsResource,
+    RoleResource,
+    SecurityHealthResource,
+    SecurityStatsResource,
+    UserResource,
+    UsersResource,
+)
 from api.resources.stream import DemoResource, StreamHealthResource, StreamSubmitResource
 from api.users import UserStore
 from events import logs
@@ -92,16 +106,29 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
     app.add_route("/api/v1/health", HealthResource(redis, settings))
     app.add_route("/api/v1/monitoring/live", LiveResource())
     app.add_route("/api/v1/monitoring/ready", ReadyResource(redis))
-    app.add_route("/api/v1/jobs", JobsResource(service, settings))
-    app.add_route("/api/v1/jobs/{job_id}", JobResource(service, settings))
-    app.add_route("/api/v1/jobs/{job_id}/cancel", CancelResource(service, settings))
+    app.add_route("/api/v1/jobs", JobsResource(service, settings, audit))
+    app.add_route("/api/v1/jobs/{job_id}", JobResource(service, settings, audit))
+    app.add_route("/api/v1/jobs/{job_id}/cancel", CancelResource(service, settings, audit))
     app.add_route("/api/v1/jobs/{job_id}/events", EventsResource(service, relay, settings))
     for path, resource in (("stats", StatsResource), ("budget", BudgetResource), ("forecast", ForecastResource),
                            ("recommendations", RecommendationsResource), ("models", ModelsResource),
                            ("track", TrackResource), ("health", CostsHealthResource)):
-        app.add_route(f"/api/v1/costs/{path}", resource(costs, settings.max_body_bytes))
-    app.add_route("/api/v1/costs/usage/{user_id}", UsageResource(costs, settings.max_body_bytes))
+        app.add_route(f"/api/v1/costs/{path}", resource(costs, settings.max_body_bytes, audit))
+    app.add_route("/api/v1/costs/usage/{user_id}", UsageResource(costs, settings.max_body_bytes, audit))
+    security = (users, audit, settings)
+    keys_resource, key_resource = KeysResource(*security), KeyResource(*security)
+    for path, handler in (
+        ("users", UsersResource(*security)), ("users/{user_id}", UserResource(*security)),
+        ("users/{user_id}/role", RoleResource(*security)), ("users/{user_id}/api-key", keys_resource),
+        ("users/{user_id}/api-keys", keys_resource), ("users/{user_id}/api-keys/{key_id}", key_resource),
+        ("check-permission", CheckPermissionResource(*security)),
+        ("authenticate", AuthenticateResource(*security)), ("audit", AuditResource(*security)),
+        ("audit/verify", AuditVerifyResource(*security)), ("stats", SecurityStatsResource(*security)),
+        ("permissions", PermissionsResource(*security)), ("health", SecurityHealthResource(*security)),
+    ):
+        app.add_route(f"/api/v1/security/{path}", handler)
+    app.add_route("/api/v1/security/users/{user_id}/api-keys/{key_id}/rotate", key_resource, suffix="rotate")
     app.add_route("/api/v1/stream/demo", DemoResource())
     app.add_route("/api/v1/stream/health", StreamHealthResource(relay, settings))
-    app.add_route("/api/v1/stream/{agent}", StreamSubmitResource(service, relay, settings))
+    app.add_route("/api/v1/stream/{agent}", StreamSubmitResource(service, relay, settings, audit))
     return app

@@ -213,7 +213,8 @@ class UserStore:
     def _user_view(record: dict[str, str]) -> dict[str, Any]:
         agents = _agents(record.get("agents"))
         return {"user_id": record["user_id"], "role": record.get("role", ""),
-                "created_at": float(record.get("created_at") or 0), "agents": list(agents) if agents is not None else None,
+                "created_at": float(record.get("created_at") or 0),
+                "agents": list(agents) if agents is not None else None,
                 "metadata": json.loads(record.get("metadata") or "{}"), "disabled": record.get("disabled") == "1"}
 
     @staticmethod

@@ -11,6 +11,8 @@ import threading
 import redis
 
 from events import keys, logs
+from events.audit import GROUP as AUDIT_GROUP
+from events.audit import AuditChain
 from events.consumer import ConsumerGroup
 from events.ledger import GROUP as LEDGER_GROUP
 from events.ledger import Ledger
@@ -45,6 +47,7 @@ def main() -> None:
         for stream, group, handler in (
             (keys.LIFECYCLE_STREAM, LIFECYCLE_GROUP, LifecycleCounter(client)),
             (keys.USAGE_STREAM, LEDGER_GROUP, Ledger(client)),
+            (keys.AUDIT_STREAM, AUDIT_GROUP, AuditChain(client)),
         )
     ]
     sweeper = Sweeper(client, settings.queue, grace_s=settings.lease_s, job_ttl_s=settings.job_ttl_s,

@@ -7,6 +7,7 @@ from typing import Any
 
 import falcon
 
+from api.audit import AuditLog, client_ip
 from api.auth import principal_of
 from api.body import read_json
 from api.costs import GROUPS, WINDOWS, CostService
@@ -49,9 +50,10 @@ def _tokens(body: dict[str, Any], name: str, required: bool = True) -> int:
 
 
 class _Costs:
-    def __init__(self, costs: CostService, max_body_bytes: int) -> None:
+    def __init__(self, costs: CostService, max_body_bytes: int, audit: AuditLog) -> None:
         self.costs = costs
         self.max_body_bytes = max_body_bytes
+        self.audit = audit
 
 
 class StatsResource(_Costs):
@@ -119,6 +121,10 @@ class BudgetResource(_Costs):
                                                 str(body.get("period", "monthly")), alert_pct)
         except BudgetError as ex:
             raise bad_request(str(ex), code="invalid_field") from ex
+        actor = principal_of(req)
+        await self.audit.record(actor.user_id if actor else "", "budget.set", resource=f"{user_id}/{scope}",
+                                ip=client_ip(req), details={"limit_usd": state["limit_usd"] if state else None,
+                                                            "period": state["period"] if state else None})
         resp.media = {"user_id": user_id, "scope": scope, "budget": state, "removed": state is None}
 
 

@@ -44,22 +44,24 @@ class EventsResource:
                 return
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
-        resp.sse = self._events(self.relay.subscribe(job_id, after))
+        resp.sse = sse_events(self.relay, self.relay.subscribe(job_id, after), self.settings.sse_heartbeat_s)
 
-    async def _events(self, sub: Subscription) -> AsyncIterator[SSEvent]:
-        try:
-            yield SSEvent(retry=RETRY_MS, comment="stream open")
-            while True:
-                delivery = await sub.next(self.settings.sse_heartbeat_s)
-                if delivery is None:
-                    if sub.dropped:
-                        return  # too slow: the client resumes from its last id
-                    yield SSEvent(comment="heartbeat")
-                    continue
-                yield SSEvent(data=delivery.payload, event=delivery.type, event_id=delivery.id)
-                if delivery.terminal:
-                    return
-                if sub.dropped and sub.queue.empty():
-                    return
-        finally:
-            self.relay.unsubscribe(sub)
+
+async def sse_events(relay: Relay, sub: Subscription, heartbeat_s: float) -> AsyncIterator[SSEvent]:
+    """A subscription as SSE: events until the terminal one, comment heartbeats while idle."""
+    try:
+        yield SSEvent(retry=RETRY_MS, comment="stream open")
+        while True:
+            delivery = await sub.next(heartbeat_s)
+            if delivery is None:
+                if sub.dropped:
+                    return  # too slow: the client resumes from its last id
+                yield SSEvent(comment="heartbeat")
+                continue
+            yield SSEvent(data=delivery.payload, event=delivery.type, event_id=delivery.id)
+            if delivery.terminal:
+                return
+            if sub.dropped and sub.queue.empty():
+                return
+    finally:
+        relay.unsubscribe(sub)

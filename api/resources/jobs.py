@@ -7,6 +7,7 @@ from typing import Any
 import falcon
 
 from api import keys as apikeys
+from api.audit import AuditLog, client_ip
 from api.auth import principal_of
 from api.body import read_json
 from api.errors import bad_request, budget_exceeded, not_found
@@ -46,9 +47,10 @@ class JobsResource:
 
     permissions = {"POST": Permission.JOBS_SUBMIT, "GET": Permission.JOBS_READ}
 
-    def __init__(self, service: JobService, settings: Settings) -> None:
+    def __init__(self, service: JobService, settings: Settings, audit: AuditLog) -> None:
         self.service = service
         self.settings = settings
+        self.audit = audit
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Submit a job: 202 with its id, status and stream URL."""
@@ -64,6 +66,9 @@ class JobsResource:
             raise bad_request(str(ex), code="invalid_field") from ex
         principal = principal_of(req)
         assert principal is not None
+        if not principal.may_use(submission.agent_type):
+            raise falcon.HTTPForbidden(title="Forbidden", code="agent_not_allowed",
+                                       description=f"Your account may not use the {submission.agent_type!r} agent.")
         try:
             job, created = await self.service.submit(principal.user_id, submission, idempotency_key=key,
                                                      digest=body_hash(body))
@@ -74,6 +79,10 @@ class JobsResource:
             raise bad_request(str(ex), code="unpriced_model") from ex
         except BudgetExceededError as ex:
             raise budget_exceeded(ex) from ex
+        if created:
+            await self.audit.record(principal.user_id, "job.submit", resource=job["id"], ip=client_ip(req),
+                                    details={"agent": job["agent"], "model": job["model"],
+                                             "hold_micros": int(job.get("hold_micros") or 0)})
         resp.status = falcon.HTTP_202 if created else falcon.HTTP_200
         if not created:
             resp.set_header("Idempotent-Replayed", "true")
@@ -106,9 +115,10 @@ class JobResource:
 
     permissions = {"GET": Permission.JOBS_READ}
 
-    def __init__(self, service: JobService, settings: Settings) -> None:
+    def __init__(self, service: JobService, settings: Settings, audit: AuditLog) -> None:
         self.service = service
         self.settings = settings
+        self.audit = audit
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str) -> None:
         """The job's status, result, error, usage and timestamps."""
@@ -124,13 +134,18 @@ class CancelResource:
 
     permissions = {"POST": Permission.JOBS_CANCEL}
 
-    def __init__(self, service: JobService, settings: Settings) -> None:
+    def __init__(self, service: JobService, settings: Settings, audit: AuditLog) -> None:
         self.service = service
         self.settings = settings
+        self.audit = audit
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str) -> None:
         """200 when the job is cancelled, 202 while a running one stops, 409 if it already ended otherwise."""
         outcome = await self.service.cancel(await visible_job(req, self.service, job_id))
+        if outcome in ("cancelled", "cancelling"):
+            actor = principal_of(req)
+            await self.audit.record(actor.user_id if actor else "anonymous", "job.cancel", resource=job_id,
+                                    ip=client_ip(req), details={"outcome": outcome})
         if outcome == "missing":
             raise not_found(f"There is no job {job_id!r} that you can see.", code="job_not_found")
         if outcome in ("succeeded", "failed"):

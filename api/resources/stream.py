@@ -8,13 +8,14 @@ from typing import Any, AsyncIterator
 import falcon
 from falcon.asgi import SSEvent
 
+from api.audit import AuditLog, client_ip
 from api.auth import principal_of
 from api.body import read_json
 from api.errors import bad_request, budget_exceeded, not_found
-from api.jobs import BudgetExceededError, body_hash
+from api.jobs import BudgetExceededError, JobService, body_hash
 from api.permissions import PUBLIC, Permission
 from api.relay import Relay, Subscription
-from api.resources.events import EventsResource
+from api.resources.events import sse_events
 from api.resources.jobs import public_job
 from api.validation import InvalidFieldError, parse_submission
 from events.catalog import AGENT_TYPES
@@ -24,7 +25,7 @@ from settings import Settings
 DEMO_PAGE = Path(__file__).resolve().parent.parent / "static" / "demo.html"
 
 
-class StreamSubmitResource(EventsResource):
+class StreamSubmitResource:
     """POST /api/v1/stream/{agent}: submit a job and stream its events in the same response.
 
     The first event (`job`) carries the job id and its stream URL, so a client that loses the connection
@@ -33,6 +34,12 @@ class StreamSubmitResource(EventsResource):
 
     permissions = {"POST": Permission.JOBS_SUBMIT}
     accepts_stream_token = False
+
+    def __init__(self, service: JobService, relay: Relay, settings: Settings, audit: AuditLog) -> None:
+        self.service = service
+        self.relay = relay
+        self.settings = settings
+        self.audit = audit
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, agent: str) -> None:
         """Submit to `agent` and stream."""
@@ -50,12 +57,17 @@ class StreamSubmitResource(EventsResource):
             raise bad_request(str(ex), code="invalid_field") from ex
         principal = principal_of(req)
         assert principal is not None
+        if not principal.may_use(agent):
+            raise falcon.HTTPForbidden(title="Forbidden", code="agent_not_allowed",
+                                       description=f"Your account may not use the {agent!r} agent.")
         try:
             job, _ = await self.service.submit(principal.user_id, submission, digest=body_hash(body))
         except UnknownModelError as ex:
             raise bad_request(str(ex), code="unpriced_model") from ex
         except BudgetExceededError as ex:
             raise budget_exceeded(ex) from ex
+        await self.audit.record(principal.user_id, "job.submit", resource=job["id"], ip=client_ip(req),
+                                details={"agent": agent, "model": job["model"], "route": "stream"})
         view = public_job(job, self.settings)
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
@@ -65,7 +77,7 @@ class StreamSubmitResource(EventsResource):
     async def _with_job(self, view: dict[str, Any], sub: Subscription) -> AsyncIterator[SSEvent]:
         yield SSEvent(event="job", json={"job_id": view["id"], "status": view["status"],
                                          "stream_url": view["stream_url"]})
-        async for event in self._events(sub):
+        async for event in sse_events(self.relay, sub, self.settings.sse_heartbeat_s):
             yield event
 
 
