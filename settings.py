@@ -121,6 +121,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     admin_ip_allowlist: tuple[str, ...] = ()
     key_rotation_grace_s: int = 86400
+    audit_retention_days: int = 365
 
     @property
     def provider_mode(self) -> str:
@@ -170,6 +171,7 @@ class Settings:
             cors_origins=_list(env, "CORS_ORIGINS"),
             admin_ip_allowlist=_networks(env, "ADMIN_IP_ALLOWLIST"),
             key_rotation_grace_s=_int(env, "KEY_ROTATION_GRACE_S", cls.key_rotation_grace_s, 0),
+            audit_retention_days=_int(env, "AUDIT_RETENTION_DAYS", cls.audit_retention_days, 1),
         )
         settings.check()
         return settings

@@ -7,10 +7,11 @@ import os
 import signal
 import socket
 import threading
+import time
 
 import redis
 
-from events import keys, logs
+from events import audit, keys, logs
 from events.audit import GROUP as AUDIT_GROUP
 from events.audit import AuditChain
 from events.consumer import ConsumerGroup
@@ -24,12 +25,18 @@ from settings import Settings
 log = logging.getLogger("events")
 
 
-def sweep_forever(sweeper: Sweeper, stop: threading.Event, every_s: float) -> None:
-    """Run the sweeper every `every_s` seconds, riding out Redis outages."""
+def sweep_forever(sweeper: Sweeper, stop: threading.Event, every_s: float, retention_s: float) -> None:
+    """Run the sweeper every `every_s` seconds and audit retention every minute, riding out Redis outages."""
+    last_trim = 0.0
     while not stop.wait(every_s):
         try:
             sweeper.sweep()
             sweeper.sweep_holds()
+            if time.monotonic() - last_trim > 60:
+                last_trim = time.monotonic()
+                trimmed = audit.trim(sweeper.client, older_than_s=retention_s, now=time.time())
+                if trimmed["removed"]:
+                    log.info("audit retention removed %d records", trimmed["removed"], extra=trimmed)
         except (redis.ConnectionError, redis.TimeoutError) as ex:
             log.warning("sweeper cannot reach redis: %s", ex)
 
@@ -56,8 +63,8 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     threads = [threading.Thread(target=g.run, args=(stop,), name=f"group-{g.group}") for g in groups]
-    threads.append(threading.Thread(target=sweep_forever, args=(sweeper, stop, settings.heartbeat_s),
-                                    name="sweeper"))
+    threads.append(threading.Thread(target=sweep_forever, name="sweeper", args=(
+        sweeper, stop, settings.heartbeat_s, settings.audit_retention_days * 86400)))
     for thread in threads:
         thread.start()
     log.info("events process started", extra={"consumer": consumer, "groups": [g.group for g in groups]})
