@@ -5,9 +5,9 @@ from __future__ import annotations
 import platform
 import sys
 
-from bench import latency, money, streams, submit
+from bench import auth, latency, money, streams, submit
 
-BENCHES = {"submit": submit.run, "latency": latency.run, "streams": streams.run, "money": money.run}
+BENCHES = {"submit": submit.run, "latency": latency.run, "streams": streams.run, "money": money.run, "auth": auth.run}
 
 
 def main() -> None:

@@ -237,3 +237,21 @@ def test_auth_failures_and_changes_are_audited_and_no_key_reaches_a_log(sec_stac
         assert any(f'"action":"{action}"' in a for a in actions), action
     for proc in stack.procs:
         assert key not in proc.log() and "B" * 43 not in proc.log(), proc.name
+
+
+def test_the_audit_endpoints_list_and_verify_the_chain(sec_stack) -> None:
+    stack, r = sec_stack
+    names = [f"sec{next(_n)}" for _ in range(3)]
+    name = names[-1]
+    with admin_client(stack) as admin:
+        for each in names:
+            admin.post("/api/v1/security/users", json={"user_id": each, "role": "user"})
+        wait_for(lambda: any(e["resource"] == name for e in admin.get(
+            "/api/v1/security/audit", params={"action": "user.create"}).json()["entries"]),
+            timeout=15, what="the chain to hold the record")
+        page = admin.get("/api/v1/security/audit", params={"limit": 3}).json()
+        assert len(page["entries"]) == 3 and page["next_cursor"]
+        verified = admin.get("/api/v1/security/audit/verify").json()
+        assert verified["ok"] is True and verified["checked"] >= 3 and verified["first_broken"] is None
+        stats = admin.get("/api/v1/security/stats").json()
+        assert stats["users"] >= 1 and stats["keys_active"] >= 1
