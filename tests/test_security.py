@@ -240,7 +240,7 @@ def test_auth_failures_and_changes_are_audited_and_no_key_reaches_a_log(sec_stac
 
 
 def test_the_audit_endpoints_list_and_verify_the_chain(sec_stack) -> None:
-    stack, r = sec_stack
+    stack, _ = sec_stack
     names = [f"sec{next(_n)}" for _ in range(3)]
     name = names[-1]
     with admin_client(stack) as admin:
