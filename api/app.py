@@ -14,6 +14,8 @@ import redis.asyncio as aioredis
 
 from api import errors
 from api.audit import AuditLog
+from api.body import SchemaMiddleware
+from api.schemas import request_schemas
 from api.auth import AuthMiddleware
 from api.costs import CostService
 from api.jobs import JobService, new_job_id
@@ -28,6 +30,7 @@ from api.resources.costs import (
     TrackResource,
     UsageResource,
 )
+from api.resources.docs import REDOC, SWAGGER, AssetResource, OpenAPIResource, PageResource
 from api.resources.events import EventsResource
 from api.resources.health import HealthResource, LiveResource, ReadyResource
 from api.resources.jobs import CancelResource, JobResource, JobsResource
@@ -95,7 +98,8 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
     audit = AuditLog(redis, clock)
     auth = AuthMiddleware(users, settings.secret_key, audit, rate_limit_per_min=settings.rate_limit_per_min,
                           admin_networks=settings.admin_ip_allowlist, clock=clock)
-    middleware: list[Any] = [Lifespan(relay, redis, reader), auth]
+    middleware: list[Any] = [Lifespan(relay, redis, reader), auth,
+                             SchemaMiddleware(request_schemas(settings), settings.max_body_bytes)]
     if settings.cors_origins:
         middleware.insert(0, falcon.CORSMiddleware(allow_origins=list(settings.cors_origins),
                                                    expose_headers=["Location", "RateLimit-Limit",
@@ -128,6 +132,10 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
     ):
         app.add_route(f"/api/v1/security/{path}", handler)
     app.add_route("/api/v1/security/users/{user_id}/api-keys/{key_id}/rotate", key_resource, suffix="rotate")
+    app.add_route("/api/v1/openapi.json", OpenAPIResource(app, settings))
+    app.add_route("/docs", PageResource(SWAGGER))
+    app.add_route("/redoc", PageResource(REDOC))
+    app.add_route("/api/v1/docs-assets/{name}", AssetResource())
     app.add_route("/api/v1/stream/demo", DemoResource())
     app.add_route("/api/v1/stream/health", StreamHealthResource(relay, settings))
     app.add_route("/api/v1/stream/{agent}", StreamSubmitResource(service, relay, settings, audit))

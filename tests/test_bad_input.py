@@ -26,7 +26,7 @@ def post_raw(client: httpx.Client, content: bytes, content_type: str = "applicat
         (b'{"agent_type": "query"}', 400, "invalid_field", "'query'"),
         (b'{"agent_type": "query", "query": 42}', 400, "invalid_field", "must be a string"),
         (b'{"agent_type": "query", "query": "   "}', 400, "invalid_field", "must not be empty"),
-        (b'{"agent_type": "wizard", "query": "hi"}', 400, "invalid_field", "unknown agent 'wizard'"),
+        (b'{"agent_type": "wizard", "query": "hi"}', 400, "invalid_field", "'wizard' is not allowed"),
         (b'{"agent_type": 7, "query": "hi"}', 400, "invalid_field", "'agent_type'"),
         (b'{"agent_type": "query", "query": "hi", "max_tokens": "9"}', 400, "invalid_field", "'max_tokens'"),
         (b'{"agent_type": "query", "query": "hi", "max_tokens": true}', 400, "invalid_field", "integer"),

@@ -14,6 +14,7 @@ import redis
 
 from api.app import create_app
 from api.auth import required_permission
+from api.openapi import route_table
 from api.permissions import PUBLIC, Permission, allowed
 from settings import Settings
 from tests.conftest import create_user
@@ -25,21 +26,7 @@ _n = itertools.count()
 def routes() -> list[tuple[str, str, Any]]:
     """(path template, method, declared permission) for every route of the real app."""
     app = create_app(Settings.from_env(base_env("redis://127.0.0.1:1/0")))
-    found = []
-    stack = list(app._router._roots)
-    while stack:
-        node = stack.pop()
-        stack.extend(node.children)
-        if node.resource is None:
-            continue
-        for method, responder in node.method_map.items():
-            if getattr(responder, "__name__", "") in ("method_not_allowed", "default_responder") or method in (
-                    "OPTIONS", "HEAD", "CONNECT", "TRACE"):
-                continue
-            if "not_allowed" in repr(responder):
-                continue
-            found.append((node.uri_template, method, required_permission(node.resource, method)))
-    return sorted(set(found), key=lambda r: (r[0], r[1]))
+    return [(path, method, required_permission(resource, method)) for path, method, resource, _ in route_table(app)]
 
 
 ROUTES = routes()
@@ -70,7 +57,8 @@ def test_the_route_table_declares_a_permission_for_every_route() -> None:
         assert permission == PUBLIC or isinstance(permission, Permission), (path, method)
     public = {(p, m) for p, m, perm in ROUTES if perm == PUBLIC}
     assert {p for p, _ in public} <= {"/api/v1/health", "/api/v1/monitoring/live", "/api/v1/monitoring/ready",
-                                      "/api/v1/stream/demo", "/api/v1/stream/health"}
+                                      "/api/v1/stream/demo", "/api/v1/stream/health", "/api/v1/openapi.json",
+                                      "/docs", "/redoc", "/api/v1/docs-assets/{name}"}
 
 
 def test_every_route_but_health_rejects_a_request_without_a_valid_key(sec_stack) -> None:

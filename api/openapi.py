@@ -1,0 +1,95 @@
+"""The OpenAPI 3.1 document, built from the live route table: each route's permission, docstrings, path
+parameters and body schema (api/schemas.py), so it cannot drift from what is served."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any
+
+import falcon
+
+from api.permissions import PUBLIC
+from api.resources.health import VERSION
+from api.schemas import ERROR, request_schemas
+from settings import Settings
+
+SKIP = {"OPTIONS", "HEAD", "CONNECT", "TRACE"}
+SSE_PATHS = {"/api/v1/jobs/{job_id}/events", "/api/v1/stream/{agent}"}
+
+
+def route_table(app: falcon.asgi.App) -> list[tuple[str, str, Any, Any]]:
+    """(template, method, resource, responder) for every route and method the app serves."""
+    found = []
+    stack = list(app._router._roots)
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.resource is None:
+            continue
+        for method, responder in node.method_map.items():
+            if method in SKIP or "not_allowed" in repr(responder) or not inspect.ismethod(responder):
+                continue
+            found.append((node.uri_template, method, node.resource, responder))
+    return sorted(found, key=lambda r: (r[0], r[1]))
+
+
+def _summary(text: str | None) -> str:
+    return (text or "").strip().split("\n")[0]
+
+
+def _operation(path: str, method: str, resource: Any, responder: Any, schemas: dict) -> dict[str, Any]:
+    permission = (getattr(resource, "permissions", {}) or {}).get(method)
+    codes = {"200": "OK", "400": "Bad request", "401": "No valid API key", "403": "Not permitted",
+             "404": "Not found", "405": "Method not allowed", "409": "Conflict", "413": "Body too large",
+             "415": "Not JSON", "422": "Unprocessable", "429": "Rate limited", "503": "Redis unavailable"}
+    if method == "POST":
+        codes.update({"201": "Created", "202": "Accepted", "402": "Budget exceeded"})
+    if path.endswith("/events"):
+        codes["204"] = "The stream is over"
+    error = {"application/json": {"schema": ERROR}}
+    responses: dict[str, Any] = {}
+    for code, text in sorted(codes.items()):
+        if code.startswith("2"):
+            body = {"text/event-stream": {"schema": {"type": "string"}}} if path in SSE_PATHS and code == "200" \
+                else {"application/json": {"schema": {"type": "object"}}}
+            responses[code] = {"description": text, **({"content": body} if code != "204" else {})}
+        else:
+            responses[code] = {"description": text, "content": error}
+    op: dict[str, Any] = {
+        "operationId": f"{method.lower()}_{re.sub(r'[^a-z0-9]+', '_', path.lower()).strip('_')}",
+        "summary": _summary(responder.__doc__) or _summary(type(resource).__doc__),
+        "description": inspect.cleandoc(type(resource).__doc__ or ""),
+        "tags": [path.split("/")[3] if len(path.split("/")) > 3 else "api"],
+        "responses": responses,
+        "x-permission": str(permission),
+    }
+    if permission == PUBLIC:
+        op["security"] = []
+    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+              for name in re.findall(r"\{([a-z_]+)\}", path)]
+    if params:
+        op["parameters"] = params
+    schema = schemas.get((path, method))
+    if schema is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    return op
+
+
+def document(app: falcon.asgi.App, settings: Settings) -> dict[str, Any]:
+    """The whole API as OpenAPI 3.1."""
+    schemas = request_schemas(settings)
+    paths: dict[str, dict[str, Any]] = {}
+    for path, method, resource, responder in route_table(app):
+        paths.setdefault(path, {})[method.lower()] = _operation(path, method, resource, responder, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Agentic job backend", "version": VERSION,
+                 "description": "LLM agent jobs over HTTP, streamed over SSE, with budgets, keys and audit."},
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "sk_live_… API key"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
+        "security": [{"bearer": []}, {"apiKey": []}],
+    }
