@@ -14,9 +14,8 @@ import redis.asyncio as aioredis
 
 from api import errors
 from api.audit import AuditLog
-from api.body import SchemaMiddleware
-from api.schemas import request_schemas
 from api.auth import AuthMiddleware
+from api.body import SchemaMiddleware
 from api.costs import CostService
 from api.jobs import JobService, new_job_id
 from api.relay import Relay
@@ -49,6 +48,7 @@ from api.resources.security import (
     UsersResource,
 )
 from api.resources.stream import DemoResource, StreamHealthResource, StreamSubmitResource
+from api.schemas import request_schemas
 from api.users import UserStore
 from events import logs
 from events.prices import PriceBook
@@ -96,10 +96,11 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
                         clock=clock)
 
     audit = AuditLog(redis, clock)
+    schemas = request_schemas(settings)
     auth = AuthMiddleware(users, settings.secret_key, audit, rate_limit_per_min=settings.rate_limit_per_min,
                           admin_networks=settings.admin_ip_allowlist, clock=clock)
     middleware: list[Any] = [Lifespan(relay, redis, reader), auth,
-                             SchemaMiddleware(request_schemas(settings), settings.max_body_bytes)]
+                             SchemaMiddleware(schemas, settings.max_body_bytes)]
     if settings.cors_origins:
         middleware.insert(0, falcon.CORSMiddleware(allow_origins=list(settings.cors_origins),
                                                    expose_headers=["Location", "RateLimit-Limit",
@@ -132,7 +133,7 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
     ):
         app.add_route(f"/api/v1/security/{path}", handler)
     app.add_route("/api/v1/security/users/{user_id}/api-keys/{key_id}/rotate", key_resource, suffix="rotate")
-    app.add_route("/api/v1/openapi.json", OpenAPIResource(app, settings))
+    app.add_route("/api/v1/openapi.json", OpenAPIResource(app, schemas))
     app.add_route("/docs", PageResource(SWAGGER))
     app.add_route("/redoc", PageResource(REDOC))
     app.add_route("/api/v1/docs-assets/{name}", AssetResource())

@@ -9,28 +9,57 @@ from typing import Any
 
 import falcon
 
+from api.jobs import JOB_ID
 from api.permissions import PUBLIC
 from api.resources.health import VERSION
-from api.schemas import ERROR, request_schemas
-from settings import Settings
+from api.schemas import ERROR
+from api.users import USER_ID
+from events.catalog import AGENT_TYPES
 
 SKIP = {"OPTIONS", "HEAD", "CONNECT", "TRACE"}
+ASSETS = {"swagger-ui-bundle.js": "application/javascript", "swagger-ui.css": "text/css",
+          "redoc.standalone.js": "application/javascript"}
 SSE_PATHS = {"/api/v1/jobs/{job_id}/events", "/api/v1/stream/{agent}"}
+HTML_PATHS = {"/docs", "/redoc", "/api/v1/stream/demo"}
+# One event of a stream, as SSE clients see it: `data` is the event envelope as JSON text.
+SSE_EVENT = {"type": "object", "properties": {"data": {"type": "string"}, "event": {"type": "string"},
+                                             "id": {"type": "string"}, "retry": {"type": "integer"}}}
+
+
+def path_params(path: str) -> list[dict[str, Any]]:
+    """Path parameters with the same shapes the handlers accept."""
+    shapes = {"user_id": {"type": "string", "pattern": USER_ID.pattern},
+              "job_id": {"type": "string", "pattern": JOB_ID.pattern},
+              "key_id": {"type": "string", "pattern": r"^[0-9a-f]{16}$"},
+              "agent": {"type": "string", "enum": sorted(AGENT_TYPES)},
+              "name": {"type": "string", "enum": sorted(ASSETS)}}
+    return [{"name": name, "in": "path", "required": True, "schema": shapes.get(name, {"type": "string"})}
+            for name in re.findall(r"\{([a-z_]+)\}", path)]
+
+
+def _success_body(path: str) -> dict[str, Any]:
+    if path in SSE_PATHS:
+        return {"text/event-stream": {"schema": SSE_EVENT}}
+    if path in HTML_PATHS:
+        return {"text/html": {"schema": {"type": "string"}}}
+    if path.endswith("{name}"):
+        return {mime: {"schema": {"type": "string"}} for mime in sorted(set(ASSETS.values()))}
+    return {"application/json": {"schema": {"type": "object"}}}
 
 
 def route_table(app: falcon.asgi.App) -> list[tuple[str, str, Any, Any]]:
     """(template, method, resource, responder) for every route and method the app serves."""
-    found = []
-    stack = list(app._router._roots)
+    found: list[tuple[str, str, Any, Any]] = []
+    stack: list[Any] = list(app._router._roots)
     while stack:
         node = stack.pop()
         stack.extend(node.children)
-        if node.resource is None:
+        if node.resource is None or node.method_map is None:
             continue
         for method, responder in node.method_map.items():
             if method in SKIP or "not_allowed" in repr(responder) or not inspect.ismethod(responder):
                 continue
-            found.append((node.uri_template, method, node.resource, responder))
+            found.append((str(node.uri_template), method, node.resource, responder))
     return sorted(found, key=lambda r: (r[0], r[1]))
 
 
@@ -51,9 +80,7 @@ def _operation(path: str, method: str, resource: Any, responder: Any, schemas: d
     responses: dict[str, Any] = {}
     for code, text in sorted(codes.items()):
         if code.startswith("2"):
-            body = {"text/event-stream": {"schema": {"type": "string"}}} if path in SSE_PATHS and code == "200" \
-                else {"application/json": {"schema": {"type": "object"}}}
-            responses[code] = {"description": text, **({"content": body} if code != "204" else {})}
+            responses[code] = {"description": text, **({"content": _success_body(path)} if code != "204" else {})}
         else:
             responses[code] = {"description": text, "content": error}
     op: dict[str, Any] = {
@@ -66,8 +93,7 @@ def _operation(path: str, method: str, resource: Any, responder: Any, schemas: d
     }
     if permission == PUBLIC:
         op["security"] = []
-    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
-              for name in re.findall(r"\{([a-z_]+)\}", path)]
+    params = path_params(path)
     if params:
         op["parameters"] = params
     schema = schemas.get((path, method))
@@ -76,9 +102,8 @@ def _operation(path: str, method: str, resource: Any, responder: Any, schemas: d
     return op
 
 
-def document(app: falcon.asgi.App, settings: Settings) -> dict[str, Any]:
-    """The whole API as OpenAPI 3.1."""
-    schemas = request_schemas(settings)
+def document(app: falcon.asgi.App, schemas: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    """The whole API as OpenAPI 3.1; `schemas` are the body schemas the API checks requests against."""
     paths: dict[str, dict[str, Any]] = {}
     for path, method, resource, responder in route_table(app):
         paths.setdefault(path, {})[method.lower()] = _operation(path, method, resource, responder, schemas)

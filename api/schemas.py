@@ -15,9 +15,12 @@ from events.catalog import AGENT_TYPES
 from events.periods import PERIODS
 from settings import Settings
 
-MONEY = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": r"^\d+(\.\d+)?$"}]}
+MAX_USD = 1_000_000_000
+MONEY = {"anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_USD},
+                   {"type": "string", "pattern": r"^\d{1,9}(\.\d{1,6})?$"}]}
 USER = {"type": "string", "pattern": USER_ID.pattern}
-TOKENS = {"type": "integer", "minimum": 0}
+MAX_TOKENS_PER_CALL = 1_000_000_000
+TOKENS = {"type": "integer", "minimum": 0, "maximum": MAX_TOKENS_PER_CALL}
 
 
 def job_submit(settings: Settings, *, path_agent: bool = False) -> dict[str, Any]:
@@ -38,6 +41,8 @@ def job_submit(settings: Settings, *, path_agent: bool = False) -> dict[str, Any
 
 def request_schemas(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
     """(route template, method) → the JSON Schema its body must meet."""
+    # Whether a model has a price is the price book's state, not the request's shape: unpriced ones get 400.
+    model = {"type": "string", "minLength": 1, "description": "A model with a price (GET /api/v1/costs/models)."}
     return {
         ("/api/v1/jobs", "POST"): job_submit(settings),
         ("/api/v1/stream/{agent}", "POST"): job_submit(settings, path_agent=True),
@@ -46,10 +51,16 @@ def request_schemas(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]
             "properties": {"user_id": USER, "scope": {"enum": ["user", "session", "agent"]},
                            "session_id": {"type": "string"}, "agent": {"type": "string"},
                            "limit_usd": {"anyOf": [MONEY, {"type": "null"}]}, "period": {"enum": list(PERIODS)},
-                           "alert_pct": {"type": "integer", "minimum": 1, "maximum": 100}}},
+                           "alert_pct": {"type": "integer", "minimum": 1, "maximum": 100}},
+            "allOf": [
+                {"if": {"properties": {"scope": {"const": "session"}}, "required": ["scope"]},
+                 "then": {"required": ["session_id"], "properties": {"session_id": {"minLength": 1}}}},
+                {"if": {"properties": {"scope": {"const": "agent"}}, "required": ["scope"]},
+                 "then": {"required": ["agent"], "properties": {"agent": {"minLength": 1}}}},
+            ]},
         ("/api/v1/costs/track", "POST"): {
             "type": "object", "required": ["user_id", "model", "input_tokens", "output_tokens"],
-            "properties": {"user_id": USER, "model": {"type": "string", "minLength": 1},
+            "properties": {"user_id": USER, "model": model,
                            "input_tokens": TOKENS, "output_tokens": TOKENS, "cached_input_tokens": TOKENS,
                            "session_id": {"type": "string"}, "agent": {"type": "string"}}},
         ("/api/v1/security/users", "POST"): {

@@ -38,6 +38,13 @@ class Submission:
     attachments: list[Any] = field(default_factory=list)
 
 
+def whole(value: Any) -> Any:
+    """1.0 as 1 (JSON Schema, and so our OpenAPI document, counts it as an integer); anything else as it is."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _string(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
     value = body.get(name)
     if value is None:
@@ -66,7 +73,7 @@ def parse_submission(body: dict[str, Any], *, max_query_chars: int, max_tokens_d
     model = _string(body, "model")
     if model is not None and not MODEL.fullmatch(model):
         raise InvalidFieldError("model", "must be 1 to 128 letters, digits or ._/:@- characters.")
-    max_tokens = body.get("max_tokens", max_tokens_default)
+    max_tokens = whole(body.get("max_tokens", max_tokens_default))
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
         raise InvalidFieldError("max_tokens", "must be an integer.")
     if not 1 <= max_tokens <= max_tokens_limit:

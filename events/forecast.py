@@ -1,76 +1,110 @@
 """Spend forecasts from the recent daily trend. Pure.
 
-Ordinary least squares over the last (up to) 14 days of daily spend, missing days counted as zero,
-projected over the days left in the period; a ~95% interval from the residual standard deviation.
+Ordinary least squares over the last (up to) 14 days of daily spend, today included and missing days counted
+as zero, projected over the days left in the period; a ~95% interval from the residual standard deviation.
+The fit is exact rational arithmetic, so a steady spend or a straight ramp comes out exactly.
 """
 
 from __future__ import annotations
 
 import math
 from datetime import date, timedelta
+from fractions import Fraction
 from typing import Any
 
 WINDOW_DAYS = 14
 Z95 = 1.96
+INTERVAL = "95% (±1.96 σ of the daily residuals × √days left; the low end never below nothing more spent)"
 
 
-def _fit(values: list[int]) -> tuple[float, float, float]:
-    """Slope, intercept and residual standard deviation of values over days 0..n-1."""
+def _half_up(value: Fraction) -> int:
+    return math.floor(value + Fraction(1, 2))
+
+
+def _history(daily: list[tuple[date, int]], today: date) -> tuple[date, list[int]]:
+    """The first day used and the spend of each day from it to today; days before the window are dropped."""
+    by_day: dict[date, int] = {}
+    for day, micros in daily:
+        if day <= today:
+            by_day[day] = by_day.get(day, 0) + int(micros)
+    first = max(min(by_day, default=today), today - timedelta(days=WINDOW_DAYS - 1))
+    return first, [by_day.get(first + timedelta(days=i), 0) for i in range((today - first).days + 1)]
+
+
+def _fit(values: list[int]) -> tuple[Fraction, Fraction, float]:
+    """Slope, intercept (at the first day) and residual standard deviation of `values` over days 0..n-1."""
     n = len(values)
-    xs = range(n)
-    mean_x, mean_y = (n - 1) / 2, sum(values) / n
-    sxx = sum((x - mean_x) ** 2 for x in xs)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, values, strict=True)) / sxx
+    mean_x, mean_y = Fraction(n - 1, 2), Fraction(sum(values), n)
+    sxx = sum(((x - mean_x) ** 2 for x in range(n)), Fraction(0))
+    slope = sum(((x - mean_x) * (y - mean_y) for x, y in enumerate(values)), Fraction(0)) / sxx
     intercept = mean_y - slope * mean_x
-    residuals = [y - (intercept + slope * x) for x, y in zip(xs, values, strict=True)]
-    sigma = math.sqrt(sum(r * r for r in residuals) / (n - 2)) if n > 2 else 0.0
-    return slope, intercept, sigma
+    squares = sum(((y - intercept - slope * x) ** 2 for x, y in enumerate(values)), Fraction(0))
+    # n - 2 degrees of freedom: two points always fit exactly and say nothing about the spread.
+    return slope, intercept, math.sqrt(squares / (n - 2)) if n > 2 else 0.0
 
 
 def forecast(daily: list[tuple[date, int]], *, today: date, period_end: date, limit_micros: int | None,
              spent_micros: int) -> dict[str, Any]:
-    """Project spend to `period_end` (inclusive) and when `limit_micros` runs out, from the daily history."""
-    by_day = dict(daily)
-    first = max(min(by_day, default=today), today - timedelta(days=WINDOW_DAYS - 1))
-    values = [by_day.get(first + timedelta(days=i), 0) for i in range((today - first).days + 1)]
+    """Projects spend to `period_end` and when `limit_micros` runs out, from the daily spend history.
+
+    Args:
+        daily: Spend per UTC day in micro-dollars; today's (partial) spend is the last point.
+        today: The current UTC day.
+        period_end: The last day of the budget period (inclusive); the days after today up to it are projected.
+        limit_micros: The budget's limit, or None when there is none.
+        spent_micros: What the period has spent so far.
+
+    Returns:
+        Figures in integer micro-dollars (keys ending in `_micros`), the method, the interval and the fit.
+        `days_until_exhausted` is 0 when the budget is already spent, None when there is no limit or the trend
+        does not reach it by `period_end` (a zero or falling trend never does).
+    """
+    first, values = _history(daily, today)
     days_left = max((period_end - today).days, 0)
     if len(values) >= 2:
-        method = f"ols_daily_{WINDOW_DAYS}d"
+        method, note = f"ols_daily_{WINDOW_DAYS}d", None
         slope, intercept, sigma = _fit(values)
-        predicted = [max(0.0, intercept + slope * (len(values) - 1 + k)) for k in range(1, days_left + 1)]
     else:
         method = "mean_daily"
-        slope, intercept, sigma = 0.0, float(values[0] if values else 0), 0.0
-        predicted = [intercept] * days_left
-    remaining = round(sum(predicted))
-    spread = Z95 * sigma * math.sqrt(days_left)
-    projected = spent_micros + remaining
+        note = "Fewer than 2 days of history: every day left is projected at the mean daily spend."
+        slope, intercept, sigma = Fraction(0), Fraction(sum(values), max(len(values), 1)), 0.0
+    end_x = len(values) - 1
+    predicted = [max(Fraction(0), intercept + slope * (end_x + k)) for k in range(1, days_left + 1)]
+    remaining = sum(predicted, Fraction(0))
+    spread = Fraction(Z95 * sigma * math.sqrt(days_left))
+    low, high = max(0, _half_up(remaining - spread)), _half_up(remaining + spread)
     exhausted_in = _days_until(limit_micros, spent_micros, predicted)
     return {
         "method": method,
-        "interval": "95% (±1.96 σ of the daily residuals × √days left)",
+        "note": note,
+        "interval": INTERVAL,
+        "interval_level": 0.95,
         "history_days": len(values),
-        "slope_micros_per_day": round(slope, 3),
-        "intercept_micros": round(intercept, 3),
+        "history_start": first.isoformat(),
+        "slope_micros_per_day": round(float(slope), 3),
+        "intercept_micros": _half_up(intercept),
+        "residual_sd_micros": round(sigma),
         "days_left": days_left,
         "spent_micros": spent_micros,
-        "projected_remaining_micros": remaining,
-        "projected_period_total_micros": projected,
-        "interval_low_micros": max(spent_micros, round(projected - spread)),
-        "interval_high_micros": round(projected + spread),
+        "projected_remaining_micros": _half_up(remaining),
+        "projected_remaining_low_micros": low,
+        "projected_remaining_high_micros": high,
+        "projected_period_total_micros": spent_micros + _half_up(remaining),
+        "interval_low_micros": spent_micros + low,
+        "interval_high_micros": spent_micros + high,
         "limit_micros": limit_micros,
         "days_until_exhausted": exhausted_in,
         "exhausted_on": (today + timedelta(days=exhausted_in)).isoformat() if exhausted_in is not None else None,
     }
 
 
-def _days_until(limit: int | None, spent: int, predicted: list[float]) -> int | None:
+def _days_until(limit: int | None, spent: int, predicted: list[Fraction]) -> int | None:
     """Whole days until cumulative spend reaches `limit`: 0 if it already has; None if not within the period."""
     if limit is None:
         return None
     if spent >= limit:
         return 0
-    total = float(spent)
+    total = Fraction(spent)
     for day, amount in enumerate(predicted, start=1):
         total += amount
         if total >= limit:

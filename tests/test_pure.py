@@ -133,7 +133,7 @@ def test_full_submission_keeps_every_field() -> None:
         ({"model": 4}, "model"),
         ({"max_tokens": "9"}, "max_tokens"),
         ({"max_tokens": True}, "max_tokens"),
-        ({"max_tokens": 1.0}, "max_tokens"),
+        ({"max_tokens": 1.5}, "max_tokens"),  # 1.0 counts as 1, as JSON Schema says
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_tokens": 201}, "max_tokens"),
         ({"session_id": "a b"}, "session_id"),

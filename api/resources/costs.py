@@ -13,7 +13,9 @@ from api.body import read_json
 from api.costs import GROUPS, WINDOWS, CostService
 from api.errors import bad_request, not_found
 from api.permissions import Permission, allowed
+from api.schemas import MAX_TOKENS_PER_CALL, MAX_USD
 from api.users import USER_ID
+from api.validation import whole
 from events.budgets import BudgetError, scope_name
 from events.money import usd_to_micros
 from events.prices import UnknownModelError
@@ -36,16 +38,20 @@ def _usd(value: Any, name: str) -> int:
         raise bad_request(f"Field '{name}': must be a number of US dollars, e.g. 25 or \"25.50\".",
                           code="invalid_field")
     try:
-        return usd_to_micros(Decimal(str(value)))
+        micros = usd_to_micros(Decimal(str(value)))
+        if micros > MAX_USD * 1_000_000:
+            raise ValueError("too large")
+        return micros
     except (InvalidOperation, ValueError) as ex:
-        raise bad_request(f"Field '{name}': {value!r} is not a non-negative amount of dollars.",
+        raise bad_request(f"Field '{name}': {value!r} is not an amount of dollars from 0 to {MAX_USD:,}.",
                           code="invalid_field") from ex
 
 
 def _tokens(body: dict[str, Any], name: str, required: bool = True) -> int:
-    value = body.get(name, None if required else 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise bad_request(f"Field '{name}': must be a non-negative integer.", code="invalid_field")
+    value = whole(body.get(name, None if required else 0))
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS_PER_CALL:
+        raise bad_request(f"Field '{name}': must be an integer from 0 to {MAX_TOKENS_PER_CALL:,}.",
+                          code="invalid_field")
     return value
 
 
@@ -109,7 +115,7 @@ class BudgetResource(_Costs):
             raise bad_request("Field 'user_id': name the user whose budget this is.", code="invalid_field")
         kind = body.get("scope", "user")
         name = body.get("session_id") if kind == "session" else body.get("agent") if kind == "agent" else ""
-        alert_pct = body.get("alert_pct")
+        alert_pct = whole(body.get("alert_pct"))
         if alert_pct is not None and (isinstance(alert_pct, bool) or not isinstance(alert_pct, int)):
             raise bad_request("Field 'alert_pct': must be an integer from 1 to 100.", code="invalid_field")
         limit = body.get("limit_usd", ...)
@@ -173,9 +179,7 @@ class TrackResource(_Costs):
         if not isinstance(model, str) or not model:
             raise bad_request("Field 'model': is required.", code="invalid_field")
         tin, tout = _tokens(body, "input_tokens"), _tokens(body, "output_tokens")
-        cached = _tokens(body, "cached_input_tokens", required=False)
-        if cached > tin:
-            raise bad_request("Field 'cached_input_tokens': cannot exceed input_tokens.", code="invalid_field")
+        cached = min(_tokens(body, "cached_input_tokens", required=False), tin)  # cached tokens are input tokens
         try:
             resp.media = await self.costs.track(user_id, model, tin, tout, cached_input_tokens=cached,
                                                 session_id=str(body.get("session_id") or ""),

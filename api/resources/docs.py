@@ -7,13 +7,10 @@ from typing import Any
 
 import falcon
 
-from api.openapi import document
+from api.openapi import ASSETS, document
 from api.permissions import PUBLIC
-from settings import Settings
 
 VENDOR = Path(__file__).resolve().parent.parent / "static" / "vendor"
-ASSETS = {"swagger-ui-bundle.js": "application/javascript", "swagger-ui.css": "text/css",
-          "redoc.standalone.js": "application/javascript"}
 SWAGGER = """<!doctype html><html><head><meta charset="utf-8"><title>Agentic backend API</title>
 <link rel="stylesheet" href="/api/v1/docs-assets/swagger-ui.css"></head><body><div id="ui"></div>
 <script src="/api/v1/docs-assets/swagger-ui-bundle.js"></script>
@@ -28,15 +25,15 @@ class OpenAPIResource:
 
     permissions = {"GET": PUBLIC}
 
-    def __init__(self, app: falcon.asgi.App, settings: Settings) -> None:
+    def __init__(self, app: falcon.asgi.App, schemas: dict[tuple[str, str], dict[str, Any]]) -> None:
         self.app = app
-        self.settings = settings
+        self.schemas = schemas
         self._doc: dict[str, Any] | None = None
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """The OpenAPI 3.1 document."""
         if self._doc is None:
-            self._doc = document(self.app, self.settings)
+            self._doc = document(self.app, self.schemas)
         resp.media = self._doc
 
 

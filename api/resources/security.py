@@ -14,7 +14,7 @@ from api.auth import principal_of
 from api.body import read_json
 from api.errors import bad_request, not_found
 from api.permissions import DESCRIPTIONS, ROLE_PERMISSIONS, Permission, Role, allowed
-from api.users import Principal, UnknownUserError, UserError, UserExistsError, UserStore
+from api.users import USER_ID, Principal, UnknownUserError, UserError, UserExistsError, UserStore
 from events import audit as chain
 from events.catalog import AGENT_TYPES
 from settings import Settings
@@ -30,7 +30,8 @@ def me(req: falcon.asgi.Request) -> Principal:
 def self_or_admin(req: falcon.asgi.Request, user_id: str) -> Principal:
     """The caller, if they are `user_id` or an admin; 404 otherwise (other users' ids reveal nothing)."""
     principal = me(req)
-    if principal.user_id != user_id and not allowed(principal.role, Permission.USERS_ADMIN):
+    if not USER_ID.fullmatch(user_id) or (principal.user_id != user_id
+                                          and not allowed(principal.role, Permission.USERS_ADMIN)):
         raise not_found(f"There is no user {user_id!r} that you can see.", code="user_not_found")
     return principal
 
