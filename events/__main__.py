@@ -37,6 +37,8 @@ def sweep_forever(sweeper: Sweeper, stop: threading.Event, every_s: float, reten
                 trimmed = audit.trim(sweeper.client, older_than_s=retention_s, now=time.time())
                 if trimmed["removed"]:
                     log.info("audit retention removed %d records", trimmed["removed"], extra=trimmed)
+                if trimmed.get("broken"):
+                    log.error("the audit chain is broken; retention stopped there", extra=trimmed)
         except (redis.ConnectionError, redis.TimeoutError) as ex:
             log.warning("sweeper cannot reach redis: %s", ex)
 

@@ -5,14 +5,20 @@ order, to `audit:log`, where every record holds the hash of the one before:
 hash = sha256(prev + "\\n" + seq + "\\n" + record). Editing, removing or reordering a record breaks the chain
 at that point, and `verify()` names the first broken link. Trimming keeps a checkpoint (the last removed
 record's seq and hash), so the rest still verifies.
+
+Keys: `audit:log` (stream of records: seq, prev, hash, source, record), `audit:head` (hash: seq, hash of the
+newest record), `audit:seen` (sorted set of the `stream:audit` entry ids appended, scored by their time in ms:
+the dedupe of redeliveries, kept for DEDUPE_WINDOW_S whatever the retention) and `audit:checkpoint` (hash: seq,
+hash of the last trimmed record).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from events.consumer import Entry
 from events.envelope import Event
@@ -20,10 +26,29 @@ from events.envelope import Event
 GROUP = "audit"
 LOG = "audit:log"
 HEAD = "audit:head"
-SOURCES = "audit:sources"
+SEEN = "audit:seen"
 CHECKPOINT = "audit:checkpoint"
 GENESIS = "0" * 64
+DEDUPE_WINDOW_S = 7 * 24 * 3600  # far longer than an entry stays pending before dead-lettering
+PAGE = 1000  # records read per XRANGE while verifying or trimming
+QUERY_SCAN_MAX = 10_000  # records one query() call looks at before it returns a short page with a cursor
+CLOCK_SKEW_S = 300.0  # how far a record's ts may run ahead of the time it was appended
 _APPEND = (Path(__file__).with_name("lua") / "audit_append.lua").read_text()
+# Remove a verified prefix and move the checkpoint forward (never back: two trims may race).
+# KEYS: log, checkpoint; ARGV: seq, hash of the last removed record, then their entry ids.
+_CUT = """
+if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[2], 'seq') or '0') then
+  redis.call('HSET', KEYS[2], 'seq', ARGV[1], 'hash', ARGV[2])
+end
+local removed = 0
+for i = 3, #ARGV do removed = removed + redis.call('XDEL', KEYS[1], ARGV[i]) end
+return removed
+"""
+_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+class AuditQueryError(ValueError):
+    """Raised when a query's cursor is not a cursor that query() returned."""
 
 
 def _text(value: Any) -> str:
@@ -32,7 +57,18 @@ def _text(value: Any) -> str:
 
 def audit_event(actor: str, action: str, *, resource: str = "", result: str = "success", ip: str = "",
                 details: Mapping[str, Any] | None = None, ts: float) -> Event:
-    """An audit event; callers put ids and key prefixes in `details`, never a secret."""
+    """An audit event (type "audit", no job) for `stream:audit`.
+
+    Args:
+        actor: Who acted: a user id, "anonymous" or a service name.
+        action: A dotted noun: auth.failure, permission.denied, user.create, key.revoke, job.submit, budget.set...
+        resource: What was acted on (user id, key id, job id, path).
+        result: "success", "failure" or "denied".
+        ip: The client's address.
+        details: Extra JSON-able facts. Key ids and key prefixes only, never a key, token or password: the
+            record is kept for the whole retention period and shown to every auditor.
+        ts: When it happened, epoch seconds.
+    """
     data = {"actor": actor, "action": action, "resource": resource, "result": result, "ip": ip,
             "details": dict(details or {})}
     return Event("audit", "", 0, ts, 0, data)
@@ -48,127 +84,213 @@ def link_hash(prev: str, seq: int, record: str) -> str:
     return hashlib.sha256(f"{prev}\n{seq}\n{record}".encode()).hexdigest()
 
 
+def _pair(reply: Sequence[Any], default_hash: str) -> tuple[int, str]:
+    """(seq, hash) from an HMGET of seq and hash."""
+    return int(reply[0] or 0), _text(reply[1]) if reply[1] else default_hash
+
+
 class AuditChain:
-    """Handler for the audit group: appends each entry to the chain (a compare-and-set per record)."""
+    """Handler for the audit group: appends each entry to the chain once, by compare-and-set on the head."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
         self._append = client.register_script(_APPEND)
 
     def __call__(self, entries: Sequence[Entry]) -> None:
-        """Append the entries in stream order, skipping those appended before."""
-        for entry_id, event in entries:
-            if event.type == "audit":
-                self.append(entry_id, canonical(event))
+        """Append the audit entries in stream order, skipping those appended before; other types are ignored."""
+        records = [(entry_id, canonical(event)) for entry_id, event in entries if event.type == "audit"]
+        if records:
+            self.append_many(records)
 
-    def append(self, source: str, record: str) -> str:
-        """Append one record; returns 'ok' or 'seen'."""
+    def append(self, source: str, record: str) -> int:
+        """Append one canonical record read from entry `source`; returns 1, or 0 if it was appended before."""
+        return self.append_many([(source, record)])
+
+    def append_many(self, records: Sequence[tuple[str, str]]) -> int:
+        """Append (source entry id, canonical record) pairs in order, once each; returns how many were new."""
         while True:
-            head = self.client.hmget(HEAD, "seq", "hash")
-            seq = int(head[0] or 0)
-            prev = _text(head[1]) if head[1] else self._genesis()
-            outcome = _text(self._append(keys=[LOG, HEAD, SOURCES],
-                                         args=[str(seq), source, seq + 1, prev, link_hash(prev, seq + 1, record),
-                                               record]))
-            if outcome != "moved":
-                return outcome
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hmget(HEAD, "seq", "hash")
+            pipe.hmget(CHECKPOINT, "seq", "hash")
+            pipe.zmscore(SEEN, [source for source, _ in records])
+            head, checkpoint, seen = pipe.execute()
+            # Without a head (nothing appended yet) the chain starts from the checkpoint, or from genesis.
+            seq, prev = _pair(head, "") if head[0] else _pair(checkpoint, GENESIS)
+            args: list[Any] = [str(int(head[0] or 0)), _text(head[1]) if head[1] else ""]
+            fresh: set[str] = set()
+            for (source, record), was_seen in zip(records, seen, strict=True):
+                if was_seen is not None or source in fresh:
+                    continue
+                fresh.add(source)
+                seq += 1
+                digest = link_hash(prev, seq, record)
+                args += [source, seq, prev, digest, record]
+                prev = digest
+            if not fresh:
+                return 0
+            outcome = self._append(keys=[LOG, HEAD, SEEN], args=args)
+            if _text(outcome) != "moved":  # else another consumer appended first: recompute from its head
+                return int(outcome)
 
-    def _genesis(self) -> str:
-        checkpoint = self.client.hget(CHECKPOINT, "hash")
-        return _text(checkpoint) if checkpoint else GENESIS
+
+def _records(client: Any, after: str | None = None) -> Iterator[tuple[str, dict[str, str]]]:
+    """The log's records in order, after entry id `after` (exclusive), decoded."""
+    start = f"({after}" if after else "-"
+    while batch := client.xrange(LOG, start, "+", count=PAGE):
+        for entry_id, raw in batch:
+            yield _text(entry_id), {_text(k): _text(v) for k, v in raw.items()}
+        start = f"({_text(batch[-1][0])}"
 
 
-def _records(client: Any, start: str = "-", count: int = 1000) -> Any:
-    while True:
-        batch = client.xrange(LOG, start, "+", count=count)
-        if not batch:
-            return
-        yield from batch
-        last = _text(batch[-1][0])
-        ms, _, n = last.partition("-")
-        start = f"{ms}-{int(n) + 1}"
+def _check(fields: Mapping[str, str], seq: int, prev: str) -> tuple[str, str] | None:
+    """Why a record does not follow (seq, prev), as (reason, detail), or None when it does."""
+    found = fields.get("seq", "")
+    if found != str(seq + 1):
+        return "seq gap", f"Expected record {seq + 1} here but found {found or 'none'}: records were removed or moved."
+    if fields.get("prev") != prev:
+        return "prev mismatch", "The record does not point at the hash of the one before it."
+    if link_hash(prev, seq + 1, fields.get("record", "")) != fields.get("hash"):
+        return "hash mismatch", "The record's content does not match its hash: it was altered."
+    return None
 
 
 def verify(client: Any, *, limit: int | None = None) -> dict[str, Any]:
-    """Recompute the chain from the checkpoint (or genesis); report the first broken link."""
-    checkpoint = client.hmget(CHECKPOINT, "seq", "hash")
-    seq = int(checkpoint[0] or 0)
-    prev = _text(checkpoint[1]) if checkpoint[1] else GENESIS
-    checked = 0
-    for _, raw in _records(client):
-        fields = {_text(k): _text(v) for k, v in raw.items()}
-        got_seq = int(fields.get("seq", -1))
-        broken = None
-        if got_seq != seq + 1:
-            broken = f"seq gap: expected {seq + 1}, found {got_seq}"
-        elif fields.get("prev") != prev:
-            broken = "prev mismatch: the record does not point at the one before it"
-        elif link_hash(prev, got_seq, fields.get("record", "")) != fields.get("hash"):
-            broken = "hash mismatch: the record was altered"
-        if broken:
-            return {"ok": False, "checked": checked, "head_seq": _head_seq(client),
-                    "first_broken": {"seq": seq + 1, "reason": broken}}
-        seq, prev = got_seq, fields["hash"]
-        checked += 1
-        if limit is not None and checked >= limit:
+    """Recompute the chain from the checkpoint (or genesis) and report the first broken link.
+
+    Returns {"ok", "checked", "head_seq", "from_checkpoint", "first_broken"}; first_broken is None or
+    {"seq", "reason", "detail"} with reason "hash mismatch", "prev mismatch", "seq gap" or "head mismatch".
+    With `limit`, only the oldest `limit` records are checked (and not the head). Records appended while it runs
+    are checked up to the head read at the start; a trim that races it makes it start again from the new checkpoint.
+    """
+    result: dict[str, Any] = {}
+    for _ in range(3):
+        start = client.hmget(CHECKPOINT, "seq", "hash")
+        result = _walk(client, _pair(start, GENESIS), limit)
+        if result["ok"] or client.hmget(CHECKPOINT, "seq", "hash") == start:
             break
-    head = client.hmget(HEAD, "seq", "hash")
-    if limit is None and head[0] is not None and (int(head[0]) != seq or _text(head[1]) != prev):
-        return {"ok": False, "checked": checked, "head_seq": int(head[0]),
-                "first_broken": {"seq": seq + 1, "reason": "head mismatch: records after this one are missing"}}
-    return {"ok": True, "checked": checked, "head_seq": _head_seq(client), "first_broken": None,
-            "from_checkpoint": int(checkpoint[0] or 0)}
+    return result
 
 
-def _head_seq(client: Any) -> int:
-    return int(client.hget(HEAD, "seq") or 0)
+def _walk(client: Any, checkpoint: tuple[int, str], limit: int | None) -> dict[str, Any]:
+    head_seq, head_hash = _pair(client.hmget(HEAD, "seq", "hash"), "")
+    seq, prev = checkpoint
+    checked = 0
+
+    def outcome(at: int | None = None, reason: str = "", detail: str = "") -> dict[str, Any]:
+        broken = None if at is None else {"seq": at, "reason": reason, "detail": detail}
+        return {"ok": broken is None, "checked": checked, "head_seq": head_seq, "from_checkpoint": checkpoint[0],
+                "first_broken": broken}
+
+    if head_seq < seq or (head_seq == seq and seq and head_hash != prev):
+        return outcome(seq, "head mismatch", "The head does not match the checkpoint.")
+    # Appends update the head in the same step, so every record up to the head we read exists; later ones
+    # may be appending right now and are left to the next verification.
+    beyond = False
+    for _, fields in _records(client):
+        if seq == head_seq:
+            beyond = True
+            break
+        broken = _check(fields, seq, prev)
+        if broken:
+            return outcome(seq + 1, *broken)
+        seq, prev, checked = seq + 1, fields["hash"], checked + 1
+        if limit is not None and checked >= limit:
+            return outcome()
+    if seq < head_seq:
+        return outcome(seq + 1, "head mismatch", "The newest records are missing: the log ends before its head.")
+    if head_seq and prev != head_hash:
+        return outcome(seq, "head mismatch", "The log was rewritten: its last hash is not the head's.")
+    if beyond and _pair(client.hmget(HEAD, "seq", "hash"), "")[0] == head_seq:
+        return outcome(seq + 1, "head mismatch", "Records follow the head: they were added outside the chain.")
+    return outcome()
 
 
 def trim(client: Any, *, keep_last: int | None = None, older_than_s: float | None = None,
          now: float) -> dict[str, Any]:
-    """Remove the oldest records (beyond `keep_last`, or older than `older_than_s`), checkpointing the last one."""
-    doomed: list[tuple[str, dict[str, str]]] = []
-    total = client.xlen(LOG)
-    for entry_id, raw in _records(client):
-        fields = {_text(k): _text(v) for k, v in raw.items()}
-        too_many = keep_last is not None and total - len(doomed) > keep_last
-        too_old = older_than_s is not None and json.loads(fields["record"]).get("ts", now) < now - older_than_s
-        if not (too_many or too_old):
+    """Remove the oldest records (beyond `keep_last`, or older than `older_than_s`), checkpointing the last one.
+
+    Only a prefix that verifies is removed: at a broken link trimming stops, so the evidence stays, and the
+    result carries "broken": {"seq", "reason", "detail"}. Dedupe marks older than DEDUPE_WINDOW_S before `now`
+    are forgotten too. Returns {"removed", "checkpoint_seq"[, "broken"]}.
+    """
+    if keep_last is not None and keep_last < 0:
+        raise ValueError(f"keep_last must be 0 or more, not {keep_last}.")
+    client.zremrangebyscore(SEEN, "-inf", f"({int((now - DEDUPE_WINDOW_S) * 1000)}")
+    cut = client.register_script(_CUT)
+    removed, broken = 0, None
+    for _ in range(3):  # another trim may race this one: then carry on from its checkpoint
+        start = client.hmget(CHECKPOINT, "seq", "hash")
+        done, broken = _trim_from(client, cut, _pair(start, GENESIS), keep_last, older_than_s, now)
+        removed += done
+        if not broken or client.hmget(CHECKPOINT, "seq", "hash") == start:
             break
-        doomed.append((_text(entry_id), fields))
-    if not doomed:
-        return {"removed": 0, "checkpoint_seq": int(client.hget(CHECKPOINT, "seq") or 0)}
-    last = doomed[-1][1]
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(CHECKPOINT, mapping={"seq": last["seq"], "hash": last["hash"]})
-    pipe.xdel(LOG, *[entry_id for entry_id, _ in doomed])
-    pipe.srem(SOURCES, *[fields["source"] for _, fields in doomed])
-    pipe.execute()
-    return {"removed": len(doomed), "checkpoint_seq": int(last["seq"])}
+    result: dict[str, Any] = {"removed": removed, "checkpoint_seq": int(client.hget(CHECKPOINT, "seq") or 0)}
+    if broken:
+        result["broken"] = broken
+    return result
+
+
+def _trim_from(client: Any, cut: Any, checkpoint: tuple[int, str], keep_last: int | None,
+               older_than_s: float | None, now: float) -> tuple[int, dict[str, Any] | None]:
+    seq, prev = checkpoint
+    excess = client.xlen(LOG) - keep_last if keep_last is not None else 0
+    removed, taken, chunk = 0, 0, list[str]()
+    for entry_id, fields in _records(client):
+        if not (taken < excess or (older_than_s is not None and _ts(fields, now) < now - older_than_s)):
+            break
+        problem = _check(fields, seq, prev)
+        if problem:
+            if chunk:
+                removed += int(cut(keys=[LOG, CHECKPOINT], args=[seq, prev, *chunk]))
+            return removed, {"seq": seq + 1, "reason": problem[0], "detail": problem[1]}
+        seq, prev, taken = seq + 1, fields["hash"], taken + 1
+        chunk.append(entry_id)
+        if len(chunk) >= PAGE:  # each chunk moves the checkpoint and removes its records in one step
+            removed += int(cut(keys=[LOG, CHECKPOINT], args=[seq, prev, *chunk]))
+            chunk = []
+    if chunk:
+        removed += int(cut(keys=[LOG, CHECKPOINT], args=[seq, prev, *chunk]))
+    return removed, None
+
+
+def _ts(fields: Mapping[str, str], default: float) -> float:
+    try:
+        return float(json.loads(fields["record"]).get("ts", default))
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return default
 
 
 def query(client: Any, *, actor: str | None = None, action: str | None = None, since: float | None = None,
           until: float | None = None, cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
-    """Records newest first, filtered; `next_cursor` continues the listing."""
+    """Records newest first, filtered by actor, action and ts range (epoch s, inclusive).
+
+    Returns {"entries": [record fields + seq + hash], "next_cursor"}; pass next_cursor back to continue. A page
+    may hold fewer than `limit` entries while next_cursor is set, when a sparse filter scanned many records.
+    """
+    if cursor and not _STREAM_ID.fullmatch(cursor):
+        raise AuditQueryError(f"The cursor {cursor!r} is not valid; pass back the next_cursor a listing returned.")
     top = f"({cursor}" if cursor else "+"
+    # A record is appended after it happened, so nothing older than `since` (less clock skew) needs a look.
+    bottom = str(max(0, int((since - CLOCK_SKEW_S) * 1000))) if since is not None else "-"
     found: list[dict[str, Any]] = []
-    next_cursor = None
-    while len(found) < limit:
-        batch = client.xrevrange(LOG, top, "-", count=200)
+    scanned, last = 0, None
+    while len(found) < limit and scanned < QUERY_SCAN_MAX:
+        count = min(PAGE, QUERY_SCAN_MAX - scanned)
+        batch = client.xrevrange(LOG, top, bottom, count=count)
         if not batch:
-            next_cursor = None
-            break
+            return {"entries": found, "next_cursor": None}
         for entry_id, raw in batch:
+            last, scanned = _text(entry_id), scanned + 1
             fields = {_text(k): _text(v) for k, v in raw.items()}
             record = json.loads(fields["record"])
-            next_cursor = _text(entry_id)
-            if since is not None and record.get("ts", 0) < since:
+            ts = float(record.get("ts", 0))
+            if (actor is None or record.get("actor") == actor) and (action is None or record.get("action") == action) \
+                    and (since is None or ts >= since) and (until is None or ts <= until):
+                found.append({**record, "seq": int(fields["seq"]), "hash": fields["hash"]})
+                if len(found) == limit:
+                    break
+        else:
+            if len(batch) < count:  # the oldest record (in range) was read: nothing follows
                 return {"entries": found, "next_cursor": None}
-            if (actor and record.get("actor") != actor) or (action and record.get("action") != action) or \
-                    (until is not None and record.get("ts", 0) > until):
-                continue
-            found.append({"seq": int(fields["seq"]), "hash": fields["hash"], **record})
-            if len(found) == limit:
-                break
-        top = f"({next_cursor}"
-    return {"entries": found, "next_cursor": next_cursor if len(found) == limit else None}
+        top = f"({last}"
+    return {"entries": found, "next_cursor": last}

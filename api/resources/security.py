@@ -272,7 +272,13 @@ class AuditResource(_Chain):
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """A page of audit records."""
-        resp.media = await asyncio.to_thread(
+        try:
+            resp.media = await self._query(req)
+        except chain.AuditQueryError as ex:
+            raise bad_request(str(ex), code="invalid_cursor") from ex
+
+    async def _query(self, req: falcon.asgi.Request) -> dict[str, Any]:
+        return await asyncio.to_thread(
             chain.query, self.sync, actor=req.get_param("actor") or req.get_param("user_id"),
             action=req.get_param("action"), since=req.get_param_as_float("since"),
             until=req.get_param_as_float("until"), cursor=req.get_param("cursor"),
