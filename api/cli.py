@@ -18,6 +18,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from api.audit import AuditLog
 from api.permissions import Role
 from api.users import UserError, UserStore
 from settings import Settings, SettingsError
@@ -46,29 +47,33 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-async def run(args: argparse.Namespace, store: UserStore) -> Any:
-    """Carry out one command; returns what to print."""
+async def run(args: argparse.Namespace, store: UserStore, audit: AuditLog) -> Any:
+    """Carry out one command (changes are audited, actor 'cli'); returns what to print."""
     expires = args.expires_days * 86400 if getattr(args, "expires_days", None) else None
     if args.noun == "users" and args.verb == "create":
         user = await store.create_user(args.user_id, args.role)
         key, info = await store.create_key(args.user_id, expires_in_s=expires, name="first")
+        await audit.record("cli", "user.create", resource=args.user_id, details={"role": user["role"]})
+        await audit.record("cli", "key.create", resource=args.user_id, details={"key_id": info["key_id"]})
         return {"user": user, "api_key": key, "key": info}
     if args.noun == "users":
         return await store.list_users()
     if args.verb == "create":
         key, info = await store.create_key(args.user_id, expires_in_s=expires, name=args.name)
+        await audit.record("cli", "key.create", resource=args.user_id, details={"key_id": info["key_id"]})
         return {"api_key": key, "key": info}
     if args.verb == "list":
         return await store.list_keys(args.user_id)
     if not await store.revoke_key(args.user_id, args.key_id):
         raise UserError(f"User {args.user_id!r} has no key {args.key_id!r}.")
+    await audit.record("cli", "key.revoke", resource=args.user_id, details={"key_id": args.key_id})
     return {"revoked": args.key_id}
 
 
 async def _main(args: argparse.Namespace, settings: Settings) -> Any:
     client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
     try:
-        return await run(args, UserStore(client, settings.secret_key))
+        return await run(args, UserStore(client, settings.secret_key), AuditLog(client))
     finally:
         await client.aclose()
 
