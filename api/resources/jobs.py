@@ -42,6 +42,42 @@ async def visible_job(req: falcon.asgi.Request, service: JobService, job_id: str
     raise not_found(f"There is no job {job_id!r} that you can see.", code="job_not_found")
 
 
+async def submit_job(req: falcon.asgi.Request, service: JobService, settings: Settings, audit: AuditLog,
+                     body: dict[str, Any], *, agent: str | None = None,
+                     idempotency_key: str | None = None) -> tuple[dict[str, str], bool]:
+    """The one submit path of POST /jobs and POST /stream/{agent}: validate, check the caller's agent allow list,
+    hold and enqueue, audit; domain errors become 400, 402, 403 and 422. Returns (job, created)."""
+    try:
+        submission = parse_submission({**body, "agent_type": agent} if agent else body,
+                                      max_query_chars=settings.max_query_chars,
+                                      max_tokens_default=settings.max_tokens_default,
+                                      max_tokens_limit=settings.max_tokens_limit)
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+    except InvalidFieldError as ex:
+        raise bad_request(str(ex), code="invalid_field") from ex
+    principal = principal_of(req)
+    assert principal is not None
+    if not principal.may_use(submission.agent_type):
+        raise falcon.HTTPForbidden(title="Forbidden", code="agent_not_allowed",
+                                   description=f"Your account may not use the {submission.agent_type!r} agent.")
+    try:
+        job, created = await service.submit(principal.user_id, submission, idempotency_key=idempotency_key,
+                                            digest=body_hash(body))
+    except IdempotencyConflictError as ex:
+        raise falcon.HTTPUnprocessableEntity(title="Idempotency-Key reused", description=str(ex),
+                                             code="idempotency_conflict") from ex
+    except UnknownModelError as ex:
+        raise bad_request(str(ex), code="unpriced_model") from ex
+    except BudgetExceededError as ex:
+        raise budget_exceeded(ex) from ex
+    if created:
+        await audit.record(principal.user_id, "job.submit", resource=job["id"], ip=client_ip(req),
+                           details={"agent": job["agent"], "model": job["model"],
+                                    "hold_micros": int(job.get("hold_micros") or 0)})
+    return job, created
+
+
 class JobsResource:
     """POST submits a job; GET lists your jobs (an admin's, everyone's)."""
 
@@ -55,34 +91,8 @@ class JobsResource:
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Submit a job: 202 with its id, status and stream URL."""
         body = await read_json(req, self.settings.max_body_bytes)
-        key = req.get_header("Idempotency-Key")
-        try:
-            submission = parse_submission(body, max_query_chars=self.settings.max_query_chars,
-                                          max_tokens_default=self.settings.max_tokens_default,
-                                          max_tokens_limit=self.settings.max_tokens_limit)
-            if key is not None:
-                check_idempotency_key(key)
-        except InvalidFieldError as ex:
-            raise bad_request(str(ex), code="invalid_field") from ex
-        principal = principal_of(req)
-        assert principal is not None
-        if not principal.may_use(submission.agent_type):
-            raise falcon.HTTPForbidden(title="Forbidden", code="agent_not_allowed",
-                                       description=f"Your account may not use the {submission.agent_type!r} agent.")
-        try:
-            job, created = await self.service.submit(principal.user_id, submission, idempotency_key=key,
-                                                     digest=body_hash(body))
-        except IdempotencyConflictError as ex:
-            raise falcon.HTTPUnprocessableEntity(title="Idempotency-Key reused", description=str(ex),
-                                                 code="idempotency_conflict") from ex
-        except UnknownModelError as ex:
-            raise bad_request(str(ex), code="unpriced_model") from ex
-        except BudgetExceededError as ex:
-            raise budget_exceeded(ex) from ex
-        if created:
-            await self.audit.record(principal.user_id, "job.submit", resource=job["id"], ip=client_ip(req),
-                                    details={"agent": job["agent"], "model": job["model"],
-                                             "hold_micros": int(job.get("hold_micros") or 0)})
+        job, created = await submit_job(req, self.service, self.settings, self.audit, body,
+                                        idempotency_key=req.get_header("Idempotency-Key"))
         resp.status = falcon.HTTP_202 if created else falcon.HTTP_200
         if not created:
             resp.set_header("Idempotent-Replayed", "true")

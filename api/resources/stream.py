@@ -8,18 +8,15 @@ from typing import Any, AsyncIterator
 import falcon
 from falcon.asgi import SSEvent
 
-from api.audit import AuditLog, client_ip
-from api.auth import principal_of
+from api.audit import AuditLog
 from api.body import read_json
-from api.errors import bad_request, budget_exceeded, not_found
-from api.jobs import BudgetExceededError, JobService, body_hash
+from api.errors import not_found
+from api.jobs import JobService
 from api.permissions import PUBLIC, Permission
 from api.relay import Relay, Subscription
 from api.resources.events import sse_events
-from api.resources.jobs import public_job
-from api.validation import InvalidFieldError, parse_submission
+from api.resources.jobs import public_job, submit_job
 from events.catalog import AGENT_TYPES
-from events.prices import UnknownModelError
 from settings import Settings
 
 DEMO_PAGE = Path(__file__).resolve().parent.parent / "static" / "demo.html"
@@ -48,26 +45,7 @@ class StreamSubmitResource:
                             code="unknown_agent")
         body = await read_json(req, self.settings.max_body_bytes)
         body.pop("agent_type", None)  # the path names the agent
-        try:
-            submission = parse_submission({**body, "agent_type": agent},
-                                          max_query_chars=self.settings.max_query_chars,
-                                          max_tokens_default=self.settings.max_tokens_default,
-                                          max_tokens_limit=self.settings.max_tokens_limit)
-        except InvalidFieldError as ex:
-            raise bad_request(str(ex), code="invalid_field") from ex
-        principal = principal_of(req)
-        assert principal is not None
-        if not principal.may_use(agent):
-            raise falcon.HTTPForbidden(title="Forbidden", code="agent_not_allowed",
-                                       description=f"Your account may not use the {agent!r} agent.")
-        try:
-            job, _ = await self.service.submit(principal.user_id, submission, digest=body_hash(body))
-        except UnknownModelError as ex:
-            raise bad_request(str(ex), code="unpriced_model") from ex
-        except BudgetExceededError as ex:
-            raise budget_exceeded(ex) from ex
-        await self.audit.record(principal.user_id, "job.submit", resource=job["id"], ip=client_ip(req),
-                                details={"agent": agent, "model": job["model"], "route": "stream"})
+        job, _ = await submit_job(req, self.service, self.settings, self.audit, body, agent=agent)
         view = public_job(job, self.settings)
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
