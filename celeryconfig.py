@@ -1,8 +1,8 @@
 """Celery settings, every value from `Settings`; no logic. Tuned for long LLM tasks."""
 
-from settings import Settings
+from settings import Settings as _Settings
 
-_settings = Settings.from_env()
+_settings = _Settings.from_env()
 
 broker_url = _settings.redis_url
 broker_connection_retry_on_startup = True
