@@ -9,7 +9,7 @@ from typing import Any
 
 import falcon
 
-from api.jobs import JOB_ID
+from api.jobs import JOB_ID, STREAM_ID
 from api.permissions import PUBLIC
 from api.resources.health import VERSION
 from api.schemas import ERROR
@@ -35,6 +35,49 @@ def path_params(path: str) -> list[dict[str, Any]]:
               "name": {"type": "string", "enum": sorted(ASSETS)}}
     return [{"name": name, "in": "path", "required": True, "schema": shapes.get(name, {"type": "string"})}
             for name in re.findall(r"\{([a-z_]+)\}", path)]
+
+
+def _q(name: str, schema: dict[str, Any], description: str, *, blank: bool = False) -> dict[str, Any]:
+    """A query parameter; `blank`: the handler reads ?name= (empty) as not given."""
+    param = {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+    if blank:
+        param.update(schema={"anyOf": [schema, {"type": "string", "maxLength": 0}]}, allowEmptyValue=True)
+    return param
+
+
+_USER_Q = _q("user_id", {"type": "string", "pattern": USER_ID.pattern}, "Admins: whose figures (default: yours).",
+             blank=True)
+_CURSOR = {"type": "string", "pattern": r"^\d{1,12}(\.\d{1,9})?:j_[0-9a-f]{32}$"}
+QUERY_PARAMS: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("/api/v1/jobs", "GET"): [
+        _q("status", {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]}, "Only jobs in this state."),
+        _q("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "Page size (default 20)."),
+        _q("cursor", _CURSOR, "next_cursor of the previous page.", blank=True),
+        _q("all", {"type": "boolean"}, "Admins: false for only your own jobs.", blank=True)],
+    ("/api/v1/jobs/{job_id}", "GET"): [
+        _q("wait", {"type": "number", "minimum": 0, "maximum": 60}, "Long-poll up to this many seconds.")],
+    ("/api/v1/jobs/{job_id}/events", "GET"): [
+        _q("last_event_id", {"type": "string", "pattern": STREAM_ID.pattern}, "Resume after this event id.",
+           blank=True),
+        _q("token", {"type": "string"}, "The job-scoped token from stream_url (for EventSource).", blank=True)],
+    ("/api/v1/costs/stats", "GET"): [
+        _q("period", {"enum": ["day", "week", "month", "all"]}, "Window (default week)."),
+        _q("group_by", {"enum": ["model", "agent", "session", "user"]}, "user is for admins."), _USER_Q,
+        _q("all", {"type": "boolean"}, "Admins: everyone's figures.", blank=True)],
+    ("/api/v1/costs/budget", "GET"): [_USER_Q],
+    ("/api/v1/costs/forecast", "GET"): [_USER_Q],
+    ("/api/v1/costs/recommendations", "GET"): [_USER_Q],
+    ("/api/v1/security/audit", "GET"): [
+        _q("actor", {"type": "string"}, "Only this actor's records.", blank=True),
+        _q("action", {"type": "string"}, "Only this action (e.g. auth.failure).", blank=True),
+        _q("since", {"type": "number", "minimum": 0, "maximum": 1e11}, "From this time (epoch seconds)."),
+        _q("until", {"type": "number", "minimum": 0, "maximum": 1e11}, "Up to this time (epoch seconds)."),
+        _q("cursor", {"type": "string", "pattern": STREAM_ID.pattern}, "next_cursor of the previous page.", blank=True),
+        _q("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "Page size (default 50).")],
+    ("/api/v1/security/users/{user_id}/api-keys/{key_id}/rotate", "POST"): [
+        _q("grace_s", {"type": "integer", "minimum": 0, "maximum": 30 * 86400},
+           "How long the old key keeps working (default KEY_ROTATION_GRACE_S).")],
+}
 
 
 def _success_body(path: str) -> dict[str, Any]:
@@ -93,7 +136,7 @@ def _operation(path: str, method: str, resource: Any, responder: Any, schemas: d
     }
     if permission == PUBLIC:
         op["security"] = []
-    params = path_params(path)
+    params = path_params(path) + QUERY_PARAMS.get((path, method), [])
     if params:
         op["parameters"] = params
     schema = schemas.get((path, method))

@@ -114,7 +114,8 @@ class JobsResource:
             cursor = parse_cursor(raw_cursor) if raw_cursor else None
         except ValueError as ex:
             raise bad_request(str(ex), code="invalid_cursor") from ex
-        every = allowed(principal.role, Permission.JOBS_READ_ALL) and req.get_param_as_bool("all", default=True)
+        wants_all = req.get_param_as_bool("all", default=True)  # parsed for everyone: a bad value is a 400
+        every = wants_all and allowed(principal.role, Permission.JOBS_READ_ALL)
         found, after = await self.service.list(None if every else principal.user_id, status=status,
                                                limit=limit, cursor=cursor)
         resp.media = {"jobs": [public_job(j, self.settings) for j in found], "next_cursor": after}
