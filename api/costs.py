@@ -12,7 +12,7 @@ from events import keys
 from events.advice import recommendations
 from events.budgets import Budget, BudgetScripts, check_budget, job_scopes, period_keys, period_ttls
 from events.catalog import AGENT_TYPES
-from events.envelope import Event
+from events.envelope import Event, text
 from events.forecast import forecast
 from events.ledger import GROUP as LEDGER_GROUP
 from events.money import micros_to_usd
@@ -24,9 +24,6 @@ GROUPS = {"model": "m", "agent": "a", "session": "s", "user": "u"}
 FIGURES = {"cost": "cost_micros", "in": "input_tokens", "out": "output_tokens", "cached": "cached_input_tokens",
            "calls": "calls"}
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _iso(ts: float) -> str:
@@ -44,7 +41,7 @@ def sum_buckets(rows: list[dict[Any, Any]], group: str | None) -> tuple[dict[str
     groups: dict[str, dict[str, int]] = {}
     for row in rows:
         for raw_field, raw_value in row.items():
-            field, value = _text(raw_field), int(raw_value)
+            field, value = text(raw_field), int(raw_value)
             if field in FIGURES:
                 totals[FIGURES[field]] += value
                 continue
@@ -133,7 +130,7 @@ class CostService:
         """Every budget of a user, with what is spent, held and left in its current period."""
         now = self.clock()
         config = await self.client.hgetall(keys.budget_config(user_id))
-        found = [Budget.from_json(_text(scope), raw) for scope, raw in config.items()]
+        found = [Budget.from_json(text(scope), raw) for scope, raw in config.items()]
         pipe = self.client.pipeline(transaction=False)
         for budget in found:
             pipe.hmget(keys.budget_period(user_id, period_id(budget.period, now)),
@@ -187,7 +184,7 @@ class CostService:
         """Ways to spend less, computed from the user's last 30 days."""
         now = self.clock()
         _, by_model = sum_buckets(await self._buckets(user_id, now - WINDOWS["month"], now), "m")
-        raw = {_text(k): int(v) for k, v in (await self.client.hgetall(keys.ledger_queries(user_id))).items()}
+        raw = {text(k): int(v) for k, v in (await self.client.hgetall(keys.ledger_queries(user_id))).items()}
         repeated = [{"query_hash": k[2:], "jobs": n, "cost_micros": raw.get(f"c:{k[2:]}", 0)}
                     for k, n in raw.items() if k.startswith("n:") and n > 1]
         items = recommendations(by_model, repeated, self.prices)
@@ -218,7 +215,7 @@ class CostService:
         lag = None
         pending = None
         try:
-            groups = {_text(g["name"]): g for g in await self.client.xinfo_groups(keys.USAGE_STREAM)}
+            groups = {text(g["name"]): g for g in await self.client.xinfo_groups(keys.USAGE_STREAM)}
             if LEDGER_GROUP in groups:
                 lag = groups[LEDGER_GROUP].get("lag")
                 pending = groups[LEDGER_GROUP].get("pending")
@@ -229,4 +226,3 @@ class CostService:
                 "ledger": {"group": LEDGER_GROUP, "lag": lag, "pending": pending},
                 "holds_outstanding": await self.client.zcard(keys.HOLDS_INDEX),
                 "agents": {name: info.max_llm_calls for name, info in AGENT_TYPES.items()}, "periods": PERIODS}
-

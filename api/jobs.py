@@ -22,6 +22,7 @@ from events.budgets import (
     worst_case_micros,
 )
 from events.catalog import AGENT_TYPES
+from events.envelope import text
 from events.money import micros_to_usd
 from events.prices import PriceBook
 from events.taskmsg import RUN_AGENT_TASK, task_message
@@ -57,9 +58,6 @@ class BudgetExceededError(Exception):
             "Lower max_tokens, use a cheaper model, or ask an admin to raise the budget.")
         self.scope, self.remaining, self.limit, self.period, self.hold = scope, remaining, limit, period, hold
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class JobService:
@@ -107,7 +105,7 @@ class JobService:
             args=[job_id, f"{now:.6f}", self.settings.job_ttl_s, message, digest,
                   "1" if idempotency_key else "0", IDEMPOTENCY_TTL_S, lifecycle, *flat],
         )
-        if _text(reply[0]) == "created":
+        if text(reply[0]) == "created":
             return record, True
         await self.settle(owner, job_id)  # a concurrent request with the same key won: return our hold
         first = await self._replay(idem, digest)
@@ -120,7 +118,7 @@ class JobService:
         raw = await self.client.get(idem)
         if raw is None:
             return None
-        first_id, _, first_digest = _text(raw).partition(":")
+        first_id, _, first_digest = text(raw).partition(":")
         if first_digest != digest:
             raise IdempotencyConflictError(
                 "This Idempotency-Key was already used with a different body; use a new key for a new job.")
@@ -140,8 +138,8 @@ class JobService:
             args=[amount, f"{now + self.settings.hold_ttl_s:.6f}", hold_member(owner, job_id), job_id, owner,
                   *period_ttls(), *job_scopes(sub.session_id, sub.agent_type)],
         )
-        if _text(reply[0]) == "rejected":
-            scope, remaining, limit, period = (_text(v) for v in reply[1:5])
+        if text(reply[0]) == "rejected":
+            scope, remaining, limit, period = (text(v) for v in reply[1:5])
             raise BudgetExceededError(scope, int(remaining), int(limit), period, amount)
         return amount
 
@@ -166,7 +164,7 @@ class JobService:
         last: tuple[float, str] | None = None
         while len(found) < limit:
             chunk = await self.client.zrevrangebyscore(index, top, "-inf", start=0, num=200, withscores=True)
-            chunk = [(_text(m), s) for m, s in chunk]
+            chunk = [(text(m), s) for m, s in chunk]
             if cursor is not None:  # entries at the cursor's score up to its id were on earlier pages
                 at_score, at_id = cursor
                 chunk = [(m, s) for m, s in chunk if not (s == at_score and m >= at_id)]
@@ -190,7 +188,7 @@ class JobService:
     async def cancel(self, job: dict[str, str]) -> str:
         """Cancel a job: 'cancelled', 'cancelling', 'missing', or the terminal status it already had."""
         data = json.dumps({"reason": "cancelled by request before it started"})
-        reply = _text(await self.scripts.cancel(
+        reply = text(await self.scripts.cancel(
             keys=jobs.cancel_keys(job["id"]),
             args=[job["id"], f"{self.clock():.6f}", self.settings.job_ttl_s, self.settings.stream_ttl_s, data],
         ))
@@ -201,7 +199,7 @@ class JobService:
     async def last_event_id(self, job_id: str) -> str | None:
         """The id of the job stream's newest entry, if it has one."""
         newest = await self.client.xrevrange(keys.job_stream(job_id), count=1)
-        return _text(newest[0][0]) if newest else None
+        return text(newest[0][0]) if newest else None
 
     async def wait(self, job_id: str, timeout_s: float) -> dict[str, str] | None:
         """The job once it is terminal or `timeout_s` has passed, whichever is first."""

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from events import keys
-from events.envelope import TERMINAL_TYPES, EnvelopeError, Event
+from events.envelope import TERMINAL_TYPES, EnvelopeError, Event, text
 
 log = logging.getLogger("api.relay")
 
@@ -62,9 +62,6 @@ class Subscription:
         except TimeoutError:
             return None
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def decode_entry(entry_id: str, fields: Any) -> Delivery | None:
@@ -170,21 +167,21 @@ class Relay:
                 delay = min(delay * 2, 2.0)
                 continue
             for key, entries in reply or []:
-                self._dispatch(_text(key), entries)
+                self._dispatch(text(key), entries)
 
     def _dispatch(self, key: str, entries: list[Any]) -> None:
         if key == self.wake_key:
-            self._wake_cursor = _text(entries[-1][0])
+            self._wake_cursor = text(entries[-1][0])
             return
         subs = self.subs.get(key)
         if not subs or not entries:
             return
-        last = parse_id(_text(entries[-1][0]))
+        last = parse_id(text(entries[-1][0]))
         if key in self.cursors and last > self.cursors[key]:
             self.cursors[key] = last
         deliveries = []
         for entry_id, fields in entries:
-            delivery = decode_entry(_text(entry_id), fields)
+            delivery = decode_entry(text(entry_id), fields)
             if delivery is not None:
                 deliveries.append((parse_id(delivery.id), delivery))
         for sub in list(subs):

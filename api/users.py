@@ -15,6 +15,7 @@ from typing import Any, Callable
 from api import keys as apikeys
 from api.permissions import Role
 from events import keys
+from events.envelope import text
 
 USER_ID = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
@@ -50,12 +51,9 @@ def _agents(raw: str | None) -> tuple[str, ...] | None:
     return tuple(json.loads(raw)) if raw else None
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 def _decode(raw: dict[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}
+    return {text(k): text(v) for k, v in raw.items()}
 
 
 def check_user_id(user_id: str) -> str:
@@ -106,7 +104,7 @@ class UserStore:
 
     async def list_users(self) -> list[dict[str, Any]]:
         """Every user, sorted by id."""
-        ids = sorted(_text(u) for u in await self.client.smembers(keys.USERS))
+        ids = sorted(text(u) for u in await self.client.smembers(keys.USERS))
         pipe = self.client.pipeline(transaction=False)
         for user_id in ids:
             pipe.hgetall(keys.user(user_id))
@@ -132,7 +130,7 @@ class UserStore:
 
     async def list_keys(self, user_id: str) -> list[dict[str, Any]]:
         """A user's keys, without secrets."""
-        hashes = [_text(h) for h in (await self.client.hgetall(keys.user_keys(user_id))).values()]
+        hashes = [text(h) for h in (await self.client.hgetall(keys.user_keys(user_id))).values()]
         pipe = self.client.pipeline(transaction=False)
         for hashed in hashes:
             pipe.hgetall(keys.apikey(hashed))
@@ -144,7 +142,7 @@ class UserStore:
         hashed = await self.client.hget(keys.user_keys(user_id), key_id)
         if hashed is None:
             return False
-        await self.client.hset(keys.apikey(_text(hashed)), mapping={"revoked": "1",
+        await self.client.hset(keys.apikey(text(hashed)), mapping={"revoked": "1",
                                                                      "revoked_at": f"{self.clock():.6f}"})
         return True
 
@@ -190,19 +188,19 @@ class UserStore:
         hashed = await self.client.hget(keys.user_keys(user_id), key_id)
         if hashed is None:
             raise UnknownUserError(f"User {user_id!r} has no key {key_id!r}.")
-        old = _decode(await self.client.hgetall(keys.apikey(_text(hashed))))
+        old = _decode(await self.client.hgetall(keys.apikey(text(hashed))))
         if old.get("revoked") == "1":
             raise UserError(f"Key {key_id!r} is revoked; create a new key instead of rotating it.")
         key, info = await self.create_key(user_id, name=name or old.get("name", ""), expires_in_s=None)
         ends = self.clock() + grace_s
         if not old.get("expires_at") or float(old["expires_at"]) > ends:
-            await self.client.hset(keys.apikey(_text(hashed)), mapping={"expires_at": f"{ends:.6f}",
+            await self.client.hset(keys.apikey(text(hashed)), mapping={"expires_at": f"{ends:.6f}",
                                                                          "rotated_to": info["key_id"]})
         return key, info
 
     async def _rewrite(self, user_id: str, fields: dict[str, str]) -> None:
         """Set fields on the user and on every key record of theirs (auth reads them from the key)."""
-        hashes = [_text(h) for h in (await self.client.hgetall(keys.user_keys(user_id))).values()]
+        hashes = [text(h) for h in (await self.client.hgetall(keys.user_keys(user_id))).values()]
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(keys.user(user_id), mapping=fields)
         for hashed in hashes:

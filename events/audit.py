@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from events.consumer import Entry
-from events.envelope import Event
+from events.envelope import Event, text
 
 GROUP = "audit"
 LOG = "audit:log"
@@ -50,9 +50,6 @@ _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 class AuditQueryError(ValueError):
     """Raised when a query's cursor is not a cursor that query() returned."""
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def audit_event(actor: str, action: str, *, resource: str = "", result: str = "success", ip: str = "",
@@ -86,7 +83,7 @@ def link_hash(prev: str, seq: int, record: str) -> str:
 
 def _pair(reply: Sequence[Any], default_hash: str) -> tuple[int, str]:
     """(seq, hash) from an HMGET of seq and hash."""
-    return int(reply[0] or 0), _text(reply[1]) if reply[1] else default_hash
+    return int(reply[0] or 0), text(reply[1]) if reply[1] else default_hash
 
 
 class AuditChain:
@@ -116,7 +113,7 @@ class AuditChain:
             head, checkpoint, seen = pipe.execute()
             # Without a head (nothing appended yet) the chain starts from the checkpoint, or from genesis.
             seq, prev = _pair(head, "") if head[0] else _pair(checkpoint, GENESIS)
-            args: list[Any] = [str(int(head[0] or 0)), _text(head[1]) if head[1] else ""]
+            args: list[Any] = [str(int(head[0] or 0)), text(head[1]) if head[1] else ""]
             fresh: set[str] = set()
             for (source, record), was_seen in zip(records, seen, strict=True):
                 if was_seen is not None or source in fresh:
@@ -129,7 +126,7 @@ class AuditChain:
             if not fresh:
                 return 0
             outcome = self._append(keys=[LOG, HEAD, SEEN], args=args)
-            if _text(outcome) != "moved":  # else another consumer appended first: recompute from its head
+            if text(outcome) != "moved":  # else another consumer appended first: recompute from its head
                 return int(outcome)
 
 
@@ -138,8 +135,8 @@ def _records(client: Any, after: str | None = None) -> Iterator[tuple[str, dict[
     start = f"({after}" if after else "-"
     while batch := client.xrange(LOG, start, "+", count=PAGE):
         for entry_id, raw in batch:
-            yield _text(entry_id), {_text(k): _text(v) for k, v in raw.items()}
-        start = f"({_text(batch[-1][0])}"
+            yield text(entry_id), {text(k): text(v) for k, v in raw.items()}
+        start = f"({text(batch[-1][0])}"
 
 
 def _check(fields: Mapping[str, str], seq: int, prev: str) -> tuple[str, str] | None:
@@ -280,8 +277,8 @@ def query(client: Any, *, actor: str | None = None, action: str | None = None, s
         if not batch:
             return {"entries": found, "next_cursor": None}
         for entry_id, raw in batch:
-            last, scanned = _text(entry_id), scanned + 1
-            fields = {_text(k): _text(v) for k, v in raw.items()}
+            last, scanned = text(entry_id), scanned + 1
+            fields = {text(k): text(v) for k, v in raw.items()}
             record = json.loads(fields["record"])
             ts = float(record.get("ts", 0))
             if (actor is None or record.get("actor") == actor) and (action is None or record.get("action") == action) \

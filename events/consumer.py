@@ -17,16 +17,13 @@ from typing import Any, Callable, Sequence
 import redis
 
 from events import keys
-from events.envelope import EnvelopeError, Event
+from events.envelope import EnvelopeError, Event, text
 
 log = logging.getLogger("events.consumer")
 
 Entry = tuple[str, Event]
 Handler = Callable[[Sequence[Entry]], None]
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -117,9 +114,9 @@ class ConsumerGroup:
                 self.client.xack(self.stream, self.group, entry_id)
                 continue
             try:
-                entries.append((_text(entry_id), Event.from_fields(fields)))
+                entries.append((text(entry_id), Event.from_fields(fields)))
             except EnvelopeError as ex:
-                self._bury(_text(entry_id), fields, f"undecodable: {ex}")
+                self._bury(text(entry_id), fields, f"undecodable: {ex}")
         return entries
 
     def _read(self) -> list[Entry]:
@@ -138,7 +135,7 @@ class ConsumerGroup:
             return []
         for item in pending:
             if item["times_delivered"] >= self.max_deliveries:
-                entry_id = _text(item["message_id"])
+                entry_id = text(item["message_id"])
                 found = self.client.xrange(self.stream, entry_id, entry_id)
                 self._bury(entry_id, found[0][1] if found else {}, f"delivered {item['times_delivered']} times")
         reply = self.client.xautoclaim(
@@ -149,7 +146,7 @@ class ConsumerGroup:
         return claimed
 
     def _bury(self, entry_id: str, fields: Any, reason: str) -> None:
-        dead = {_text(k): _text(v) for k, v in dict(fields).items()}
+        dead = {text(k): text(v) for k, v in dict(fields).items()}
         dead.update(dead_reason=reason, dead_id=entry_id, dead_stream=self.stream)
         pipe = self.client.pipeline(transaction=True)
         pipe.xadd(self.dead_stream, dead, maxlen=100_000, approximate=True)
@@ -203,9 +200,9 @@ def consumed_floor(client: Any, stream: str) -> str | None:
     """The lowest entry id some group still needs: below it, every group has read and acked."""
     floors: list[tuple[int, int]] = []
     for group in client.xinfo_groups(stream):
-        pending = client.xpending(stream, _text(group["name"]))
+        pending = client.xpending(stream, text(group["name"]))
         oldest = pending.get("min") if pending.get("pending") else None
-        bound = _text(oldest) if oldest else _text(group["last-delivered-id"])
+        bound = text(oldest) if oldest else text(group["last-delivered-id"])
         if bound == "0-0":
             return None
         bound_ms, _, bound_seq = bound.partition("-")

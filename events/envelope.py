@@ -38,8 +38,9 @@ class EnvelopeError(ValueError):
     """Raised when a stream entry lacks the fields every event must have."""
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def text(value: Any) -> str:
+    """A Redis reply as str, whether the client decodes replies or not."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class Event:
     @classmethod
     def from_fields(cls, raw: Mapping[bytes | str, bytes | str]) -> Event:
         """Decode a stream entry; raises EnvelopeError when it has no type or bad numbers."""
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = {text(k): text(v) for k, v in raw.items()}
         if "type" not in fields:
             raise EnvelopeError("The entry has no 'type' field.")
         try:

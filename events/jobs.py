@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from events import keys
+from events.envelope import text
 from events.money import micros_to_usd
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -46,13 +47,10 @@ class JobScripts:
         return cls(**{name: client.register_script(lua(name)) for name in SCRIPT_NAMES})
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 def decode(raw: Mapping[Any, Any]) -> dict[str, str]:
     """A job hash from Redis as str → str."""
-    return {_text(k): _text(v) for k, v in raw.items()}
+    return {text(k): text(v) for k, v in raw.items()}
 
 
 def _json(value: str | None, default: Any) -> Any:

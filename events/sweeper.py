@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from events import jobs, keys
 from events.budgets import BudgetScripts, settle_call
+from events.envelope import text
 from events.taskmsg import RUN_AGENT_TASK, task_message
 
 log = logging.getLogger("events.sweeper")
@@ -44,7 +45,7 @@ class Sweeper:
         """One pass; returns how many jobs ended up in each outcome."""
         now = self.clock()
         # Jobs that started less than a grace period ago may not have renewed their lease yet.
-        ids = [_text(i) for i in self.client.zrangebyscore(keys.RUNNING_JOBS, "-inf", now - self.grace_s)]
+        ids = [text(i) for i in self.client.zrangebyscore(keys.RUNNING_JOBS, "-inf", now - self.grace_s)]
         outcomes: dict[str, int] = {}
         if not ids:
             return outcomes
@@ -59,7 +60,7 @@ class Sweeper:
                 continue
             attempt_no = int(attempt or 0)
             message = task_message(RUN_AGENT_TASK, [job_id, attempt_no + 1], self.queue, origin="sweeper")
-            outcome = _text(
+            outcome = text(
                 self._requeue(
                     keys=jobs.requeue_keys(job_id, self.queue),
                     args=[job_id, attempt_no, f"{now:.6f}", message, self.max_attempts,
@@ -68,7 +69,7 @@ class Sweeper:
             )
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             if outcome in ("failed", "cancelled") and owner is not None:  # ended for good: settle its hold now
-                keys_, args = settle_call(_text(owner), job_id, now)
+                keys_, args = settle_call(text(owner), job_id, now)
                 self._settle(keys=keys_, args=args)
             if outcome not in ("alive", "changed"):
                 log.warning("job %s lost its worker on attempt %d: %s", job_id, attempt_no, outcome)
@@ -78,7 +79,7 @@ class Sweeper:
     def sweep_holds(self, batch: int = 500) -> dict[str, int]:
         """Settle holds past their expiry whose job has ended or is gone; extend those of live jobs."""
         now = self.clock()
-        members = [_text(m) for m in self.client.zrangebyscore(keys.HOLDS_INDEX, "-inf", now, start=0, num=batch)]
+        members = [text(m) for m in self.client.zrangebyscore(keys.HOLDS_INDEX, "-inf", now, start=0, num=batch)]
         outcomes = {"settled": 0, "extended": 0}
         if not members:
             return outcomes
@@ -87,7 +88,7 @@ class Sweeper:
             pipe.hget(keys.job(member.partition("\t")[2]), "status")
         for member, status in zip(members, pipe.execute(), strict=True):
             user, _, job_id = member.partition("\t")
-            if status is not None and _text(status) not in jobs.TERMINAL_STATUSES:
+            if status is not None and text(status) not in jobs.TERMINAL_STATUSES:
                 self.client.zadd(keys.HOLDS_INDEX, {member: now + self.hold_ttl_s})
                 outcomes["extended"] += 1
                 continue
@@ -95,7 +96,3 @@ class Sweeper:
             self._settle(keys=keys_, args=args)
             outcomes["settled"] += 1
         return outcomes
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -13,6 +13,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from events import jobs, keys
 from events.budgets import BudgetScripts, settle_call
+from events.envelope import text
 from events.money import micros_to_usd
 from events.prices import PriceBook
 from events.publisher import JobPublisher
@@ -117,7 +118,7 @@ class JobRunner:
             keys=jobs.start_keys(job_id),
             args=[job_id, attempt, f"{self.clock():.6f}", token, self.lease_ms, self.worker, json.dumps(start)],
         )
-        outcome = _text(reply[0])
+        outcome = text(reply[0])
         if outcome != "ok":
             log.info("skipped job %s attempt %d: %s", job_id, attempt, outcome, extra={"job_id": job_id})
             return f"skipped:{outcome}"
@@ -185,8 +186,8 @@ class JobRunner:
                   outcome.event, json.dumps(data), seq, self.job_ttl_s, self.stream_ttl_s],
         )
         log.info("job %s attempt %d %s", job_id, attempt, outcome.status,
-                 extra={"job_id": job_id, "attempt": attempt, "status": outcome.status, "finish": _text(done)})
-        if _text(done) != "ok":
+                 extra={"job_id": job_id, "attempt": attempt, "status": outcome.status, "finish": text(done)})
+        if text(done) != "ok":
             return "lease_lost"
         self.settle(owner, job_id)
         return outcome.status
@@ -196,9 +197,5 @@ class JobRunner:
         keys_, args = settle_call(owner, job_id, self.clock())
         reply = self.budget_scripts.settle(keys=keys_, args=args)
         for scope, spent, limit in (reply[3] if len(reply) > 3 else []):
-            log.warning("budget alert for %s scope %s: spent %s of %s micros", owner, _text(scope), _text(spent),
-                        _text(limit), extra={"job_id": job_id, "user_id": owner})
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+            log.warning("budget alert for %s scope %s: spent %s of %s micros", owner, text(scope), text(spent),
+                        text(limit), extra={"job_id": job_id, "user_id": owner})
