@@ -15,7 +15,7 @@ from typing import Any, Callable
 from api import keys as apikeys
 from api.permissions import Role
 from events import keys
-from events.envelope import text
+from events.envelope import text, text_map
 
 USER_ID = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
@@ -50,10 +50,6 @@ class Principal:
 def _agents(raw: str | None) -> tuple[str, ...] | None:
     return tuple(json.loads(raw)) if raw else None
 
-
-
-def _decode(raw: dict[Any, Any]) -> dict[str, str]:
-    return {text(k): text(v) for k, v in raw.items()}
 
 
 def check_user_id(user_id: str) -> str:
@@ -97,7 +93,7 @@ class UserStore:
 
     async def get_user(self, user_id: str) -> dict[str, Any]:
         """A user's profile; raises UnknownUserError."""
-        record = _decode(await self.client.hgetall(keys.user(user_id)))
+        record = text_map(await self.client.hgetall(keys.user(user_id)))
         if not record:
             raise UnknownUserError(f"There is no user {user_id!r}.")
         return self._user_view(record)
@@ -108,7 +104,7 @@ class UserStore:
         pipe = self.client.pipeline(transaction=False)
         for user_id in ids:
             pipe.hgetall(keys.user(user_id))
-        return [self._user_view(_decode(r)) for r in await pipe.execute() if r]
+        return [self._user_view(text_map(r)) for r in await pipe.execute() if r]
 
     async def create_key(self, user_id: str, *, expires_in_s: int | None = None, name: str = "") -> tuple[str, dict]:
         """A new key for `user_id`: returns the key (shown once) and its public record."""
@@ -134,7 +130,7 @@ class UserStore:
         pipe = self.client.pipeline(transaction=False)
         for hashed in hashes:
             pipe.hgetall(keys.apikey(hashed))
-        records = [_decode(r) for r in await pipe.execute() if r]
+        records = [text_map(r) for r in await pipe.execute() if r]
         return sorted((self._key_view(r) for r in records), key=lambda r: r["created_at"])
 
     async def revoke_key(self, user_id: str, key_id: str) -> bool:
@@ -161,7 +157,7 @@ class UserStore:
             pipe.incr(counter)
             pipe.expire(counter, window_s * 2)
         replies = await pipe.execute()
-        record = _decode(replies[0])
+        record = text_map(replies[0])
         if not record or record.get("revoked") == "1":
             return None
         expires = record.get("expires_at")
@@ -188,7 +184,7 @@ class UserStore:
         hashed = await self.client.hget(keys.user_keys(user_id), key_id)
         if hashed is None:
             raise UnknownUserError(f"User {user_id!r} has no key {key_id!r}.")
-        old = _decode(await self.client.hgetall(keys.apikey(text(hashed))))
+        old = text_map(await self.client.hgetall(keys.apikey(text(hashed))))
         if old.get("revoked") == "1":
             raise UserError(f"Key {key_id!r} is revoked; create a new key instead of rotating it.")
         key, info = await self.create_key(user_id, name=name or old.get("name", ""), expires_in_s=None)

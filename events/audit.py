@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from events.consumer import Entry
-from events.envelope import Event, text
+from events.envelope import Event, text, text_map
 
 GROUP = "audit"
 LOG = "audit:log"
@@ -135,7 +135,7 @@ def _records(client: Any, after: str | None = None) -> Iterator[tuple[str, dict[
     start = f"({after}" if after else "-"
     while batch := client.xrange(LOG, start, "+", count=PAGE):
         for entry_id, raw in batch:
-            yield text(entry_id), {text(k): text(v) for k, v in raw.items()}
+            yield text(entry_id), text_map(raw)
         start = f"({text(batch[-1][0])}"
 
 
@@ -278,7 +278,7 @@ def query(client: Any, *, actor: str | None = None, action: str | None = None, s
             return {"entries": found, "next_cursor": None}
         for entry_id, raw in batch:
             last, scanned = text(entry_id), scanned + 1
-            fields = {text(k): text(v) for k, v in raw.items()}
+            fields = text_map(raw)
             record = json.loads(fields["record"])
             ts = float(record.get("ts", 0))
             if (actor is None or record.get("actor") == actor) and (action is None or record.get("action") == action) \

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import redis
 
 from events import keys
-from events.envelope import EnvelopeError, Event, text
+from events.envelope import EnvelopeError, Event, text, text_map
 
 log = logging.getLogger("events.consumer")
 
@@ -146,7 +146,7 @@ class ConsumerGroup:
         return claimed
 
     def _bury(self, entry_id: str, fields: Any, reason: str) -> None:
-        dead = {text(k): text(v) for k, v in dict(fields).items()}
+        dead = text_map(dict(fields))
         dead.update(dead_reason=reason, dead_id=entry_id, dead_stream=self.stream)
         pipe = self.client.pipeline(transaction=True)
         pipe.xadd(self.dead_stream, dead, maxlen=100_000, approximate=True)

@@ -43,6 +43,11 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def text_map(raw: Mapping[Any, Any]) -> dict[str, str]:
+    """A Redis hash or stream entry as str → str."""
+    return {text(k): text(v) for k, v in raw.items()}
+
+
 @dataclass(frozen=True)
 class Event:
     """One event. `type` is a plain string so that unknown types survive a round trip."""
@@ -78,7 +83,7 @@ class Event:
     @classmethod
     def from_fields(cls, raw: Mapping[bytes | str, bytes | str]) -> Event:
         """Decode a stream entry; raises EnvelopeError when it has no type or bad numbers."""
-        fields = {text(k): text(v) for k, v in raw.items()}
+        fields = text_map(raw)
         if "type" not in fields:
             raise EnvelopeError("The entry has no 'type' field.")
         try:

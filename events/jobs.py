@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from events import keys
-from events.envelope import text
+from events.envelope import text_map
 from events.money import micros_to_usd
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -48,9 +48,7 @@ class JobScripts:
 
 
 
-def decode(raw: Mapping[Any, Any]) -> dict[str, str]:
-    """A job hash from Redis as str → str."""
-    return {text(k): text(v) for k, v in raw.items()}
+decode = text_map  # a job hash from Redis as str → str
 
 
 def _json(value: str | None, default: Any) -> Any:
