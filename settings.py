@@ -122,6 +122,10 @@ class Settings:
     admin_ip_allowlist: tuple[str, ...] = ()
     key_rotation_grace_s: int = 86400
     audit_retention_days: int = 365
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = 9540
+    otlp_endpoint: str = ""
+    service_name: str = "agentic"
 
     @property
     def provider_mode(self) -> str:
@@ -172,6 +176,10 @@ class Settings:
             admin_ip_allowlist=_networks(env, "ADMIN_IP_ALLOWLIST"),
             key_rotation_grace_s=_int(env, "KEY_ROTATION_GRACE_S", cls.key_rotation_grace_s, 0),
             audit_retention_days=_int(env, "AUDIT_RETENTION_DAYS", cls.audit_retention_days, 1),
+            worker_metrics_host=env.get("WORKER_METRICS_HOST") or cls.worker_metrics_host,
+            worker_metrics_port=_int(env, "WORKER_METRICS_PORT", cls.worker_metrics_port, 0, 65535),
+            otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+            service_name=env.get("OTEL_SERVICE_NAME") or cls.service_name,
         )
         settings.check()
         return settings

@@ -18,6 +18,7 @@ from api.auth import AuthMiddleware
 from api.body import SchemaMiddleware
 from api.costs import CostService
 from api.jobs import JobService, new_job_id
+from api.monitoring import ActivityTracker, MetricsMiddleware
 from api.relay import Relay
 from api.resources.costs import (
     BudgetResource,
@@ -33,6 +34,13 @@ from api.resources.docs import REDOC, SWAGGER, AssetResource, OpenAPIResource, P
 from api.resources.events import EventsResource
 from api.resources.health import HealthResource, LiveResource, ReadyResource
 from api.resources.jobs import CancelResource, JobResource, JobsResource
+from api.resources.monitoring import (
+    InfoResource,
+    MetricsResource,
+    MonitoringHealthResource,
+    RecordResource,
+    SummaryResource,
+)
 from api.resources.security import (
     AuditResource,
     AuditVerifyResource,
@@ -98,11 +106,12 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
     audit = AuditLog(redis, clock)
     schemas = request_schemas(settings)
     auth = AuthMiddleware(users, settings.secret_key, audit, rate_limit_per_min=settings.rate_limit_per_min,
-                          admin_networks=settings.admin_ip_allowlist, clock=clock)
-    middleware: list[Any] = [Lifespan(relay, redis, reader), auth,
+                          admin_networks=settings.admin_ip_allowlist, clock=clock,
+                          activity=ActivityTracker(redis, clock))
+    middleware: list[Any] = [MetricsMiddleware(), Lifespan(relay, redis, reader), auth,
                              SchemaMiddleware(schemas, settings.max_body_bytes)]
     if settings.cors_origins:
-        middleware.insert(0, falcon.CORSMiddleware(allow_origins=list(settings.cors_origins),
+        middleware.insert(1, falcon.CORSMiddleware(allow_origins=list(settings.cors_origins),
                                                    expose_headers=["Location", "RateLimit-Limit",
                                                                    "RateLimit-Remaining", "RateLimit-Reset"]))
     app = falcon.asgi.App(middleware=middleware)
@@ -111,6 +120,11 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
     app.add_route("/api/v1/health", HealthResource(redis, settings))
     app.add_route("/api/v1/monitoring/live", LiveResource())
     app.add_route("/api/v1/monitoring/ready", ReadyResource(redis))
+    app.add_route("/api/v1/monitoring/metrics", MetricsResource(redis, settings))
+    app.add_route("/api/v1/monitoring/summary", SummaryResource(redis, settings))
+    app.add_route("/api/v1/monitoring/health", MonitoringHealthResource(redis, settings))
+    app.add_route("/api/v1/monitoring/record", RecordResource(redis, settings))
+    app.add_route("/api/v1/monitoring/info", InfoResource(settings, instance))
     app.add_route("/api/v1/jobs", JobsResource(service, settings, audit))
     app.add_route("/api/v1/jobs/{job_id}", JobResource(service, settings, audit))
     app.add_route("/api/v1/jobs/{job_id}/cancel", CancelResource(service, settings, audit))

@@ -16,11 +16,13 @@ import falcon
 
 from api import keys as apikeys
 from api.audit import AuditLog, client_ip
+from api.monitoring import ActivityTracker
 from api.permissions import PUBLIC, Permission, allowed
 from api.users import Principal, UserStore
+from events.metrics import AUTH_ATTEMPTS, PERMISSION_CHECKS, RATE_LIMITED
 
 ADMIN_PERMISSIONS = frozenset({Permission.USERS_ADMIN, Permission.COSTS_ADMIN, Permission.AUDIT_READ,
-                               Permission.JOBS_READ_ALL})
+                               Permission.JOBS_READ_ALL, Permission.METRICS_WRITE})
 WINDOW_S = 60
 
 
@@ -50,8 +52,10 @@ class AuthMiddleware:
     """Finds the principal behind each request and checks its permission before the responder runs."""
 
     def __init__(self, users: UserStore, secret: str, audit: AuditLog, *, rate_limit_per_min: int = 0,
-                 admin_networks: tuple[str, ...] = (), clock: Callable[[], float] = time.time) -> None:
+                 admin_networks: tuple[str, ...] = (), clock: Callable[[], float] = time.time,
+                 activity: ActivityTracker | None = None) -> None:
         self.users = users
+        self.activity = activity
         self.secret = secret
         self.audit = audit
         self.limit = rate_limit_per_min
@@ -77,17 +81,21 @@ class AuthMiddleware:
             await self._stream_token(req, resource, params)
             return
         principal = await self.users.authenticate(key, window_s=WINDOW_S if self.limit else 0)
+        AUTH_ATTEMPTS.labels("api_key", "failure" if principal is None else "success").inc()
         if principal is None:
             prefix = apikeys.display_prefix(key) if apikeys.looks_like_key(key) else "malformed"
             await self.audit.record("anonymous", "auth.failure", resource=req.path, result="failure",
                                     ip=client_ip(req), details={"key_prefix": prefix})
             raise unauthorized("The API key is invalid, revoked or expired.")
+        if self.activity is not None:
+            self.activity.seen(principal.user_id)
         self._rate_limit(principal, resp)
         needed = Permission(permission)
         if not allowed(principal.role, needed):
             await self._deny(req, principal, needed, f"Your role '{principal.role}' lacks the '{needed}' permission.")
         if needed in ADMIN_PERMISSIONS and self.admin_networks and not self._admin_ip_ok(req):
             await self._deny(req, principal, needed, "Admin routes are not reachable from this address.")
+        PERMISSION_CHECKS.labels(needed.value, "allowed").inc()
         req.context.principal = principal
 
     async def _stream_token(self, req: falcon.asgi.Request, resource: Any, params: dict[str, Any]) -> None:
@@ -95,11 +103,14 @@ class AuthMiddleware:
         job_id = params.get("job_id")
         if token and job_id and getattr(resource, "accepts_stream_token", False):
             if apikeys.check_stream_token(self.secret, job_id, token):
+                AUTH_ATTEMPTS.labels("stream_token", "success").inc()
                 req.context.stream_job = job_id
                 return
+            AUTH_ATTEMPTS.labels("stream_token", "failure").inc()
             await self.audit.record("anonymous", "auth.failure", resource=req.path, result="failure",
                                     ip=client_ip(req), details={"reason": "bad stream token"})
             raise unauthorized("The stream token is invalid or expired; ask for the job again for a new one.")
+        AUTH_ATTEMPTS.labels("none", "failure").inc()
         raise unauthorized("Send an API key as 'Authorization: Bearer sk_live_…' or 'X-API-Key'.")
 
     def _rate_limit(self, principal: Principal, resp: falcon.asgi.Response) -> None:
@@ -110,6 +121,7 @@ class AuthMiddleware:
         resp.set_header("RateLimit-Remaining", str(max(self.limit - principal.window_count, 0)))
         resp.set_header("RateLimit-Reset", str(reset))
         if principal.window_count > self.limit:
+            RATE_LIMITED.inc()
             raise falcon.HTTPTooManyRequests(
                 title="Too Many Requests", code="rate_limited", retry_after=reset,
                 description=f"This key may make {self.limit} requests a minute; retry in {reset} s.",
@@ -124,6 +136,7 @@ class AuthMiddleware:
         return any(address in net for net in self.admin_networks)
 
     async def _deny(self, req: falcon.asgi.Request, principal: Principal, needed: Permission, why: str) -> None:
+        PERMISSION_CHECKS.labels(needed.value, "denied").inc()
         await self.audit.record(principal.user_id, "permission.denied", resource=req.path, result="denied",
                                 ip=client_ip(req), details={"permission": needed.value, "key_id": principal.key_id})
         raise falcon.HTTPForbidden(title="Forbidden", code="forbidden", description=why)

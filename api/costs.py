@@ -15,6 +15,7 @@ from events.catalog import AGENT_TYPES
 from events.envelope import Event, text
 from events.forecast import forecast
 from events.ledger import GROUP as LEDGER_GROUP
+from events.metrics import count_usage
 from events.money import micros_to_usd
 from events.periods import PERIODS, hour_buckets, period_bounds, period_id
 from events.prices import PriceBook
@@ -208,6 +209,7 @@ class CostService:
         await self.scripts.spend(
             keys=[keys.budget_config(user_id), *period_keys(user_id, now), keys.ALERTS_STREAM, keys.USAGE_STREAM],
             args=[cost, user_id, f"{now:.6f}", *period_ttls(), len(scopes), *scopes, *fields])
+        count_usage(model, input_tokens, output_tokens, cost)
         return {k: v for k, v in data.items() if k not in ("provider", "call", "estimated")}
 
     async def health(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ class Permission(StrEnum):
     COSTS_ADMIN = "costs:admin"
     CACHE_READ = "cache:read"
     METRICS_READ = "metrics:read"
+    METRICS_WRITE = "metrics:write"
     DOCS_UPLOAD = "docs:upload"
     KEYS_OWN = "keys:own"
     SECURITY_READ = "security:read"
@@ -47,6 +48,7 @@ DESCRIPTIONS = {
     Permission.COSTS_READ: "view your costs, budgets and forecasts",
     Permission.COSTS_ADMIN: "set budgets, track usage, view anyone's costs",
     Permission.CACHE_READ: "view cache statistics", Permission.METRICS_READ: "view metrics",
+    Permission.METRICS_WRITE: "record custom metrics",
     Permission.DOCS_UPLOAD: "upload documents for RAG", Permission.KEYS_OWN: "create, rotate and revoke your keys",
     Permission.SECURITY_READ: "see your profile and the permission table", Permission.AUDIT_READ: "read the audit log",
     Permission.USERS_ADMIN: "manage users, roles and anyone's keys",

@@ -11,6 +11,7 @@ from typing import Any
 from api.permissions import Permission, Role
 from api.users import USER_ID
 from api.validation import FIELDS, MAX_ATTACHMENTS, MODEL, SESSION_ID
+from events import metrics
 from events.catalog import AGENT_TYPES
 from events.periods import PERIODS
 from settings import Settings
@@ -77,6 +78,15 @@ def request_schemas(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]
             "type": "object", "required": ["permission"],
             "properties": {"permission": {"enum": [p.value for p in Permission]}, "user_id": USER,
                            "agent": {"type": "string"}}},
+        ("/api/v1/monitoring/record", "POST"): {
+            "type": "object", "required": ["name"], "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string", "pattern": metrics.NAME.pattern},
+                "kind": {"enum": list(metrics.KINDS)},
+                "value": {"type": "number", "minimum": -1e300, "maximum": 1e300},
+                "labels": {"type": "object", "maxProperties": metrics.MAX_LABELS,
+                           "propertyNames": {"pattern": metrics.LABEL.pattern},
+                           "additionalProperties": {"type": "string", "maxLength": metrics.MAX_LABEL_VALUE}}}},
         ("/api/v1/security/authenticate", "POST"): {
             "type": "object", "required": ["api_key"], "properties": {"api_key": {"type": "string"}}},
     }

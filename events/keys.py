@@ -62,6 +62,14 @@ def idempotency(user_id: str, key: str) -> str:
 
 
 RUNNING_JOBS = "jobs:running"
+WORKERS_SEEN = "workers:seen"  # zset: Celery worker hostname -> last heartbeat (epoch seconds)
+ACTIVE_USERS = "metrics:active_users"  # zset: user id -> last authenticated request (epoch seconds)
+CUSTOM_METRICS = "metrics:custom"  # hash: custom metric family -> JSON {kind, labels}
+
+
+def custom_metric_series(family: str) -> str:
+    """Set of the label sets recorded for a custom metric family (bounds them across instances)."""
+    return f"metrics:custom:series:{family}"
 
 
 def dead_letters(group: str) -> str:

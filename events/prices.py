@@ -26,6 +26,7 @@ import genai_prices
 import yaml
 from genai_prices.types import TieredPrices, TimeOfDateConstraint
 
+from events.metrics import CACHE_OPS, CACHE_SIZE
 from events.money import ceil_micros
 
 DEFAULT_PRICES_FILE = Path(__file__).resolve().parent.parent / "ops" / "prices.yaml"
@@ -220,10 +221,14 @@ class PriceBook:
         if model in self.overrides:
             return self.overrides[model]
         found = self._cache.get(model)
-        if found is None:
-            found = self._from_genai_prices(model)
-            if len(self._cache) < MAX_CACHED_MODELS:
-                self._cache[model] = found
+        if found is not None:
+            CACHE_OPS.labels("prices", "hit").inc()
+            return found
+        CACHE_OPS.labels("prices", "miss").inc()
+        found = self._from_genai_prices(model)
+        if len(self._cache) < MAX_CACHED_MODELS:
+            self._cache[model] = found
+            CACHE_SIZE.labels("prices").inc(len(repr(found)) + len(model))
         return found
 
     def _from_genai_prices(self, model: str) -> ModelPrice:

@@ -128,7 +128,9 @@ class RedisServer:
 
 def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
     """Environment for our processes: the test Redis, a fixed secret, quick leases."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTEST_"))}
+    # Each process picks its own metrics directory; one inherited from here would be shared by all of them.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OPENAI_", "PYTEST_", "OTEL_", "PROMETHEUS_MULTIPROC", "AGENTIC_OWN_METRICS"))}
     env.update(
         REDIS_URL=redis_url,
         AGENTIC_SECRET_KEY=SECRET,
@@ -138,6 +140,7 @@ def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
         CONSUMER_CLAIM_IDLE_MS="1000",
         LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
+        WORKER_METRICS_PORT="0",  # Stack.worker(metrics_port=...) turns it on
     )
     env.update(overrides)
     return env
@@ -174,14 +177,14 @@ class Stack:
                  timeout=30, what="the API")
         return proc
 
-    def worker(self, concurrency: int = 2, name: str | None = None) -> Proc:
-        """Start a Celery worker and wait until it consumes."""
+    def worker(self, concurrency: int = 2, name: str | None = None, metrics_port: int = 0) -> Proc:
+        """Start a Celery worker (serving its metrics on `metrics_port` if not 0) and wait until it consumes."""
         self._workers += 1
         name = name or f"w{self._workers}"
         proc = self._proc(f"worker-{name}-{self._workers}",
                           [str(BIN / "celery"), "-A", "workers", "worker", "-Q", self.env.get("AGENT_QUEUE", "agents"),
                            "--concurrency", str(concurrency), "-n", f"{name}@%h", "-l", "INFO", "--without-mingle",
-                           "--without-gossip"])
+                           "--without-gossip"], WORKER_METRICS_PORT=str(metrics_port))
         wait_for(lambda: "ready." in proc.log() or not proc.alive(), timeout=60, what="the worker")
         assert proc.alive(), proc.log()[-3000:]
         return proc
@@ -191,6 +194,16 @@ class Stack:
         proc = self._proc("events", [sys.executable, "-m", "events"])
         wait_for(lambda: "events process started" in proc.log() or not proc.alive(), timeout=30, what="events")
         assert proc.alive(), proc.log()[-3000:]
+        return proc
+
+    def flower(self, port: int, basic_auth: str) -> Proc:
+        """Start Flower with basic auth and wait until it answers."""
+        proc = self._proc("flower", [str(BIN / "celery"), "-A", "workers", "flower", "--address=127.0.0.1",
+                                     f"--port={port}", f"--basic-auth={basic_auth}"])
+        import httpx
+
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=1).status_code == 200,
+                 timeout=30, what="Flower")
         return proc
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:

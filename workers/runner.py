@@ -14,6 +14,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from events import jobs, keys
 from events.budgets import BudgetScripts, settle_call
 from events.envelope import text
+from events.metrics import AGENT_DURATION, AGENT_QUERIES
 from events.money import micros_to_usd
 from events.prices import PriceBook
 from events.publisher import JobPublisher
@@ -128,12 +129,18 @@ class JobRunner:
         heartbeat = Heartbeat(self.scripts.heartbeat, keys.job_lease(job_id), keys.job(job_id), token,
                               self.lease_ms, self.heartbeat_s)
         totals = Totals()
+        started = time.perf_counter()
         with heartbeat:
             result = self._outcome(job, attempt, publisher, heartbeat, totals)
         if result is None:  # lease lost: the next attempt owns the job's stream now
             publisher.close()
-            return "lease_lost"
-        return self._finish(job_id, job.get("owner", ""), attempt, token, publisher, result, totals)
+            status = "lease_lost"
+        else:
+            status = self._finish(job_id, job.get("owner", ""), attempt, token, publisher, result, totals)
+        agent = job.get("agent", "") if job.get("agent", "") in self.agents else "unknown"
+        AGENT_QUERIES.labels(agent, status).inc()
+        AGENT_DURATION.labels(agent).observe(time.perf_counter() - started)
+        return status
 
     def _outcome(self, job: Mapping[str, str], attempt: int, publisher: JobPublisher,
                  heartbeat: Heartbeat, totals: Totals) -> Outcome | None:

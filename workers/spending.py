@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping
 from events import keys
 from events.budgets import BudgetScripts, call_cost_bound
 from events.envelope import Event
+from events.metrics import LLM_CALLS, count_usage
 from events.money import micros_to_usd
 from events.prices import PriceBook, UnknownModelError
 from workers.agents.base import AgentError, BudgetExhausted
@@ -73,4 +74,6 @@ class Spending:
             self.spent = int(spent)
         else:
             self.spent += cost
+        LLM_CALLS.labels(self.provider, usage.model).inc()
+        count_usage(usage.model, usage.input_tokens, usage.output_tokens, cost)
         return data

@@ -13,6 +13,7 @@ from api.permissions import Permission
 from api.relay import Relay, Subscription, parse_id
 from api.resources.jobs import visible_job
 from events import jobs
+from events.metrics import SSE_STREAMS
 from settings import Settings
 
 RETRY_MS = 2000
@@ -49,6 +50,7 @@ class EventsResource:
 
 async def sse_events(relay: Relay, sub: Subscription, heartbeat_s: float) -> AsyncIterator[SSEvent]:
     """A subscription as SSE: events until the terminal one, comment heartbeats while idle."""
+    SSE_STREAMS.inc()
     try:
         yield SSEvent(retry=RETRY_MS, comment="stream open")
         while True:
@@ -64,4 +66,5 @@ async def sse_events(relay: Relay, sub: Subscription, heartbeat_s: float) -> Asy
             if sub.dropped and sub.queue.empty():
                 return
     finally:
+        SSE_STREAMS.dec()
         relay.unsubscribe(sub)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Generator, Iterator, cast
 
 import openai
 
+from events.metrics import LLM_ERRORS
 from workers.llm.base import (
     ChatRequest,
     Completion,
@@ -37,9 +38,11 @@ _KEY_LIKE = re.compile(r"\b(sk|rk|pk)-[A-Za-z0-9_\-*]{6,}")
 class _Transient(Exception):
     """Raised inside one attempt when the failure is worth retrying."""
 
-    def __init__(self, reason: str, detail: str, *, rate_limited: bool = False, retry_after: float | None = None):
+    def __init__(self, reason: str, detail: str, *, kind: str, rate_limited: bool = False,
+                 retry_after: float | None = None):
         super().__init__(detail)
         self.reason, self.detail, self.rate_limited, self.retry_after = reason, detail, rate_limited, retry_after
+        self.kind = kind  # the `kind` label of llm_errors_total: a handful of fixed words
 
 
 @dataclass
@@ -112,6 +115,7 @@ class OpenAIProvider:
             try:
                 yield from self._call(request, attempt)
             except _Transient as ex:
+                LLM_ERRORS.labels(self.name, ex.kind).inc()
                 yield attempt.usage or self._estimate(request, attempt)
                 if retry >= self.max_retries:
                     raise self._give_up(ex, retry) from ex
@@ -121,6 +125,7 @@ class OpenAIProvider:
                 self.sleep(delay)
                 continue
             except LLMRequestError:
+                LLM_ERRORS.labels(self.name, "bad_request").inc()
                 yield self._estimate(request, attempt)
                 raise
             usage = attempt.usage or self._estimate(request, attempt)
@@ -152,28 +157,29 @@ class OpenAIProvider:
         except openai.APIStatusError as ex:
             raise self._classify_status(ex) from ex
         except openai.APITimeoutError as ex:
-            raise _Transient("timed out", f"no data within {self.timeout_s:g} s") from ex
+            raise _Transient("timed out", f"no data within {self.timeout_s:g} s", kind="timeout") from ex
         except openai.APIConnectionError as ex:
             cause = self._redact(str(ex.__cause__ or ex))
             reason = "stream broke mid-way" if stream is not None else "connection failed"
-            raise _Transient(reason, f"{reason}: {cause}") from ex
+            raise _Transient(reason, f"{reason}: {cause}", kind="connection") from ex
         except openai.APIError as ex:  # an error event inside the stream: the service failed mid-answer
-            raise _Transient("stream error", f"an error event mid-stream: {self._redact(ex.message)}") from ex
+            raise _Transient("stream error", f"an error event mid-stream: {self._redact(ex.message)}",
+                             kind="stream_error") from ex
         finally:
             if stream is not None:
                 stream.close()  # also aborts the HTTP call when our caller closes this generator early
         if attempt.finish_reason is None:
             # A clean end of the body without a finish reason means a proxy cut the answer short.
-            raise _Transient("stream ended early", "the stream ended without a finish reason")
+            raise _Transient("stream ended early", "the stream ended without a finish reason", kind="stream_error")
 
     def _classify_status(self, ex: openai.APIStatusError) -> Exception:
         message = self._redact(_service_message(ex))
         status = ex.status_code
         if status == 429:
-            return _Transient("rate limited (HTTP 429)", f"HTTP 429: {message}", rate_limited=True,
+            return _Transient("rate limited (HTTP 429)", f"HTTP 429: {message}", kind="rate_limited", rate_limited=True,
                               retry_after=retry_after_s(ex.response.headers))
         if status >= 500 or status == 408:
-            return _Transient(f"server error (HTTP {status})", f"HTTP {status}: {message}")
+            return _Transient(f"server error (HTTP {status})", f"HTTP {status}: {message}", kind="server_error")
         return LLMRequestError(f"The LLM service at {self.base_url} rejected the request with HTTP {status}: "
                                f"{message}. Retrying cannot help; fix the request, the model name or the API key.")
 

@@ -1,0 +1,266 @@
+"""/api/v1/monitoring: Prometheus metrics, a JSON summary, dependency health, custom metrics and system info."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import platform
+import socket
+import time
+from importlib.metadata import version
+from typing import Any
+
+import falcon
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.body import read_json
+from api.errors import bad_request
+from api.monitoring import SystemCollector, system_state
+from api.permissions import PUBLIC, Permission
+from api.resources.health import VERSION, redis_check
+from events import keys, metrics
+from settings import Settings, mask_password
+
+LAG_DEGRADED = 10_000  # consumer lag above this marks the consumers degraded
+
+
+class MetricsResource:
+    """GET /monitoring/metrics: the Prometheus text exposition of this instance and the system state."""
+
+    permissions = {"GET": Permission.METRICS_READ}
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Render every family; the per-process files are read off the event loop."""
+        state = await system_state(self.client, self.settings.queue)
+        resp.data = await asyncio.to_thread(metrics.render, SystemCollector(state))
+        resp.content_type = metrics.CONTENT_TYPE
+
+
+class SummaryResource:
+    """GET /monitoring/summary: the figures that matter, as JSON."""
+
+    permissions = {"GET": Permission.METRICS_READ}
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """This instance's request figures (all its worker processes) and the system's state."""
+        state = await system_state(self.client, self.settings.queue)
+        exposition = await asyncio.to_thread(metrics.render)
+        resp.media = {"instance": summarize(exposition.decode()), "system": state}
+
+
+def summarize(exposition: str) -> dict[str, Any]:
+    """Requests, errors, latency and security counts out of a Prometheus exposition."""
+    totals: dict[str, float] = {}
+    by_status: dict[str, float] = {}
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            name, labels, value = sample.name, sample.labels, sample.value
+            if name == "http_requests_total":
+                code = labels.get("status", "")
+                by_status[code[:1] + "xx"] = by_status.get(code[:1] + "xx", 0) + value
+            elif name == "http_request_duration_seconds_bucket":
+                le = float(labels["le"])
+                buckets[le] = buckets.get(le, 0) + value
+            elif name in ("auth_attempts_total", "permission_checks_total"):
+                key = f"{name[:-6]}:{labels['result']}"
+                totals[key] = totals.get(key, 0) + value
+            elif name in ("http_request_duration_seconds_sum", "active_requests", "agentic_sse_streams_open",
+                          "agentic_rate_limited_total"):
+                totals[name] = totals.get(name, 0) + value
+    count = sum(by_status.values())
+    return {
+        "requests": int(count),
+        "requests_by_status": {k: int(v) for k, v in sorted(by_status.items())},
+        "error_rate": round(by_status.get("5xx", 0) / count, 6) if count else 0.0,
+        "latency_avg_s": round(totals.get("http_request_duration_seconds_sum", 0) / count, 6) if count else None,
+        "latency_p50_s": quantile(buckets, 0.5),
+        "latency_p95_s": quantile(buckets, 0.95),
+        "active_requests": int(totals.get("active_requests", 0)),
+        "sse_streams_open": int(totals.get("agentic_sse_streams_open", 0)),
+        "auth": {"success": int(totals.get("auth_attempts:success", 0)),
+                 "failure": int(totals.get("auth_attempts:failure", 0))},
+        "permission_checks": {"allowed": int(totals.get("permission_checks:allowed", 0)),
+                              "denied": int(totals.get("permission_checks:denied", 0))},
+        "rate_limited": int(totals.get("agentic_rate_limited_total", 0)),
+    }
+
+
+def quantile(buckets: dict[float, float], q: float) -> float | None:
+    """The bucket bound at or above the `q` quantile of a cumulative histogram (an upper estimate)."""
+    if not buckets or not buckets.get(math.inf):
+        return None
+    target = q * buckets[math.inf]
+    for le in sorted(buckets):
+        if buckets[le] >= target:
+            return None if math.isinf(le) else le
+    return None
+
+
+class MonitoringHealthResource:
+    """GET /monitoring/health: each dependency with its status and latency; 503 while Redis is down."""
+
+    permissions = {"GET": PUBLIC}
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Check Redis, the broker queue, the workers and the consumer groups."""
+        store = await redis_check(self.client)
+        if store["status"] != "ok":
+            resp.status = falcon.HTTP_503
+            resp.set_header("Retry-After", "2")
+            resp.media = {"status": "down", "version": VERSION, "checks": {"redis": store}}
+            return
+        started = time.perf_counter()
+        try:
+            state = await system_state(self.client, self.settings.queue)
+        except (redis.ConnectionError, redis.TimeoutError) as ex:
+            resp.status = falcon.HTTP_503
+            resp.set_header("Retry-After", "2")
+            resp.media = {"status": "down", "version": VERSION,
+                          "checks": {"redis": {"status": "down", "error": type(ex).__name__}}}
+            return
+        latency = round((time.perf_counter() - started) * 1000, 3)
+        checks = {
+            "redis": store,
+            "broker": {"status": "ok", "latency_ms": latency, "queue": state["queue"]["name"],
+                       "depth": state["queue"]["depth"], "unacked": state["queue"]["unacked"]},
+            "workers": {"status": "ok" if state["workers_up"] else "down", "latency_ms": latency,
+                        "seen": state["workers_up"], "window_s": 15},
+            "consumers": {"status": consumer_status(state["consumers"]), "latency_ms": latency,
+                          "groups": state["consumers"]},
+        }
+        degraded = any(c["status"] != "ok" for c in checks.values())
+        resp.media = {"status": "degraded" if degraded else "ok", "version": VERSION, "checks": checks}
+
+
+def consumer_status(groups: dict[str, Any]) -> str:
+    """'ok', or 'degraded' when a group is missing, lags far behind or dead-lettered entries."""
+    for info in groups.values():
+        if info.get("missing") or (info["lag"] or 0) > LAG_DEGRADED or info["dead_letters"]:
+            return "degraded"
+    return "ok"
+
+
+# KEYS: families hash, the family's series set; ARGV: family, definition JSON, series JSON, max families,
+# max series. Registers the family (or checks it matches) and the label set, within bounds, atomically.
+_REGISTER = """
+local known = redis.call('HGET', KEYS[1], ARGV[1])
+if not known then
+  if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return {'too_many_metrics'} end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+elseif known ~= ARGV[2] then
+  return {'conflict', known}
+end
+if redis.call('SISMEMBER', KEYS[2], ARGV[3]) == 0 then
+  if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[5]) then return {'too_many_series'} end
+  redis.call('SADD', KEYS[2], ARGV[3])
+end
+return {'ok'}
+"""
+
+
+class RecordResource:
+    """POST /monitoring/record (admins): add to a custom counter, set a gauge or observe a histogram."""
+
+    permissions = {"POST": Permission.METRICS_WRITE}
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.register = client.register_script(_REGISTER)
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Body: {name, kind?: counter|gauge|histogram, value?: number, labels?: {name: value}}."""
+        body = await read_json(req, self.settings.max_body_bytes)
+        name, kind = body.get("name"), body.get("kind", "counter")
+        value = body.get("value", 1)
+        if kind not in metrics.KINDS:
+            raise bad_request(f"Field 'kind': use one of {', '.join(metrics.KINDS)}.", code="invalid_field")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad_request("Field 'value': send a finite number.", code="invalid_field")
+        if not isinstance(body.get("labels", {}), dict):
+            raise bad_request("Field 'labels': send an object of label names to values.", code="invalid_field")
+        try:
+            family = metrics.check_name(name if isinstance(name, str) else "", kind)
+            labels = metrics.check_labels(body.get("labels"))
+            if kind == "counter" and value < 0:
+                raise metrics.MetricError("A counter only goes up; send a value of 0 or more.")
+        except metrics.MetricError as ex:
+            raise bad_request(str(ex), code="invalid_metric") from ex
+        definition = json.dumps({"kind": kind, "labels": sorted(labels)})
+        series = json.dumps([labels[k] for k in sorted(labels)])
+        reply = await self.register(keys=[keys.CUSTOM_METRICS, keys.custom_metric_series(family)],
+                                    args=[family, definition, series, metrics.MAX_FAMILIES, metrics.MAX_SERIES])
+        outcome = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        if outcome == "conflict":
+            raise falcon.HTTPConflict(title="Conflict", code="metric_conflict",
+                                      description=f"Metric {family!r} is already defined as "
+                                                  f"{reply[1].decode() if isinstance(reply[1], bytes) else reply[1]}; "
+                                                  "use the same kind and label names, or another name.")
+        if outcome != "ok":
+            limit = (f"at most {metrics.MAX_FAMILIES} custom metrics" if outcome == "too_many_metrics"
+                     else f"at most {metrics.MAX_SERIES} label sets per metric")
+            raise falcon.HTTPUnprocessableEntity(title="Unprocessable Entity", code=outcome,
+                                                 description=f"There may be {limit}; this one would exceed it.")
+        try:
+            record(kind, str(name), float(value), labels)
+        except metrics.MetricError as ex:  # this process's own bound (another process set the shared one)
+            raise falcon.HTTPUnprocessableEntity(title="Unprocessable Entity", code="metric_limit",
+                                                 description=str(ex)) from ex
+        resp.status = falcon.HTTP_201
+        resp.media = {"recorded": {"name": name, "family": family, "kind": kind, "value": value, "labels": labels}}
+
+
+def record(kind: str, name: str, value: float, labels: dict[str, str]) -> None:
+    """Apply one custom sample through the seed's helper."""
+    if kind == "counter":
+        metrics.metrics.increment_counter(name, labels, value)
+    elif kind == "gauge":
+        metrics.metrics.set_gauge(name, value, labels)
+    else:
+        metrics.metrics.observe(name, value, labels)
+
+
+class InfoResource:
+    """GET /monitoring/info: version, provider mode and the settings that matter, without secrets."""
+
+    permissions = {"GET": Permission.METRICS_READ}
+
+    def __init__(self, settings: Settings, instance: str) -> None:
+        self.settings = settings
+        self.instance = instance
+        self.started = time.time()
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Describe this instance."""
+        s = self.settings
+        resp.media = {
+            "version": VERSION,
+            "instance": self.instance,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 3),
+            "python": platform.python_version(),
+            "packages": {p: version(p) for p in ("falcon", "celery", "redis", "prometheus-client", "openai")},
+            "provider": {"mode": s.provider_mode, "base_url": mask_password(s.openai_base_url) or None,
+                         "default_model": s.default_model, "api_key_set": bool(s.openai_api_key)},
+            "metrics": {"multiprocess": metrics.multiprocess_dir() is not None,
+                        "worker_metrics_port": s.worker_metrics_port},
+            "tracing": {"enabled": bool(s.otlp_endpoint), "otlp_endpoint": mask_password(s.otlp_endpoint) or None},
+            "settings": s.public(),
+        }

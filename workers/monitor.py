@@ -1,0 +1,103 @@
+"""What a worker tells the monitoring: its metrics over HTTP and a heartbeat in Redis.
+
+The main process serves `/metrics` (every pool process's samples, added up) on WORKER_METRICS_PORT and
+marks the worker as seen in Redis every few seconds, which `/monitoring/health` and `agentic_workers_up`
+read. A pool process that exits has its live gauges dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+import time
+from typing import Any
+
+import redis
+from celery.signals import worker_init, worker_process_shutdown, worker_ready, worker_shutdown
+from prometheus_client import start_http_server
+
+from events import keys, metrics
+from settings import Settings
+
+log = logging.getLogger("workers.monitor")
+SEEN_EVERY_S = 5.0
+SEEN_FOR_S = 15.0  # a worker not seen for this long counts as gone
+
+_stop = threading.Event()
+_state: dict[str, Any] = {}
+
+
+def mark_seen(client: Any, hostname: str, now: float) -> None:
+    """Record that `hostname` is alive now and forget workers gone for an hour."""
+    pipe = client.pipeline(transaction=False)
+    pipe.zadd(keys.WORKERS_SEEN, {hostname: now})
+    pipe.zremrangebyscore(keys.WORKERS_SEEN, "-inf", now - 3600)
+    pipe.execute()
+
+
+def workers_seen(client: Any, now: float) -> list[str]:
+    """Hostnames of the workers seen in the last SEEN_FOR_S seconds (sync client)."""
+    return [h.decode() if isinstance(h, bytes) else h
+            for h in client.zrangebyscore(keys.WORKERS_SEEN, now - SEEN_FOR_S, "+inf")]
+
+
+def _heartbeat(client: Any, hostname: str) -> None:
+    while not _stop.is_set():
+        try:
+            mark_seen(client, hostname, time.time())
+        except redis.RedisError as ex:  # Redis away: try again next round
+            log.warning("could not record the worker heartbeat: %s", ex)
+        _stop.wait(SEEN_EVERY_S)
+
+
+@worker_init.connect
+def _start_metrics(**_: Any) -> None:
+    """Empty a metrics directory we were given, then serve the pool's metrics (before the pool forks)."""
+    path = metrics.multiprocess_dir()
+    if path and not os.environ.get("AGENTIC_OWN_METRICS_DIR"):
+        for name in os.listdir(path):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(path, name))
+    settings = Settings.from_env()
+    if not settings.worker_metrics_port:
+        return
+    try:
+        server, _thread = start_http_server(settings.worker_metrics_port, settings.worker_metrics_host,
+                                            registry=metrics.registry())
+    except OSError as ex:
+        log.error("worker metrics not served: %s:%d is taken (%s); give each worker on a host its own "
+                  "WORKER_METRICS_PORT", settings.worker_metrics_host, settings.worker_metrics_port, ex)
+        return
+    _state["server"] = server
+    log.info("worker metrics on http://%s:%d/metrics", settings.worker_metrics_host, server.server_port)
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    settings = Settings.from_env()
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    hostname = getattr(sender, "hostname", None) or f"worker@{os.uname().nodename}"
+    _state.update(client=client, hostname=hostname)
+    threading.Thread(target=_heartbeat, args=(client, hostname), name="worker-seen", daemon=True).start()
+
+
+@worker_process_shutdown.connect
+def _child_exited(pid: int | None = None, **_: Any) -> None:
+    metrics.mark_dead(pid or os.getpid())
+
+
+@worker_shutdown.connect
+def _stopped(**_: Any) -> None:
+    _stop.set()
+    client, hostname = _state.get("client"), _state.get("hostname")
+    if client is not None:
+        with contextlib.suppress(redis.RedisError):
+            client.zrem(keys.WORKERS_SEEN, hostname)
+    if "server" in _state:
+        _state["server"].shutdown()
+    path = metrics.multiprocess_dir()
+    if path and os.environ.get("AGENTIC_OWN_METRICS_DIR"):
+        shutil.rmtree(path, ignore_errors=True)
