@@ -85,6 +85,8 @@ def _success_body(path: str) -> dict[str, Any]:
         return {"text/event-stream": {"schema": SSE_EVENT}}
     if path in HTML_PATHS:
         return {"text/html": {"schema": {"type": "string"}}}
+    if path == "/api/v1/monitoring/metrics":
+        return {"text/plain": {"schema": {"type": "string"}, "example": "http_requests_total{...} 1.0"}}
     if path.endswith("{name}"):
         return {mime: {"schema": {"type": "string"}} for mime in sorted(set(ASSETS.values()))}
     return {"application/json": {"schema": {"type": "object"}}}

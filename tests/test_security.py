@@ -57,6 +57,7 @@ def test_the_route_table_declares_a_permission_for_every_route() -> None:
         assert permission == PUBLIC or isinstance(permission, Permission), (path, method)
     public = {(p, m) for p, m, perm in ROUTES if perm == PUBLIC}
     assert {p for p, _ in public} <= {"/api/v1/health", "/api/v1/monitoring/live", "/api/v1/monitoring/ready",
+                                      "/api/v1/monitoring/health",
                                       "/api/v1/stream/demo", "/api/v1/stream/health", "/api/v1/openapi.json",
                                       "/docs", "/redoc", "/api/v1/docs-assets/{name}"}
 

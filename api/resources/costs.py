@@ -82,7 +82,8 @@ class StatsResource(_Costs):
         if (everyone or group_by == "user") and not allowed(principal.role, Permission.COSTS_ADMIN):
             raise falcon.HTTPForbidden(title="Forbidden", code="forbidden",
                                        description="Only admins see every user's costs (all=true, group_by=user).")
-        owner = None if everyone or group_by == "user" else subject(req)
+        asked = subject(req)  # checks ?user_id= even when all=true makes it moot
+        owner = None if everyone or group_by == "user" else asked
         resp.media = await self.costs.stats(owner, period, group_by)
 
 
