@@ -5,9 +5,10 @@ from __future__ import annotations
 import platform
 import sys
 
-from bench import auth, latency, money, streams, submit
+from bench import auth, latency, metrics, money, streams, submit
 
-BENCHES = {"submit": submit.run, "latency": latency.run, "streams": streams.run, "money": money.run, "auth": auth.run}
+BENCHES = {"submit": submit.run, "latency": latency.run, "streams": streams.run, "money": money.run, "auth": auth.run,
+           "metrics": metrics.run}
 
 
 def main() -> None:

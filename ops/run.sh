@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 export PORT=${PORT:-8000}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
 FLOWER_PORT=${FLOWER_PORT:-5555}
+export WORKER_METRICS_PORT=${WORKER_METRICS_PORT:-9540}
+# The API and the worker each make their own metrics directory; a shared one would count samples twice.
+unset PROMETHEUS_MULTIPROC_DIR AGENTIC_OWN_METRICS_DIR
 WORKER_AUTOSCALE=${WORKER_AUTOSCALE:-8,2}
 mkdir -p var/redis var/log
 
@@ -61,8 +64,11 @@ for _ in $(seq 100); do
 done
 cat <<TXT
 
-  API        http://127.0.0.1:$PORT/api/v1/health
+  API        http://127.0.0.1:$PORT/api/v1/health     docs: http://127.0.0.1:$PORT/docs
+  Metrics    http://127.0.0.1:$PORT/api/v1/monitoring/metrics (API key with metrics:read)
+             http://127.0.0.1:$WORKER_METRICS_PORT/metrics (the worker's pool)
   Flower     http://127.0.0.1:$FLOWER_PORT   (basic auth from FLOWER_BASIC_AUTH)
+  Prometheus and Grafana: ops/README.md
   Redis      $REDIS_URL
   Logs       var/log/*.log
 
