@@ -5,7 +5,9 @@ Prometheus scraping ops/prometheus/prometheus.yml's jobs, and in Flower."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
@@ -160,6 +162,34 @@ def test_sums_over_two_instances_and_two_workers_match_the_traffic(cluster: Clus
     assert largest(found, "agentic_dead_letters", group="ledger") == 0
     # The user and the read-only user made requests (the admin has not yet): two active sessions.
     wait_for(lambda: largest(cluster.scrape_all(), "active_sessions") == 2, timeout=10, what="two active users")
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs of a process's children."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_counts_survive_a_killed_gunicorn_worker_and_a_killed_pool_process(cluster: Cluster) -> None:
+    api_proc = next(p for p in cluster.stack.procs if p.name == f"api-{cluster.api_ports[0]}")
+    worker_proc = next(p for p in cluster.stack.procs if p.name.startswith("worker-m0"))
+    before = cluster.scrape_all()
+    api_child, pool_child = children(api_proc.pid)[0], children(worker_proc.pid)[0]
+    os.kill(api_child, signal.SIGKILL)
+    os.kill(pool_child, signal.SIGKILL)
+    wait_for(lambda: len(children(api_proc.pid)) == 2 and api_child not in children(api_proc.pid), timeout=30,
+             what="gunicorn to replace its worker")
+    wait_for(lambda: len(children(worker_proc.pid)) == 2 and pool_child not in children(worker_proc.pid),
+             timeout=30, what="Celery to replace its pool process")
+    after = cluster.scrape_all()
+    for name, labels in (("http_requests_total", {"route": "/api/v1/jobs", "status": "202"}),
+                         ("auth_attempts_total", {"result": "failure"}),
+                         ("agent_queries_total", {"status": "succeeded"}), ("api_tokens_total", {}),
+                         ("api_cost_dollars_total", {})):
+        assert total(after, name, **labels) == total(before, name, **labels), name
+    # The dead worker's live gauge went with it: only the scrape in flight is active on that instance.
+    with cluster.client("readonly", cluster.api_ports[0]) as client:
+        assert total(samples(client.get("/api/v1/monitoring/metrics").text), "active_requests") == 1
 
 
 def test_worker_processes_that_ran_jobs_each_wrote_samples(cluster: Cluster) -> None:

@@ -53,6 +53,8 @@ def test_api_answers_503_while_redis_is_down_and_recovers_by_itself(logdir: Path
             ("GET", f"/api/v1/jobs/{queued}/events"): {},
             ("GET", "/api/v1/health"): {},
             ("GET", "/api/v1/monitoring/ready"): {},
+            ("GET", "/api/v1/monitoring/health"): {},
+            ("GET", "/api/v1/monitoring/metrics"): {},  # the key cannot be checked: Prometheus sees the 503
         }
         for (method, path), kwargs in checks.items():
             started = time.monotonic()
@@ -62,6 +64,7 @@ def test_api_answers_503_while_redis_is_down_and_recovers_by_itself(logdir: Path
             assert "Traceback" not in resp.text
             assert time.monotonic() - started < 8, (method, path)
         assert api.get("/api/v1/monitoring/live").status_code == 200
+        assert api.get("/api/v1/monitoring/health").json()["checks"]["redis"]["status"] == "down"
 
         server.proc.start()  # same port, same AOF
         wait_for(lambda: api.get("/api/v1/health").status_code == 200, timeout=30, what="the API to recover")
