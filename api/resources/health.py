@@ -24,6 +24,13 @@ async def redis_check(client: Any) -> dict[str, Any]:
     return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
 
 
+def unavailable(resp: falcon.asgi.Response, body: dict[str, Any]) -> None:
+    """Answer 503 with Retry-After and `body`: a balancer skips this instance, a client retries shortly."""
+    resp.status = falcon.HTTP_503
+    resp.set_header("Retry-After", "2")
+    resp.media = body
+
+
 class HealthResource:
     """GET /api/v1/health: overall status and Redis; 503 while Redis is unreachable."""
 
@@ -37,11 +44,12 @@ class HealthResource:
         """Report health."""
         check = await redis_check(self.client)
         ok = check["status"] == "ok"
-        resp.status = falcon.HTTP_200 if ok else falcon.HTTP_503
-        if not ok:
-            resp.set_header("Retry-After", "2")
-        resp.media = {"status": "ok" if ok else "degraded", "version": VERSION,
-                      "provider": self.settings.provider_mode, "redis": check}
+        body = {"status": "ok" if ok else "degraded", "version": VERSION, "provider": self.settings.provider_mode,
+                "redis": check}
+        if ok:
+            resp.media = body
+        else:
+            unavailable(resp, body)
 
 
 class LiveResource:
@@ -65,8 +73,7 @@ class ReadyResource:
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Report readiness."""
         check = await redis_check(self.client)
-        ready = check["status"] == "ok"
-        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
-        if not ready:
-            resp.set_header("Retry-After", "2")
-        resp.media = {"status": "ready" if ready else "not ready", "redis": check}
+        if check["status"] == "ok":
+            resp.media = {"status": "ready", "redis": check}
+        else:
+            unavailable(resp, {"status": "not ready", "redis": check})

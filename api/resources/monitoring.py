@@ -20,21 +20,25 @@ from api.body import read_json
 from api.errors import bad_request
 from api.monitoring import SystemCollector, system_state
 from api.permissions import PUBLIC, Permission
-from api.resources.health import VERSION, redis_check
+from api.resources.health import VERSION, redis_check, unavailable
 from events import keys, metrics
 from settings import Settings, mask_password
 
 LAG_DEGRADED = 10_000  # consumer lag above this marks the consumers degraded
 
 
-class MetricsResource:
-    """GET /monitoring/metrics: the Prometheus text exposition of this instance and the system state."""
-
-    permissions = {"GET": Permission.METRICS_READ}
+class _Monitoring:
+    """What the monitoring resources share: the Redis client and the settings."""
 
     def __init__(self, client: Any, settings: Settings) -> None:
         self.client = client
         self.settings = settings
+
+
+class MetricsResource(_Monitoring):
+    """GET /monitoring/metrics: the Prometheus text exposition of this instance and the system state."""
+
+    permissions = {"GET": Permission.METRICS_READ}
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Render every family; the per-process files are read off the event loop."""
@@ -43,14 +47,10 @@ class MetricsResource:
         resp.content_type = metrics.CONTENT_TYPE
 
 
-class SummaryResource:
+class SummaryResource(_Monitoring):
     """GET /monitoring/summary: the figures that matter, as JSON."""
 
     permissions = {"GET": Permission.METRICS_READ}
-
-    def __init__(self, client: Any, settings: Settings) -> None:
-        self.client = client
-        self.settings = settings
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """This instance's request figures (all its worker processes) and the system's state."""
@@ -108,31 +108,22 @@ def quantile(buckets: dict[float, float], q: float) -> float | None:
     return None
 
 
-class MonitoringHealthResource:
+class MonitoringHealthResource(_Monitoring):
     """GET /monitoring/health: each dependency with its status and latency; 503 while Redis is down."""
 
     permissions = {"GET": PUBLIC}
 
-    def __init__(self, client: Any, settings: Settings) -> None:
-        self.client = client
-        self.settings = settings
-
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Check Redis, the broker queue, the workers and the consumer groups."""
         store = await redis_check(self.client)
-        if store["status"] != "ok":
-            resp.status = falcon.HTTP_503
-            resp.set_header("Retry-After", "2")
-            resp.media = {"status": "down", "version": VERSION, "checks": {"redis": store}}
-            return
         started = time.perf_counter()
         try:
+            if store["status"] != "ok":
+                raise redis.ConnectionError(store.get("error", "down"))
             state = await system_state(self.client, self.settings.queue)
         except (redis.ConnectionError, redis.TimeoutError) as ex:
-            resp.status = falcon.HTTP_503
-            resp.set_header("Retry-After", "2")
-            resp.media = {"status": "down", "version": VERSION,
-                          "checks": {"redis": {"status": "down", "error": type(ex).__name__}}}
+            unavailable(resp, {"status": "down", "version": VERSION,
+                               "checks": {"redis": {"status": "down", "error": store.get("error", type(ex).__name__)}}})
             return
         latency = round((time.perf_counter() - started) * 1000, 3)
         checks = {
@@ -174,14 +165,13 @@ return {'ok'}
 """
 
 
-class RecordResource:
+class RecordResource(_Monitoring):
     """POST /monitoring/record (admins): add to a custom counter, set a gauge or observe a histogram."""
 
     permissions = {"POST": Permission.METRICS_WRITE}
 
     def __init__(self, client: Any, settings: Settings) -> None:
-        self.client = client
-        self.settings = settings
+        super().__init__(client, settings)
         self.register = client.register_script(_REGISTER)
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
