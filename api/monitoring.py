@@ -25,6 +25,7 @@ from events.metrics import ACTIVE_REQUESTS, HTTP_DURATION, HTTP_REQUESTS
 
 ACTIVE_WINDOW_S = 300  # a user counts as active for five minutes after an authenticated request
 WORKER_WINDOW_S = 15  # a worker not seen for this long counts as gone (workers.monitor beats every 5 s)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 GROUPS = {LIFECYCLE_GROUP: keys.LIFECYCLE_STREAM, LEDGER_GROUP: keys.USAGE_STREAM, AUDIT_GROUP: keys.AUDIT_STREAM}
 
 
@@ -43,9 +44,10 @@ class MetricsMiddleware:
         if started is None:
             return
         ACTIVE_REQUESTS.dec()
-        route = req.uri_template or "unmatched"
-        HTTP_REQUESTS.labels(req.method, route, str(resp.status_code)).inc()
-        HTTP_DURATION.labels(req.method, route).observe(time.perf_counter() - started)
+        route = req.uri_template or "unmatched"  # raw paths would make a series per job id
+        method = req.method if req.method in METHODS else "other"
+        HTTP_REQUESTS.labels(method, route, str(resp.status_code)).inc()
+        HTTP_DURATION.labels(method, route).observe(time.perf_counter() - started)
 
 
 class ActivityTracker:

@@ -25,6 +25,9 @@ def value(name: str, labels: dict[str, str] | None = None) -> float:
 
 
 def test_the_seed_helper_works_as_the_seed_shows() -> None:
+    from api.prometheus_service import metrics as seed_import
+
+    assert seed_import is metrics.metrics
     labels = {"event_type": "signup", "source": "web"}
     before = value("custom_events_total", labels)
     metrics.metrics.increment_counter("custom_events_total", labels)
