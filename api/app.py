@@ -57,8 +57,9 @@ from api.resources.security import (
 )
 from api.resources.stream import DemoResource, StreamHealthResource, StreamSubmitResource
 from api.schemas import request_schemas
+from api.tracing import TracingMiddleware
 from api.users import UserStore
-from events import logs
+from events import logs, tracing
 from events.prices import PriceBook
 from settings import Settings
 
@@ -114,6 +115,8 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
         middleware.insert(1, falcon.CORSMiddleware(allow_origins=list(settings.cors_origins),
                                                    expose_headers=["Location", "RateLimit-Limit",
                                                                    "RateLimit-Remaining", "RateLimit-Reset"]))
+    if tracing.configure(settings, "api"):
+        middleware.insert(1, TracingMiddleware())  # right after the metrics: the span covers every other step
     app = falcon.asgi.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)

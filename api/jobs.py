@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from api.relay import Relay
 from api.validation import Submission
-from events import jobs, keys
+from events import jobs, keys, tracing
 from events.budgets import (
     BudgetScripts,
     hold_member,
@@ -75,11 +75,12 @@ class JobService:
         self.budget = BudgetScripts.register(client)
 
     async def submit(self, owner: str, sub: Submission, *, idempotency_key: str | None = None,
-                     digest: str = "") -> tuple[dict[str, str], bool]:
+                     digest: str = "", traceparent: str | None = None) -> tuple[dict[str, str], bool]:
         """Hold the worst-case cost, then save and enqueue the job; returns (job, created).
 
         A replayed Idempotency-Key returns the first job. Raises UnknownModelError for an unpriced model and
-        BudgetExceededError when the hold does not fit a budget.
+        BudgetExceededError when the hold does not fit a budget. The job's trace context comes from the current
+        span, else the request's `traceparent` header, else fresh ids.
         """
         idem = keys.idempotency(owner, idempotency_key) if idempotency_key else "idem:-"
         if idempotency_key and (first := await self._replay(idem, digest)) is not None:
@@ -96,8 +97,11 @@ class JobService:
         record["hold_micros"] = str(amount)
         if sub.model and sub.model != model:
             record["requested_model"] = sub.model
+        record["traceparent"] = tracing.new_traceparent(traceparent)
+        record["trace_id"] = tracing.trace_id(record["traceparent"])
         message = task_message(RUN_AGENT_TASK, [job_id, 1], self.settings.queue, task_id=job_id)
-        lifecycle = json.dumps({"status": "queued", "agent": sub.agent_type, "model": model})
+        lifecycle = json.dumps({"status": "queued", "agent": sub.agent_type, "model": model,
+                                "trace_id": record["trace_id"]})
         flat = [part for pair in record.items() for part in pair]
         reply = await self.scripts.submit(
             keys=[keys.job(job_id), keys.user_jobs(owner), keys.JOBS_ALL, keys.LIFECYCLE_STREAM,

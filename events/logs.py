@@ -7,11 +7,16 @@ import logging
 import sys
 import time
 
+from events import tracing
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one line of JSON; extra fields (job_id, trace_id, ...) are kept."""
+    """Formats a record as one line of JSON; extra fields (job_id, trace_id, ...) are kept.
+
+    A record made while a span is current also gets that span's `trace_id` and `span_id`.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -21,6 +26,8 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        for name, value in tracing.log_ids().items():
+            entry.setdefault(name, value)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

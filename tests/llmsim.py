@@ -176,7 +176,8 @@ class ChatCompletions:
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         auth = req.get_header("Authorization") or ""
         body = await _read_json(req)
-        record: dict[str, Any] = {"body": body, "has_authorization": bool(auth), "step": None, "outcome": "pending"}
+        record: dict[str, Any] = {"body": body, "has_authorization": bool(auth), "step": None, "outcome": "pending",
+                                  "traceparent": req.get_header("traceparent")}
         self.state.records.append(record)
         if not (auth.startswith("Bearer ") and auth[7:].strip()):
             record["outcome"] = "rejected"
@@ -313,7 +314,7 @@ class SimControl:
         self._http.post("/_sim/reset").raise_for_status()
 
     def requests(self) -> list[dict[str, Any]]:
-        """The chat requests received so far: body, has_authorization, step and outcome of each."""
+        """The chat requests received so far: body, has_authorization, traceparent, step and outcome of each."""
         return list(self._http.get("/_sim/requests").raise_for_status().json())
 
     def close(self) -> None:

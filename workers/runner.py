@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from celery.exceptions import SoftTimeLimitExceeded
+from opentelemetry.trace import Span, SpanKind, StatusCode
 
-from events import jobs, keys
+from events import jobs, keys, tracing
 from events.budgets import BudgetScripts, settle_call
 from events.envelope import text
 from events.metrics import AGENT_DURATION, AGENT_QUERIES
@@ -112,16 +113,32 @@ class JobRunner:
         self.budget_scripts = BudgetScripts.register(client)
 
     def run(self, job_id: str, attempt: int) -> str:
-        """Run attempt `attempt` of the job if it is still due; returns the outcome or why it was skipped."""
+        """Run attempt `attempt` of the job if it is still due; returns the outcome or why it was skipped.
+
+        The attempt runs in a CONSUMER span whose parent is the job's `traceparent` (made at submit), so its
+        model calls and log lines join the trace of the request that submitted it.
+        """
+        traceparent, agent = (text(v) if v is not None else ""
+                              for v in self.client.hmget(keys.job(job_id), "traceparent", "agent"))
+        with tracing.in_span(f"run_agent {agent or 'unknown'}", kind=SpanKind.CONSUMER, parent=traceparent,
+                             attributes={"agentic.job.id": job_id, "agentic.job.attempt": attempt,
+                                         "agentic.agent": agent}) as span:
+            ids = {"job_id": job_id, "trace_id": tracing.trace_id(traceparent) or tracing.span_trace_id(span)}
+            status = self._run(job_id, attempt, ids, span)
+            span.set_attribute("agentic.job.outcome", status)
+        return status
+
+    def _run(self, job_id: str, attempt: int, ids: Mapping[str, str], span: Span) -> str:
         token = f"{attempt}:{uuid.uuid4().hex}"
-        start = {"attempt": attempt, "worker": self.worker, "provider": self.provider.name}
+        start = {"attempt": attempt, "worker": self.worker, "provider": self.provider.name,
+                 "trace_id": ids["trace_id"]}
         reply = self.scripts.start(
             keys=jobs.start_keys(job_id),
             args=[job_id, attempt, f"{self.clock():.6f}", token, self.lease_ms, self.worker, json.dumps(start)],
         )
         outcome = text(reply[0])
         if outcome != "ok":
-            log.info("skipped job %s attempt %d: %s", job_id, attempt, outcome, extra={"job_id": job_id})
+            log.info("skipped job %s attempt %d: %s", job_id, attempt, outcome, extra=ids)
             return f"skipped:{outcome}"
         job = jobs.decode(dict(zip(reply[2][::2], reply[2][1::2], strict=True)))
         publisher = JobPublisher(self.client, keys.job_stream(job_id), job_id, attempt, int(reply[1]),
@@ -131,19 +148,22 @@ class JobRunner:
         totals = Totals()
         started = time.perf_counter()
         with heartbeat:
-            result = self._outcome(job, attempt, publisher, heartbeat, totals)
+            result = self._outcome(job, attempt, publisher, heartbeat, totals, ids)
         if result is None:  # lease lost: the next attempt owns the job's stream now
             publisher.close()
             status = "lease_lost"
         else:
-            status = self._finish(job_id, job.get("owner", ""), attempt, token, publisher, result, totals)
+            if result.status == "failed" and result.error:
+                span.set_status(StatusCode.ERROR, result.error["code"])
+                span.set_attribute("error.type", result.error["code"])
+            status = self._finish(job_id, job.get("owner", ""), attempt, token, publisher, result, totals, ids)
         agent = job.get("agent", "") if job.get("agent", "") in self.agents else "unknown"
         AGENT_QUERIES.labels(agent, status).inc()
         AGENT_DURATION.labels(agent).observe(time.perf_counter() - started)
         return status
 
     def _outcome(self, job: Mapping[str, str], attempt: int, publisher: JobPublisher,
-                 heartbeat: Heartbeat, totals: Totals) -> Outcome | None:
+                 heartbeat: Heartbeat, totals: Totals, ids: Mapping[str, str]) -> Outcome | None:
         agent = self.agents.get(job.get("agent", ""))
         if agent is None:
             return error_outcome("unknown_agent", f"This worker has no agent named {job.get('agent')!r}.")
@@ -162,7 +182,7 @@ class JobRunner:
         try:
             answer = agent.run(ctx)
         except LeaseLost:
-            log.warning("job %s attempt %d lost its lease", job["id"], attempt, extra={"job_id": job["id"]})
+            log.warning("job %s attempt %d lost its lease", job["id"], attempt, extra=ids)
             return None
         except Cancelled:
             data = {"reason": "cancelled by request", "usage": totals.as_dict()}
@@ -175,12 +195,12 @@ class JobRunner:
         except SoftTimeLimitExceeded:
             return error_outcome("timeout", "The job ran past its time limit.")
         except Exception:
-            log.exception("job %s failed", job["id"], extra={"job_id": job["id"], "attempt": attempt})
+            log.exception("job %s failed", job["id"], extra={**ids, "attempt": attempt})
             return error_outcome("internal_error", "The agent failed unexpectedly; the error is in the worker's log.")
         return Outcome("succeeded", "done", {"result": answer, "usage": totals.as_dict()}, result=answer)
 
     def _finish(self, job_id: str, owner: str, attempt: int, token: str, publisher: JobPublisher,
-                outcome: Outcome, totals: Totals) -> str:
+                outcome: Outcome, totals: Totals, ids: Mapping[str, str]) -> str:
         seq = publisher.reserve_seq()
         publisher.close()
         data = dict(outcome.data)
@@ -193,16 +213,16 @@ class JobRunner:
                   outcome.event, json.dumps(data), seq, self.job_ttl_s, self.stream_ttl_s],
         )
         log.info("job %s attempt %d %s", job_id, attempt, outcome.status,
-                 extra={"job_id": job_id, "attempt": attempt, "status": outcome.status, "finish": text(done)})
+                 extra={**ids, "attempt": attempt, "status": outcome.status, "finish": text(done)})
         if text(done) != "ok":
             return "lease_lost"
-        self.settle(owner, job_id)
+        self.settle(owner, job_id, trace_id=ids["trace_id"])
         return outcome.status
 
-    def settle(self, owner: str, job_id: str) -> None:
+    def settle(self, owner: str, job_id: str, *, trace_id: str = "") -> None:
         """Swap the job's hold for its actual spend (once; the sweeper does it if we die first)."""
         keys_, args = settle_call(owner, job_id, self.clock())
         reply = self.budget_scripts.settle(keys=keys_, args=args)
         for scope, spent, limit in (reply[3] if len(reply) > 3 else []):
             log.warning("budget alert for %s scope %s: spent %s of %s micros", owner, text(scope), text(spent),
-                        text(limit), extra={"job_id": job_id, "user_id": owner})
+                        text(limit), extra={"job_id": job_id, "user_id": owner, "trace_id": trace_id})

@@ -8,9 +8,9 @@ import socket
 from pathlib import Path
 
 import redis
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
-from events import logs
+from events import logs, tracing
 from events.prices import PriceBook
 from events.taskmsg import RUN_AGENT_TASK
 from settings import Settings
@@ -54,6 +54,12 @@ def _json_logs(**_: object) -> None:
 @worker_process_init.connect
 def _child_started(**_: object) -> None:
     runner.cache_clear()
+    tracing.configure(Settings.from_env(), "worker")  # after the fork: the span export thread is this child's
+
+
+@worker_process_shutdown.connect
+def _child_stopping(**_: object) -> None:
+    tracing.shutdown()  # pool processes end without running atexit handlers: send the queued spans now
 
 
 @app.task(name=RUN_AGENT_TASK, acks_late=True)

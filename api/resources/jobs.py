@@ -22,8 +22,9 @@ MAX_PAGE = 100
 
 
 def public_job(job: dict[str, str], settings: Settings) -> dict[str, Any]:
-    """The job as clients see it, with a stream URL that carries a job-scoped token."""
+    """The job as clients see it, with its trace id and a stream URL that carries a job-scoped token."""
     view = jobs.view(job)
+    view["trace_id"] = job.get("trace_id") or None
     token = apikeys.stream_token(settings.secret_key, job["id"], settings.stream_token_ttl_s)
     view["stream_url"] = f"/api/v1/jobs/{job['id']}/events?token={token}"
     return view
@@ -63,7 +64,7 @@ async def submit_job(req: falcon.asgi.Request, service: JobService, settings: Se
                                    description=f"Your account may not use the {submission.agent_type!r} agent.")
     try:
         job, created = await service.submit(principal.user_id, submission, idempotency_key=idempotency_key,
-                                            digest=body_hash(body))
+                                            digest=body_hash(body), traceparent=req.get_header("traceparent"))
     except IdempotencyConflictError as ex:
         raise falcon.HTTPUnprocessableEntity(title="Idempotency-Key reused", description=str(ex),
                                              code="idempotency_conflict") from ex

@@ -11,9 +11,12 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Iterator, cast
+from urllib.parse import urlsplit
 
 import openai
+from opentelemetry.trace import SpanKind, StatusCode
 
+from events import tracing
 from events.metrics import LLM_ERRORS
 from workers.llm.base import (
     ChatRequest,
@@ -113,7 +116,7 @@ class OpenAIProvider:
         while True:
             attempt = _Attempt()
             try:
-                yield from self._call(request, attempt)
+                yield from self._traced_call(request, attempt)
             except _Transient as ex:
                 LLM_ERRORS.labels(self.name, ex.kind).inc()
                 yield attempt.usage or self._estimate(request, attempt)
@@ -133,13 +136,41 @@ class OpenAIProvider:
             yield Completion("".join(attempt.text), attempt.tool_calls(), attempt.finish_reason or "stop", usage)
             return
 
-    def _call(self, request: ChatRequest, attempt: _Attempt) -> Iterator[TextDelta]:
+    def _traced_call(self, request: ChatRequest, attempt: _Attempt) -> Iterator[TextDelta]:
+        """`_call` in a CLIENT span that is the service's parent (via `traceparent`) and ends with the call.
+
+        The span is never made current: this is a generator, and a context attached here would leak into the
+        caller between items.
+        """
+        span = tracing.start_span(f"chat {request.model}", kind=SpanKind.CLIENT, attributes={
+            "gen_ai.operation.name": "chat", "gen_ai.system": "openai", "gen_ai.request.model": request.model,
+            "gen_ai.request.max_tokens": request.max_tokens,
+            "server.address": urlsplit(self.base_url).hostname or ""})
+        try:
+            yield from self._call(request, attempt, tracing.headers(span))
+        except _Transient as ex:
+            span.set_status(StatusCode.ERROR, ex.reason)
+            span.set_attribute("error.type", ex.kind)
+            raise
+        except LLMRequestError:
+            span.set_status(StatusCode.ERROR, "request rejected")
+            span.set_attribute("error.type", "bad_request")
+            raise
+        finally:  # also when our caller closes the stream early (cancel, budget): the call ends here
+            if attempt.usage is not None:
+                span.set_attribute("gen_ai.usage.input_tokens", attempt.usage.input_tokens)
+                span.set_attribute("gen_ai.usage.output_tokens", attempt.usage.output_tokens)
+            if attempt.finish_reason:
+                span.set_attribute("gen_ai.response.finish_reasons", [attempt.finish_reason])
+            span.end()
+
+    def _call(self, request: ChatRequest, attempt: _Attempt, headers: dict[str, str]) -> Iterator[TextDelta]:
         """Make one HTTP call, yielding text as it arrives; raises _Transient or LLMRequestError on failure."""
         stream = None
         try:
             stream = self._client.chat.completions.create(
                 model=request.model, messages=cast(Any, request.messages), max_tokens=request.max_tokens,
-                stream=True, stream_options={"include_usage": True},
+                stream=True, stream_options={"include_usage": True}, extra_headers=headers or None,
                 tools=cast(Any, request.tools) if request.tools else openai.omit)  # omit: some servers reject []
             for chunk in stream:
                 if chunk.usage is not None:
