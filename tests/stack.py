@@ -177,14 +177,14 @@ class Stack:
                  timeout=30, what="the API")
         return proc
 
-    def worker(self, concurrency: int = 2, name: str | None = None, metrics_port: int = 0) -> Proc:
+    def worker(self, concurrency: int = 2, name: str | None = None, metrics_port: int = 0, **env: str) -> Proc:
         """Start a Celery worker (serving its metrics on `metrics_port` if not 0) and wait until it consumes."""
         self._workers += 1
         name = name or f"w{self._workers}"
         proc = self._proc(f"worker-{name}-{self._workers}",
                           [str(BIN / "celery"), "-A", "workers", "worker", "-Q", self.env.get("AGENT_QUEUE", "agents"),
                            "--concurrency", str(concurrency), "-n", f"{name}@%h", "-l", "INFO", "--without-mingle",
-                           "--without-gossip"], WORKER_METRICS_PORT=str(metrics_port))
+                           "--without-gossip"], WORKER_METRICS_PORT=str(metrics_port), **env)
         wait_for(lambda: "ready." in proc.log() or not proc.alive(), timeout=60, what="the worker")
         assert proc.alive(), proc.log()[-3000:]
         return proc

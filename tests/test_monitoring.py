@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -370,3 +371,27 @@ def test_price_cache_lookups_are_counted(cluster: Cluster) -> None:
     assert total(found, "cache_operations_total", cache="prices", result="hit") >= 1
     assert total(found, "cache_size_bytes", cache="prices") > 0
     assert total(found, "api_cost_dollars_total", model="gpt-4o") == pytest.approx(4 * 0.0075)
+
+
+def test_a_worker_given_a_metrics_directory_drops_a_previous_runs_samples(logdir: Path, tmp_path: Path) -> None:
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    stale = ("from events.metrics import AGENT_QUERIES; AGENT_QUERIES.labels('query', 'succeeded').inc(1000)")
+    subprocess.run([sys.executable, "-c", stale], cwd=ROOT, check=True, timeout=60,
+                   env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)})
+    assert list(shared.glob("counter_*.db"))
+    server = RedisServer(logdir).start()
+    stack = Stack(server.url, logdir, OFFLINE_TOKEN_DELAY_MS="1")
+    port = free_port()
+    try:
+        stack.worker(concurrency=1, name="given", metrics_port=port, PROMETHEUS_MULTIPROC_DIR=str(shared))
+        stack.api(workers=1)
+        key = create_user(server.url, "user")[1]
+        with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+            job = client.post("/api/v1/jobs", json={"agent_type": "query", "query": "1+1"}).json()
+            assert client.get(f"/api/v1/jobs/{job['id']}", params={"wait": 30}).json()["status"] == "succeeded"
+        found = samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+        assert total(found, "agent_queries_total", status="succeeded") == 1
+    finally:
+        stack.stop()
+        server.stop()

@@ -55,11 +55,12 @@ def _heartbeat(client: Any, hostname: str) -> None:
 
 @worker_init.connect
 def _start_metrics(**_: Any) -> None:
-    """Empty a metrics directory we were given, then serve the pool's metrics (before the pool forks)."""
+    """Clear a metrics directory we were given of a previous run's files, then serve the pool's metrics."""
     path = metrics.multiprocess_dir()
     if path and not os.environ.get("AGENTIC_OWN_METRICS_DIR"):
+        mine = f"_{os.getpid()}.db"  # this process's own files are open already (a solo pool runs tasks here)
         for name in os.listdir(path):
-            if name.endswith(".db"):
+            if name.endswith(".db") and not name.endswith(mine):
                 os.unlink(os.path.join(path, name))
     settings = Settings.from_env()
     if not settings.worker_metrics_port:
