@@ -7,8 +7,9 @@ import json
 import re
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+from api.audit import MAX_LEN as AUDIT_MAX_LEN
 from api.relay import Relay
 from api.validation import Submission
 from events import jobs, keys, tracing
@@ -22,7 +23,7 @@ from events.budgets import (
     worst_case_micros,
 )
 from events.catalog import AGENT_TYPES
-from events.envelope import text
+from events.envelope import Event, text
 from events.money import micros_to_usd
 from events.prices import PriceBook
 from events.taskmsg import RUN_AGENT_TASK, task_message
@@ -75,9 +76,11 @@ class JobService:
         self.budget = BudgetScripts.register(client)
 
     async def submit(self, owner: str, sub: Submission, *, idempotency_key: str | None = None,
-                     digest: str = "", traceparent: str | None = None) -> tuple[dict[str, str], bool]:
+                     digest: str = "", traceparent: str | None = None,
+                     audit: Callable[[Mapping[str, str]], Event] | None = None) -> tuple[dict[str, str], bool]:
         """Hold the worst-case cost, then save and enqueue the job; returns (job, created).
 
+        `audit` makes the job's audit record from the job; it is written in the same script as the job.
         A replayed Idempotency-Key returns the first job. Raises UnknownModelError for an unpriced model and
         BudgetExceededError when the hold does not fit a budget. The job's trace context comes from the current
         span, else the request's `traceparent` header, else fresh ids.
@@ -103,11 +106,13 @@ class JobService:
         lifecycle = json.dumps({"status": "queued", "agent": sub.agent_type, "model": model,
                                 "trace_id": record["trace_id"]})
         flat = [part for pair in record.items() for part in pair]
+        audited = [part for pair in audit(record).to_fields().items() for part in pair] if audit else []
         reply = await self.scripts.submit(
             keys=[keys.job(job_id), keys.user_jobs(owner), keys.JOBS_ALL, keys.LIFECYCLE_STREAM,
-                  self.settings.queue, idem],
+                  self.settings.queue, idem, keys.AUDIT_STREAM],
             args=[job_id, f"{now:.6f}", self.settings.job_ttl_s, message, digest,
-                  "1" if idempotency_key else "0", IDEMPOTENCY_TTL_S, lifecycle, *flat],
+                  "1" if idempotency_key else "0", IDEMPOTENCY_TTL_S, lifecycle, AUDIT_MAX_LEN, len(audited),
+                  *audited, *flat],
         )
         if text(reply[0]) == "created":
             return record, True

@@ -16,7 +16,7 @@ from tests.conftest import create_user
 from tests.llmsim import SimControl, run_simulator
 from tests.otlp import Receiver, Span
 from tests.sse import read_events
-from tests.stack import Proc, RedisServer, Stack
+from tests.stack import Proc, RedisServer, Stack, wait_for
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN_ID = "00f067aa0ba902b7"
@@ -152,8 +152,10 @@ def test_with_tracing_off_a_job_still_gets_a_trace_id_and_nothing_is_exported(st
     [queued] = [d for d in lifecycle_data(stack.env["REDIS_URL"], job_id) if d["status"] == "queued"]
     assert queued["trace_id"] == trace_id
     workers = [p for p in stack.procs if p.name.startswith("worker-")]
-    lines = [line for p in workers for line in json_lines(p) if line.get("job_id") == job_id]
-    assert lines and all(line["trace_id"] == trace_id and "span_id" not in line for line in lines)
+    # The worker logs the outcome just after recording it: the client can see it first.
+    lines = wait_for(lambda: [line for p in workers for line in json_lines(p) if line.get("job_id") == job_id],
+                     timeout=10, what="the worker's log lines of the job")
+    assert all(line["trace_id"] == trace_id and "span_id" not in line for line in lines)
     for proc in stack.procs:
         log = proc.log()
         assert "tracing on" not in log and "opentelemetry" not in log, proc.name

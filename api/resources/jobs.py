@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import falcon
 
@@ -15,6 +15,7 @@ from api.jobs import BudgetExceededError, IdempotencyConflictError, JobService, 
 from api.permissions import Permission, allowed
 from api.validation import InvalidFieldError, check_idempotency_key, parse_submission
 from events import jobs
+from events.envelope import Event
 from events.prices import UnknownModelError
 from settings import Settings
 
@@ -62,9 +63,15 @@ async def submit_job(req: falcon.asgi.Request, service: JobService, settings: Se
     if not principal.may_use(submission.agent_type):
         raise falcon.HTTPForbidden(title="Forbidden", code="agent_not_allowed",
                                    description=f"Your account may not use the {submission.agent_type!r} agent.")
+    def audited(job: Mapping[str, str]) -> Event:
+        return audit.event(principal.user_id, "job.submit", resource=job["id"], ip=client_ip(req),
+                           details={"agent": job["agent"], "model": job["model"],
+                                    "hold_micros": int(job.get("hold_micros") or 0)})
+
     try:
         job, created = await service.submit(principal.user_id, submission, idempotency_key=idempotency_key,
-                                            digest=body_hash(body), traceparent=req.get_header("traceparent"))
+                                            digest=body_hash(body), traceparent=req.get_header("traceparent"),
+                                            audit=audited)
     except IdempotencyConflictError as ex:
         raise falcon.HTTPUnprocessableEntity(title="Idempotency-Key reused", description=str(ex),
                                              code="idempotency_conflict") from ex
@@ -72,10 +79,6 @@ async def submit_job(req: falcon.asgi.Request, service: JobService, settings: Se
         raise bad_request(str(ex), code="unpriced_model") from ex
     except BudgetExceededError as ex:
         raise budget_exceeded(ex) from ex
-    if created:
-        await audit.record(principal.user_id, "job.submit", resource=job["id"], ip=client_ip(req),
-                           details={"agent": job["agent"], "model": job["model"],
-                                    "hold_micros": int(job.get("hold_micros") or 0)})
     return job, created
 
 
