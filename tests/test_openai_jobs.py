@@ -7,11 +7,13 @@ from typing import Iterator
 
 import httpx
 import pytest
+import redis
 
+from events import keys
 from tests.conftest import create_user
 from tests.llmsim import SimControl, run_simulator
 from tests.sse import read_events
-from tests.stack import RedisServer, Stack
+from tests.stack import RedisServer, Stack, wait_for
 
 PROVIDER_KEY = "sk-provider-secret-0123456789abcdef"
 
@@ -105,3 +107,24 @@ def test_a_job_naming_an_unpriced_model_is_refused_at_submit(api: httpx.Client) 
     assert "mystery-model-3" in resp.json()["description"] and "prices.yaml" in resp.json()["description"]
     priced = api.post("/api/v1/jobs", json={"agent_type": "query", "query": "hi", "model": "gpt-4o"})
     assert priced.status_code == 202 and float(priced.json()["hold_usd"]) > 0
+    # Let it finish here, so it does not take the next test's scripted answers.
+    assert api.get(f"/api/v1/jobs/{priced.json()['id']}", params={"wait": 30}).json()["status"] == "succeeded"
+
+
+def test_a_cancel_ends_a_long_retry_after_wait_at_once(sim_stack, api: httpx.Client) -> None:
+    stack, control = sim_stack
+    control.script({"kind": "error", "status": 429, "retry_after": 25}, {"kind": "text", "text": "too late"})
+    job = api.post("/api/v1/jobs", json={"agent_type": "query", "query": "slow down"}).json()
+    store = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
+    try:
+        wait_for(lambda: any(fields.get("type") == "metadata"
+                             for _, fields in store.xrange(keys.job_stream(job["id"]))),
+                 timeout=20, what="the retry to be announced")
+    finally:
+        store.close()
+    assert api.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 202
+    # The wait was 25 s; the long poll gives up after 10 s, so "cancelled" here means the wait was cut short.
+    done = api.get(f"/api/v1/jobs/{job['id']}", params={"wait": 10}).json()
+    assert done["status"] == "cancelled", done
+    ours = [r for r in control.requests() if "slow down" in str(r["body"]["messages"])]
+    assert len(ours) == 1  # the retried call was never made

@@ -10,6 +10,8 @@ from typing import Any, Callable, Mapping, Protocol
 from events.budgets import MAX_TOOL_RESULT_CHARS
 from workers.llm.base import ChatRequest, Completion, Provider, Retrying, TextDelta, ToolCall, Usage
 
+WAIT_SLICE_S = 0.1  # how soon a cancel ends a retry's wait
+
 
 class AgentStop(Exception):
     """Raised inside an agent when the job must stop before it finishes."""
@@ -86,6 +88,14 @@ class AgentContext:
         """The user's question."""
         return self.job.get("query", "")
 
+    def wait(self, seconds: float) -> None:
+        """Sleep `seconds` in short slices, checking between them: a cancel or a lost lease ends the wait."""
+        deadline = self.clock() + seconds
+        while (left := deadline - self.clock()) > 0:
+            self.check()
+            time.sleep(min(left, WAIT_SLICE_S))
+        self.check()
+
 
 class Agent(Protocol):
     """A kind of job (`agent_type`)."""
@@ -100,7 +110,7 @@ class Agent(Protocol):
 
 def call_model(ctx: AgentContext, messages: list[dict[str, Any]], tools: list[Tool]) -> Completion:
     """One streamed model call: tokens and usage go out as events, cancel is checked between tokens."""
-    request = ChatRequest(ctx.model, messages, ctx.max_tokens, [t.spec() for t in tools])
+    request = ChatRequest(ctx.model, messages, ctx.max_tokens, [t.spec() for t in tools], wait=ctx.wait)
     ctx.before_call(request)
     call = ctx.calls
     ctx.calls += 1

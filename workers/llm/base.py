@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Generator, Protocol, Union
+from typing import Any, Callable, Generator, Protocol, Union
 
 
 class LLMError(Exception):
@@ -88,12 +88,17 @@ StreamItem = Union[TextDelta, Retrying, Usage, Completion]
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """One chat completion request; `max_tokens` is always set because budget holds depend on it."""
+    """One chat completion request; `max_tokens` is always set because budget holds depend on it.
+
+    `wait`, if given, is how the provider waits before a retry: the caller's own wait can stop early by raising
+    (a cancelled job must not sit out a long Retry-After).
+    """
 
     model: str
     messages: list[dict[str, Any]]
     max_tokens: int
     tools: list[dict[str, Any]] = field(default_factory=list)
+    wait: Callable[[float], None] | None = field(default=None, compare=False, repr=False)
 
 
 class Provider(Protocol):

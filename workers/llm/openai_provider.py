@@ -125,7 +125,7 @@ class OpenAIProvider:
                 retry += 1
                 delay = ex.retry_after if ex.retry_after is not None else self._backoff(retry)
                 yield Retrying(retry, delay, ex.reason, discard_partial=bool(attempt.text))
-                self.sleep(delay)
+                (request.wait or self.sleep)(delay)
                 continue
             except LLMRequestError:
                 LLM_ERRORS.labels(self.name, "bad_request").inc()
