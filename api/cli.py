@@ -5,6 +5,8 @@
     agentic keys create alice [--expires-days 30] [--name laptop]
     agentic keys list alice
     agentic keys revoke alice KEY_ID
+    agentic prometheus-config --out var/prometheus --api 127.0.0.1:8000 --workers 127.0.0.1:9540 \
+        --flower 127.0.0.1:5555 --flower-password PW --self 127.0.0.1:9090
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 
+from api import promconfig
 from api.audit import AuditLog
 from api.permissions import Role
 from api.users import UserError, UserStore
@@ -44,11 +48,25 @@ def parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key; effective on the next request")
     revoke.add_argument("user_id")
     revoke.add_argument("key_id")
+    prom = nouns.add_parser("prometheus-config", help="write a Prometheus config, rules and scrape secrets")
+    prom.add_argument("--out", required=True, type=Path, help="directory to write (e.g. var/prometheus)")
+    for job in ("api", "workers", "flower"):
+        prom.add_argument(f"--{job}", action="append", default=[], metavar="HOST:PORT", help=f"a {job} target")
+    prom.add_argument("--self", dest="prometheus", action="append", default=[], metavar="HOST:PORT",
+                      help="where Prometheus itself listens")
+    prom.add_argument("--flower-user", default="admin", help="the user of Flower's basic auth")
+    prom.add_argument("--flower-password", default="", help="the password of Flower's basic auth")
+    prom.add_argument("--interval", default=None, help="scrape and evaluation interval (default: the file's)")
     return top
 
 
 async def run(args: argparse.Namespace, store: UserStore, audit: AuditLog) -> Any:
     """Carry out one command (changes are audited, actor 'cli'); returns what to print."""
+    if args.noun == "prometheus-config":
+        targets = {job: getattr(args, job) for job in promconfig.JOBS}
+        path = await promconfig.write(args.out, store, targets, flower_user=args.flower_user,
+                                      flower_password=args.flower_password, interval=args.interval)
+        return {"config": str(path), "targets": {job: hosts for job, hosts in targets.items() if hosts}}
     expires = args.expires_days * 86400 if getattr(args, "expires_days", None) else None
     if args.noun == "users" and args.verb == "create":
         user = await store.create_user(args.user_id, args.role)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything `make run` needs on Debian/Ubuntu (Debian packages, a venv, pip packages);
-# `install.sh test` adds what only the tests use (Chromium for the browser test, Prometheus and promtool).
+# `install.sh test` adds what only the tests use (Chromium for the browser test).
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +24,9 @@ apt_install() {
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v curl >/dev/null || missing+=(curl)
+command -v prometheus >/dev/null || missing+=(prometheus)  # make run scrapes the stack; promtool checks ops/
 if [ "${1:-}" = "test" ]; then
   [ -x /usr/bin/chromium ] || missing+=(chromium)  # the browser test drives it with Playwright
-  command -v prometheus >/dev/null || missing+=(prometheus)  # scrapes the stack; promtool checks ops/
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install: Debian packages: ${missing[*]}"

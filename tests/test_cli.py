@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import uuid
 from typing import Callable
 
 import pytest
 import redis
+import yaml
 
 from api import keys as apikeys
 from events import keys
@@ -114,3 +116,49 @@ def test_an_unreachable_redis_exits_2_naming_redis_url_without_a_traceback(name:
     assert result.returncode == 2, result.stderr
     assert "REDIS_URL" in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_prometheus_config_writes_a_checked_config_and_keeps_a_working_key(logdir, tmp_path) -> None:
+    server = RedisServer(logdir).start()
+    try:
+        args = ("prometheus-config", "--out", str(tmp_path), "--api", "127.0.0.1:8001", "--api", "127.0.0.1:8002",
+                "--workers", "127.0.0.1:9541", "--flower", "127.0.0.1:5556", "--flower-password", "pw-1",
+                "--self", "127.0.0.1:9091", "--interval", "5s")
+        first = ok(agentic(server.url, *args))
+        config = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
+        targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+        assert targets == first["targets"] == {"api": ["127.0.0.1:8001", "127.0.0.1:8002"],
+                                               "workers": ["127.0.0.1:9541"], "flower": ["127.0.0.1:5556"],
+                                               "prometheus": ["127.0.0.1:9091"]}
+        assert config["global"]["scrape_interval"] == "5s" and (tmp_path / "alerts.yml").exists()
+        key = (tmp_path / "secrets" / "api_key").read_text().strip()
+        assert KEY.match(key) and (tmp_path / "secrets" / "flower_password").read_text() == "pw-1\n"
+        assert (tmp_path / "secrets" / "api_key").stat().st_mode & 0o777 == 0o600
+        assert ok(agentic(server.url, "keys", "list", "prometheus"))  # a readonly user of its own
+        assert [u["role"] for u in ok(agentic(server.url, "users", "list")) if u["user_id"] == "prometheus"] == \
+            ["readonly"]
+        promtool = shutil.which("promtool")
+        if promtool:
+            check = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+                                   capture_output=True, text=True, timeout=60)
+            assert check.returncode == 0, check.stdout + check.stderr
+        # Run again: the key still works, so it is kept; once revoked, a new one replaces it.
+        ok(agentic(server.url, *args))
+        assert (tmp_path / "secrets" / "api_key").read_text().strip() == key
+        [listed] = ok(agentic(server.url, "keys", "list", "prometheus"))
+        ok(agentic(server.url, "keys", "revoke", "prometheus", listed["key_id"]))
+        ok(agentic(server.url, *args))
+        assert (tmp_path / "secrets" / "api_key").read_text().strip() != key
+    finally:
+        server.stop()
+
+
+def test_prometheus_config_refuses_a_scraper_user_with_more_than_readonly(logdir, tmp_path) -> None:
+    server = RedisServer(logdir).start()
+    try:
+        ok(agentic(server.url, "users", "create", "prometheus", "--role", "admin"))
+        refused = agentic(server.url, "prometheus-config", "--out", str(tmp_path), "--api", "127.0.0.1:8001")
+        assert refused.returncode == 1 and "readonly" in refused.stderr
+        assert not (tmp_path / "prometheus.yml").exists()
+    finally:
+        server.stop()

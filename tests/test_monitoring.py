@@ -236,24 +236,16 @@ def test_flower_sees_both_workers_behind_basic_auth(cluster: Cluster) -> None:
 
 
 def _prometheus_config(cluster: Cluster, workdir: Path, prom_port: int) -> Path:
-    """ops/prometheus/prometheus.yml with this module's targets, a 1 s interval and its secrets."""
-    ops = ROOT / "ops" / "prometheus"
-    config = yaml.safe_load((ops / "prometheus.yml").read_text())
-    config["global"].update(scrape_interval="1s", evaluation_interval="1s", scrape_timeout="1s")
-    targets = {"api": [f"127.0.0.1:{p}" for p in cluster.api_ports],
-               "workers": [f"127.0.0.1:{p}" for p in cluster.worker_ports],
-               "flower": [f"127.0.0.1:{cluster.flower_port}"], "prometheus": [f"127.0.0.1:{prom_port}"]}
-    assert {job["job_name"] for job in config["scrape_configs"]} == set(targets)
-    for job in config["scrape_configs"]:
-        job["static_configs"] = [{"targets": targets[job["job_name"]]}]
-    (workdir / "secrets").mkdir()
-    (workdir / "secrets" / "api_key").write_text(cluster.keys["readonly"] + "\n")
-    (workdir / "secrets" / "flower_password").write_text(FLOWER_PASSWORD + "\n")
-    for rules in config.get("rule_files", []):
-        shutil.copy(ops / rules, workdir / rules)
-    path = workdir / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    """ops/prometheus/prometheus.yml for this module's targets, by `agentic prometheus-config` (as make run does)."""
+    args = ["prometheus-config", "--out", str(workdir), "--flower", f"127.0.0.1:{cluster.flower_port}",
+            "--flower-password", FLOWER_PASSWORD, "--self", f"127.0.0.1:{prom_port}", "--interval", "1s"]
+    args += [f"--api=127.0.0.1:{p}" for p in cluster.api_ports]
+    args += [f"--workers=127.0.0.1:{p}" for p in cluster.worker_ports]
+    done = cluster.stack.cli(*args)
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load((workdir / "prometheus.yml").read_text())
+    assert [job["job_name"] for job in config["scrape_configs"]] == ["api", "workers", "flower", "prometheus"]
+    return workdir / "prometheus.yml"
 
 
 def test_a_real_prometheus_scrapes_the_stack_and_adds_up_the_traffic(cluster: Cluster, tmp_path: Path) -> None:
