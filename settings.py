@@ -113,6 +113,7 @@ class Settings:
     stream_token_ttl_s: int = 3600
     consumer_max_deliveries: int = 5
     consumer_claim_idle_ms: int = 30_000
+    consumer_stall_s: int = 60
     log_level: str = "INFO"
     prices_file: str = str(ROOT / "ops" / "prices.yaml")
     hold_ttl_s: int = 600
@@ -167,6 +168,7 @@ class Settings:
             stream_token_ttl_s=_int(env, "STREAM_TOKEN_TTL_S", cls.stream_token_ttl_s, 10),
             consumer_max_deliveries=_int(env, "CONSUMER_MAX_DELIVERIES", cls.consumer_max_deliveries, 1),
             consumer_claim_idle_ms=_int(env, "CONSUMER_CLAIM_IDLE_MS", cls.consumer_claim_idle_ms, 100),
+            consumer_stall_s=_int(env, "CONSUMER_STALL_S", cls.consumer_stall_s, 1),
             log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
             prices_file=env.get("PRICES_FILE") or cls.prices_file,
             hold_ttl_s=_int(env, "HOLD_TTL_S", cls.hold_ttl_s, 10),

@@ -97,6 +97,8 @@ async def system_state(client: Any, queue: str, clock: Callable[[], float] = tim
     pipe.zcard(keys.RUNNING_JOBS)
     for stream in GROUPS.values():
         pipe.xinfo_groups(stream)
+    for group, stream in GROUPS.items():
+        pipe.xinfo_consumers(stream, group)
     for group in GROUPS:
         pipe.xlen(keys.dead_letters(group))
     pipe.zcard(keys.HOLDS_INDEX)
@@ -117,6 +119,10 @@ async def system_state(client: Any, queue: str, clock: Callable[[], float] = tim
         found = {} if isinstance(groups, Exception) else {text(g["name"]): g for g in groups}
         consumers[group] = ({**_decode_group(found[group]), "stream": stream} if group in found
                             else {"lag": None, "pending": 0, "stream": stream, "missing": True})
+    for group in GROUPS:
+        members = next(r)
+        idle = [] if isinstance(members, Exception) else [int(m["idle"]) for m in members]
+        consumers[group].update(consumers=len(idle), idle_ms=min(idle) if idle else None)
     for group in GROUPS:
         consumers[group]["dead_letters"] = int(next(r))
     holds, alerts, workers = next(r), next(r), next(r)
@@ -161,12 +167,18 @@ class SystemCollector:
         pending = GaugeMetricFamily("agentic_consumer_pending", "Entries read but not yet acknowledged.",
                                     labels=["group"])
         dead = GaugeMetricFamily("agentic_dead_letters", "Entries a consumer group gave up on.", labels=["group"])
+        members = GaugeMetricFamily("agentic_consumers", "Consumers a group has (live or not).", labels=["group"])
+        idle = GaugeMetricFamily("agentic_consumer_idle_seconds", "Time since the group's most recently active "
+                                 "consumer read or acknowledged.", labels=["group"])
         for group, info in sorted(s["consumers"].items()):
             if info["lag"] is not None:
                 lag.add_metric([group], info["lag"])
             pending.add_metric([group], info["pending"])
             dead.add_metric([group], info["dead_letters"])
-        yield from (lag, pending, dead)
+            members.add_metric([group], info["consumers"])
+            if info["idle_ms"] is not None:
+                idle.add_metric([group], info["idle_ms"] / 1000)
+        yield from (lag, pending, dead, members, idle)
         yield _gauge("agentic_budget_holds", "Budget holds outstanding (jobs queued or running).",
                      s["budget"]["holds_outstanding"])
         alerts = CounterMetricFamily("agentic_budget_alerts", "Soft budget alerts raised (a budget crossed its "

@@ -26,6 +26,7 @@ JOBS = 8
 BAD_KEYS = 5
 DENIED = 3
 FLOWER_PASSWORD = "flower-test-pw-7c1"
+STALL_S = 5
 
 
 class Cluster:
@@ -75,7 +76,7 @@ def largest(found: list[tuple[str, dict[str, str], float]], name: str, **labels:
 @pytest.fixture(scope="module")
 def cluster(logdir: Path) -> Iterator[Cluster]:
     server = RedisServer(logdir).start()
-    stack = Stack(server.url, logdir, PRICES_FILE=PRICES, OFFLINE_TOKEN_DELAY_MS="1")
+    stack = Stack(server.url, logdir, PRICES_FILE=PRICES, OFFLINE_TOKEN_DELAY_MS="1", CONSUMER_STALL_S=str(STALL_S))
     api_ports, worker_ports, flower_port = [free_port(), free_port()], [free_port(), free_port()], free_port()
     try:
         stack.events()
@@ -363,6 +364,29 @@ def test_price_cache_lookups_are_counted(cluster: Cluster) -> None:
     assert total(found, "cache_operations_total", cache="prices", result="hit") >= 1
     assert total(found, "cache_size_bytes", cache="prices") > 0
     assert total(found, "api_cost_dollars_total", model="gpt-4o") == pytest.approx(4 * 0.0075)
+
+
+def test_consumers_that_stopped_reading_mark_health_degraded(cluster: Cluster) -> None:
+    # Runs after the other tests of the cluster: it stops the events process for good.
+    with cluster.client("readonly", cluster.api_ports[0]) as client:
+        health = client.get("/api/v1/monitoring/health").json()
+        assert health["checks"]["consumers"]["status"] == "ok", health
+        assert health["checks"]["consumers"]["groups"]["lifecycle"]["consumers"] >= 1
+        next(p for p in cluster.stack.procs if p.name == "events").kill()
+        with cluster.client("user", cluster.api_ports[0]) as user:
+            assert user.post("/api/v1/jobs", json={"agent_type": "query", "query": "1+1"}).status_code == 202
+
+        def stalled() -> dict[str, Any] | None:
+            found = client.get("/api/v1/monitoring/health").json()
+            return found if found["checks"]["consumers"]["status"] == "degraded" else None
+
+        health = wait_for(stalled, timeout=STALL_S + 15, interval=0.5, what="the consumers to count as stalled")
+        lifecycle = health["checks"]["consumers"]["groups"]["lifecycle"]
+        assert lifecycle["lag"] > 0 and lifecycle["idle_ms"] > STALL_S * 1000
+        assert health["status"] == "degraded"
+        found = samples(client.get("/api/v1/monitoring/metrics").text)
+    assert total(found, "agentic_consumer_idle_seconds", group="lifecycle") > STALL_S
+    assert total(found, "agentic_consumer_lag", group="lifecycle") > 0
 
 
 def test_a_worker_given_a_metrics_directory_drops_a_previous_runs_samples(logdir: Path, tmp_path: Path) -> None:

@@ -51,7 +51,8 @@ PROCESS_HISTOGRAMS = {"http_request_duration_seconds", "agent_query_duration_sec
 # ... and system-wide state read from Redis, identical on every API instance (take the max).
 SYSTEM_FAMILIES = {"active_sessions", "agentic_queue_depth", "agentic_jobs_total", "agentic_jobs_running",
                    "agentic_consumer_lag", "agentic_consumer_pending", "agentic_dead_letters", "agentic_budget_holds",
-                   "agentic_budget_alerts_total", "agentic_workers_up"}
+                   "agentic_budget_alerts_total", "agentic_workers_up", "agentic_consumer_idle_seconds",
+                   "agentic_consumers", "agentic_queue_unacked"}
 OTHER_FAMILIES = {"up", "flower_worker_online", "flower_events_total"}  # Prometheus's own; Flower's
 PROCESS_SAMPLES = (PROCESS_COUNTERS | PROCESS_GAUGES
                    | {f"{h}{suffix}" for h in PROCESS_HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")})
@@ -172,7 +173,7 @@ def test_every_alert_waits_has_a_severity_and_says_what_happened() -> None:
     rules = alert_rules()
     names = [rule["alert"] for rule in rules]
 
-    assert len(names) == len(set(names)) == 10
+    assert len(names) == len(set(names)) == 11
     for rule in rules:
         assert re.fullmatch(r"\d+[smh]", rule.get("for", "")), rule["alert"]
         assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]

@@ -132,17 +132,22 @@ class MonitoringHealthResource(_Monitoring):
                        "depth": state["queue"]["depth"], "unacked": state["queue"]["unacked"]},
             "workers": {"status": "ok" if state["workers_up"] else "down", "latency_ms": latency,
                         "seen": state["workers_up"], "window_s": 15},
-            "consumers": {"status": consumer_status(state["consumers"]), "latency_ms": latency,
+            "consumers": {"status": consumer_status(state["consumers"], self.settings.consumer_stall_s),
+                          "latency_ms": latency, "stall_s": self.settings.consumer_stall_s,
                           "groups": state["consumers"]},
         }
         degraded = any(c["status"] != "ok" for c in checks.values())
         resp.media = {"status": "degraded" if degraded else "ok", "version": VERSION, "checks": checks}
 
 
-def consumer_status(groups: dict[str, Any]) -> str:
-    """'ok', or 'degraded' when a group is missing, lags far behind or dead-lettered entries."""
+def consumer_status(groups: dict[str, Any], stall_s: float) -> str:
+    """'ok', or 'degraded' when a group is missing, lags far behind, dead-lettered entries, or has work while
+    none of its consumers has read for `stall_s` seconds (the events process is down or stuck)."""
     for info in groups.values():
         if info.get("missing") or (info["lag"] or 0) > LAG_DEGRADED or info["dead_letters"]:
+            return "degraded"
+        waiting = (info["lag"] or 0) > 0 or info["pending"] > 0
+        if waiting and (info["idle_ms"] is None or info["idle_ms"] > stall_s * 1000):
             return "degraded"
     return "ok"
 
