@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
@@ -56,13 +58,22 @@ def json_lines(proc: Proc) -> Iterator[dict[str, Any]]:
                 continue
 
 
-def lifecycle_data(redis_url: str, job_id: str) -> list[dict[str, Any]]:
-    """The data of the job's entries on the shared lifecycle stream, oldest first."""
+@contextlib.contextmanager
+def lifecycle_watch(redis_url: str) -> Iterator[Callable[[str], list[dict[str, Any]]]]:
+    """Keeps the lifecycle stream's new entries from being trimmed (a consumer group of its own that reads
+    nothing) and gives a function returning a job's entries' data, oldest first."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
+    group = f"test-watch-{uuid.uuid4().hex[:8]}"
+    client.xgroup_create(keys.LIFECYCLE_STREAM, group, id="$", mkstream=True)
+
+    def entries(job_id: str) -> list[dict[str, Any]]:
         return [json.loads(fields["data"]) for _, fields in client.xrange(keys.LIFECYCLE_STREAM)
                 if fields.get("job_id") == job_id]
+
+    try:
+        yield entries
     finally:
+        client.xgroup_destroy(keys.LIFECYCLE_STREAM, group)
         client.close()
 
 
@@ -91,7 +102,8 @@ def test_one_trace_joins_the_request_the_worker_and_each_llm_call(traced) -> Non
     control.config(tokens_per_s=0)
     control.script({"kind": "error", "status": 503}, {"kind": "text", "text": "traced answer"})
     _, key = create_user(stack.env["REDIS_URL"])
-    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as api:
+    with lifecycle_watch(stack.env["REDIS_URL"]) as lifecycle, \
+            httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as api:
         submitted = api.post("/api/v1/jobs", json={"agent_type": "query", "query": "follow me"},
                              headers={"traceparent": TRACEPARENT})
         assert submitted.status_code == 202, submitted.text
@@ -101,6 +113,7 @@ def test_one_trace_joins_the_request_the_worker_and_each_llm_call(traced) -> Non
         assert done["status"] == "succeeded" and done["result"] == "traced answer", done
         assert done["trace_id"] == TRACE_ID
         _, events = read_events(api, f"/api/v1/jobs/{job_id}/events")
+        [queued] = [d for d in lifecycle(job_id) if d["status"] == "queued"]
 
     def whole_trace(spans: list[Span]) -> list[Span] | None:
         mine = [s for s in spans if s.trace_id == TRACE_ID]
@@ -129,7 +142,6 @@ def test_one_trace_joins_the_request_the_worker_and_each_llm_call(traced) -> Non
     assert sorted(sent) == sorted(f"00-{TRACE_ID}-{c.span_id}-01" for c in calls)
 
     # The job's events and the worker's log lines carry the trace id.
-    [queued] = [d for d in lifecycle_data(stack.env["REDIS_URL"], job_id) if d["status"] == "queued"]
     assert queued["trace_id"] == TRACE_ID
     [start] = [e.data["data"] for e in events if e.event == "start"]
     assert start["trace_id"] == TRACE_ID
@@ -140,8 +152,10 @@ def test_one_trace_joins_the_request_the_worker_and_each_llm_call(traced) -> Non
 
 def test_with_tracing_off_a_job_still_gets_a_trace_id_and_nothing_is_exported(stack: Stack,
                                                                              alice: httpx.Client) -> None:
-    submitted = alice.post("/api/v1/jobs", json={"agent_type": "query", "query": "no tracing here"})
-    assert submitted.status_code == 202, submitted.text
+    with lifecycle_watch(stack.env["REDIS_URL"]) as lifecycle:
+        submitted = alice.post("/api/v1/jobs", json={"agent_type": "query", "query": "no tracing here"})
+        assert submitted.status_code == 202, submitted.text
+        [queued] = [d for d in lifecycle(submitted.json()["id"]) if d["status"] == "queued"]
     job_id, trace_id = submitted.json()["id"], submitted.json()["trace_id"]
     assert HEX32.match(trace_id), trace_id
     done = alice.get(f"/api/v1/jobs/{job_id}", params={"wait": 30}).json()
@@ -149,7 +163,6 @@ def test_with_tracing_off_a_job_still_gets_a_trace_id_and_nothing_is_exported(st
     _, events = read_events(alice, f"/api/v1/jobs/{job_id}/events")
     [start] = [e.data["data"] for e in events if e.event == "start"]
     assert start["trace_id"] == trace_id
-    [queued] = [d for d in lifecycle_data(stack.env["REDIS_URL"], job_id) if d["status"] == "queued"]
     assert queued["trace_id"] == trace_id
     workers = [p for p in stack.procs if p.name.startswith("worker-")]
     # The worker logs the outcome just after recording it: the client can see it first.
