@@ -22,6 +22,7 @@ from api.monitoring import SystemCollector, system_state
 from api.permissions import PUBLIC, Permission
 from api.resources.health import VERSION, redis_check, unavailable
 from events import keys, metrics
+from events.envelope import text
 from settings import Settings, mask_password
 
 LAG_DEGRADED = 10_000  # consumer lag above this marks the consumers degraded
@@ -201,11 +202,10 @@ class RecordResource(_Monitoring):
         series = json.dumps([labels[k] for k in sorted(labels)])
         reply = await self.register(keys=[keys.CUSTOM_METRICS, keys.custom_metric_series(family)],
                                     args=[family, definition, series, metrics.MAX_FAMILIES, metrics.MAX_SERIES])
-        outcome = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        outcome = text(reply[0])
         if outcome == "conflict":
             raise falcon.HTTPConflict(title="Conflict", code="metric_conflict",
-                                      description=f"Metric {family!r} is already defined as "
-                                                  f"{reply[1].decode() if isinstance(reply[1], bytes) else reply[1]}; "
+                                      description=f"Metric {family!r} is already defined as {text(reply[1])}; "
                                                   "use the same kind and label names, or another name.")
         if outcome != "ok":
             limit = (f"at most {metrics.MAX_FAMILIES} custom metrics" if outcome == "too_many_metrics"
