@@ -9,12 +9,16 @@ from typing import Any
 
 import falcon
 
+from api.costs import GROUPS, WINDOWS
 from api.jobs import JOB_ID, STREAM_ID
 from api.permissions import PUBLIC
 from api.resources.health import VERSION
+from api.resources.jobs import MAX_PAGE
+from api.resources.security import AUDIT_PAGE_MAX, EPOCH_MAX, ROTATION_GRACE_MAX_S
 from api.schemas import ERROR
 from api.users import USER_ID
 from events.catalog import AGENT_TYPES
+from events.jobs import STATUSES
 
 SKIP = {"OPTIONS", "HEAD", "CONNECT", "TRACE"}
 ASSETS = {"swagger-ui-bundle.js": "application/javascript", "swagger-ui.css": "text/css",
@@ -50,8 +54,8 @@ _USER_Q = _q("user_id", {"type": "string", "pattern": USER_ID.pattern}, "Admins:
 _CURSOR = {"type": "string", "pattern": r"^\d{1,12}(\.\d{1,9})?:j_[0-9a-f]{32}$"}
 QUERY_PARAMS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("/api/v1/jobs", "GET"): [
-        _q("status", {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]}, "Only jobs in this state."),
-        _q("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "Page size (default 20)."),
+        _q("status", {"enum": list(STATUSES)}, "Only jobs in this state."),
+        _q("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "Page size (default 20)."),
         _q("cursor", _CURSOR, "next_cursor of the previous page.", blank=True),
         _q("all", {"type": "boolean"}, "Admins: false for only your own jobs.", blank=True)],
     ("/api/v1/jobs/{job_id}", "GET"): [
@@ -61,8 +65,8 @@ QUERY_PARAMS: dict[tuple[str, str], list[dict[str, Any]]] = {
            blank=True),
         _q("token", {"type": "string"}, "The job-scoped token from stream_url (for EventSource).", blank=True)],
     ("/api/v1/costs/stats", "GET"): [
-        _q("period", {"enum": ["day", "week", "month", "all"]}, "Window (default week)."),
-        _q("group_by", {"enum": ["model", "agent", "session", "user"]}, "user is for admins."), _USER_Q,
+        _q("period", {"enum": [*WINDOWS, "all"]}, "Window (default week)."),
+        _q("group_by", {"enum": list(GROUPS)}, "user is for admins."), _USER_Q,
         _q("all", {"type": "boolean"}, "Admins: everyone's figures.", blank=True)],
     ("/api/v1/costs/budget", "GET"): [_USER_Q],
     ("/api/v1/costs/forecast", "GET"): [_USER_Q],
@@ -70,12 +74,12 @@ QUERY_PARAMS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("/api/v1/security/audit", "GET"): [
         _q("actor", {"type": "string"}, "Only this actor's records.", blank=True),
         _q("action", {"type": "string"}, "Only this action (e.g. auth.failure).", blank=True),
-        _q("since", {"type": "number", "minimum": 0, "maximum": 1e11}, "From this time (epoch seconds)."),
-        _q("until", {"type": "number", "minimum": 0, "maximum": 1e11}, "Up to this time (epoch seconds)."),
+        _q("since", {"type": "number", "minimum": 0, "maximum": EPOCH_MAX}, "From this time (epoch seconds)."),
+        _q("until", {"type": "number", "minimum": 0, "maximum": EPOCH_MAX}, "Up to this time (epoch seconds)."),
         _q("cursor", {"type": "string", "pattern": STREAM_ID.pattern}, "next_cursor of the previous page.", blank=True),
-        _q("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "Page size (default 50).")],
+        _q("limit", {"type": "integer", "minimum": 1, "maximum": AUDIT_PAGE_MAX}, "Page size (default 50).")],
     ("/api/v1/security/users/{user_id}/api-keys/{key_id}/rotate", "POST"): [
-        _q("grace_s", {"type": "integer", "minimum": 0, "maximum": 30 * 86400},
+        _q("grace_s", {"type": "integer", "minimum": 0, "maximum": ROTATION_GRACE_MAX_S},
            "How long the old key keeps working (default KEY_ROTATION_GRACE_S).")],
 }
 

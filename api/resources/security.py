@@ -21,6 +21,8 @@ from events.catalog import AGENT_TYPES
 from settings import Settings
 
 EPOCH_MAX = 1e11  # seconds: far beyond any real timestamp, and within what Redis stream ids can hold
+AUDIT_PAGE_MAX = 500
+ROTATION_GRACE_MAX_S = 30 * 86400
 
 
 def me(req: falcon.asgi.Request) -> Principal:
@@ -179,7 +181,7 @@ class KeyResource(_Security):
                              key_id: str) -> None:
         """A new key; the old one keeps working for KEY_ROTATION_GRACE_S (or ?grace_s=) seconds."""
         self_or_admin(req, user_id)
-        grace = req.get_param_as_int("grace_s", min_value=0, max_value=30 * 86400,
+        grace = req.get_param_as_int("grace_s", min_value=0, max_value=ROTATION_GRACE_MAX_S,
                                      default=self.settings.key_rotation_grace_s)
         try:
             key, info = await self.users.rotate_key(user_id, key_id, grace)
@@ -293,7 +295,7 @@ class AuditResource(_Chain):
             chain.query, self.sync, actor=req.get_param("actor") or req.get_param("user_id"),
             action=req.get_param("action"), since=req.get_param_as_float("since", min_value=0, max_value=EPOCH_MAX),
             until=req.get_param_as_float("until", min_value=0, max_value=EPOCH_MAX), cursor=req.get_param("cursor"),
-            limit=req.get_param_as_int("limit", min_value=1, max_value=500, default=50))
+            limit=req.get_param_as_int("limit", min_value=1, max_value=AUDIT_PAGE_MAX, default=50))
 
 
 class AuditVerifyResource(_Chain):
