@@ -23,14 +23,13 @@ from events.budgets import (
     worst_case_micros,
 )
 from events.catalog import AGENT_TYPES
-from events.envelope import Event, text
+from events.envelope import STREAM_ID, Event, text
 from events.money import micros_to_usd
 from events.prices import PriceBook
 from events.taskmsg import RUN_AGENT_TASK, task_message
 from settings import Settings
 
 JOB_ID = re.compile(r"^j_[0-9a-f]{32}$")
-STREAM_ID = re.compile(r"^\d{1,15}-\d{1,15}$")  # a Redis stream id of our era (ms, sequence)
 IDEMPOTENCY_TTL_S = 24 * 3600
 MAX_WAIT_S = 60.0
 

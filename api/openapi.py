@@ -10,7 +10,7 @@ from typing import Any
 import falcon
 
 from api.costs import GROUPS, WINDOWS
-from api.jobs import JOB_ID, STREAM_ID
+from api.jobs import JOB_ID
 from api.permissions import PUBLIC
 from api.resources.health import VERSION
 from api.resources.jobs import MAX_PAGE
@@ -18,6 +18,7 @@ from api.resources.security import AUDIT_PAGE_MAX, EPOCH_MAX, ROTATION_GRACE_MAX
 from api.schemas import ERROR
 from api.users import USER_ID
 from events.catalog import AGENT_TYPES
+from events.envelope import STREAM_ID
 from events.jobs import STATUSES
 
 SKIP = {"OPTIONS", "HEAD", "CONNECT", "TRACE"}

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from events.consumer import Entry
-from events.envelope import Event, text, text_map
+from events.envelope import STREAM_ID, Event, text, text_map
 
 GROUP = "audit"
 LOG = "audit:log"
@@ -44,7 +43,6 @@ local removed = 0
 for i = 3, #ARGV do removed = removed + redis.call('XDEL', KEYS[1], ARGV[i]) end
 return removed
 """
-_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 class AuditQueryError(ValueError):
@@ -264,8 +262,10 @@ def query(client: Any, *, actor: str | None = None, action: str | None = None, s
     Returns {"entries": [record fields + seq + hash], "next_cursor"}; pass next_cursor back to continue. A page
     may hold fewer than `limit` entries while next_cursor is set, when a sparse filter scanned many records.
     """
-    if cursor and not _STREAM_ID.fullmatch(cursor):
+    if cursor and not STREAM_ID.fullmatch(cursor):
         raise AuditQueryError(f"The cursor {cursor!r} is not valid; pass back the next_cursor a listing returned.")
+    if cursor == "0-0":  # nothing is older than the first possible id (and Redis refuses "(0-0")
+        return {"entries": [], "next_cursor": None}
     top = f"({cursor}" if cursor else "+"
     # A record is appended after it happened, so nothing older than `since` (less clock skew) needs a look.
     bottom = str(max(0, int((since - CLOCK_SKEW_S) * 1000))) if since is not None else "-"

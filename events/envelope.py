@@ -7,11 +7,13 @@ Unknown fields are kept in `extra` and written back unchanged; unknown types pas
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Mapping
 
 SCHEMA_VERSION = 1
+STREAM_ID = re.compile(r"^\d{1,15}-\d{1,15}$")  # a Redis stream entry id of our era (ms, sequence)
 
 
 class EventType(StrEnum):

@@ -420,3 +420,10 @@ def test_query_filters_newest_first_and_pages_by_cursor(client: redis.Redis) -> 
 def test_query_refuses_a_cursor_it_did_not_make(client: redis.Redis) -> None:
     with pytest.raises(AuditQueryError, match="next_cursor"):
         query(client, cursor="not-a-cursor")
+    with pytest.raises(AuditQueryError, match="next_cursor"):
+        query(client, cursor="1" * 16 + "-0")  # longer than any id of our era
+
+
+def test_query_after_the_first_possible_id_is_an_empty_last_page(client: redis.Redis) -> None:
+    chained(client, 3)
+    assert query(client, cursor="0-0") == {"entries": [], "next_cursor": None}
