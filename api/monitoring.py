@@ -24,7 +24,6 @@ from events.lifecycle import GROUP as LIFECYCLE_GROUP
 from events.metrics import ACTIVE_REQUESTS, HTTP_DURATION, HTTP_REQUESTS
 
 ACTIVE_WINDOW_S = 300  # a user counts as active for five minutes after an authenticated request
-WORKER_WINDOW_S = 15  # a worker not seen for this long counts as gone (workers.monitor beats every 5 s)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 GROUPS = {LIFECYCLE_GROUP: keys.LIFECYCLE_STREAM, LEDGER_GROUP: keys.USAGE_STREAM, AUDIT_GROUP: keys.AUDIT_STREAM}
 
@@ -103,7 +102,7 @@ async def system_state(client: Any, queue: str, clock: Callable[[], float] = tim
         pipe.xlen(keys.dead_letters(group))
     pipe.zcard(keys.HOLDS_INDEX)
     pipe.xinfo_stream(keys.ALERTS_STREAM)
-    pipe.zcount(keys.WORKERS_SEEN, now - WORKER_WINDOW_S, "+inf")
+    pipe.zcount(keys.WORKERS_SEEN, now - keys.WORKER_GONE_S, "+inf")
     pipe.zremrangebyscore(keys.ACTIVE_USERS, "-inf", now - ACTIVE_WINDOW_S)
     pipe.zcard(keys.ACTIVE_USERS)
     pipe.hgetall(keys.ledger_total("all"))

@@ -63,6 +63,8 @@ def idempotency(user_id: str, key: str) -> str:
 
 RUNNING_JOBS = "jobs:running"
 WORKERS_SEEN = "workers:seen"  # zset: Celery worker hostname -> last heartbeat (epoch seconds)
+WORKER_BEAT_S = 5  # how often a worker marks itself seen
+WORKER_GONE_S = 15  # a worker not seen for this long counts as gone
 ACTIVE_USERS = "metrics:active_users"  # zset: user id -> last authenticated request (epoch seconds)
 CUSTOM_METRICS = "metrics:custom"  # hash: custom metric family -> JSON {kind, labels}
 

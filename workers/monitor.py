@@ -23,8 +23,6 @@ from events import keys, metrics
 from settings import Settings
 
 log = logging.getLogger("workers.monitor")
-SEEN_EVERY_S = 5.0
-SEEN_FOR_S = 15.0  # a worker not seen for this long counts as gone
 
 _stop = threading.Event()
 _state: dict[str, Any] = {}
@@ -38,19 +36,13 @@ def mark_seen(client: Any, hostname: str, now: float) -> None:
     pipe.execute()
 
 
-def workers_seen(client: Any, now: float) -> list[str]:
-    """Hostnames of the workers seen in the last SEEN_FOR_S seconds (sync client)."""
-    return [h.decode() if isinstance(h, bytes) else h
-            for h in client.zrangebyscore(keys.WORKERS_SEEN, now - SEEN_FOR_S, "+inf")]
-
-
 def _heartbeat(client: Any, hostname: str) -> None:
     while not _stop.is_set():
         try:
             mark_seen(client, hostname, time.time())
         except redis.RedisError as ex:  # Redis away: try again next round
             log.warning("could not record the worker heartbeat: %s", ex)
-        _stop.wait(SEEN_EVERY_S)
+        _stop.wait(keys.WORKER_BEAT_S)
 
 
 @worker_init.connect

@@ -132,7 +132,7 @@ class MonitoringHealthResource(_Monitoring):
             "broker": {"status": "ok", "latency_ms": latency, "queue": state["queue"]["name"],
                        "depth": state["queue"]["depth"], "unacked": state["queue"]["unacked"]},
             "workers": {"status": "ok" if state["workers_up"] else "down", "latency_ms": latency,
-                        "seen": state["workers_up"], "window_s": 15},
+                        "seen": state["workers_up"], "window_s": keys.WORKER_GONE_S},
             "consumers": {"status": consumer_status(state["consumers"], self.settings.consumer_stall_s),
                           "latency_ms": latency, "stall_s": self.settings.consumer_stall_s,
                           "groups": state["consumers"]},
