@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +44,14 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
             last_error = ex
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what or condition}: {last_error!r}")
+
+
+def run_all(threads: list[threading.Thread]) -> None:
+    """Start the threads together and wait for every one of them."""
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 class Proc:

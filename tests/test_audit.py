@@ -34,7 +34,7 @@ from events.audit import (
 )
 from events.consumer import ConsumerGroup
 from events.envelope import Event
-from tests.stack import RedisServer
+from tests.stack import RedisServer, run_all
 
 ACTIONS = ["auth.failure", "user.create", "key.create", "job.submit", "job.cancel", "budget.set"]
 
@@ -250,11 +250,7 @@ def test_racing_chains_on_interleaved_batches_make_one_linear_chain(audit_redis:
         except BaseException as ex:
             errors.append(ex)
 
-    threads = [threading.Thread(target=consume, args=(w,)) for w in range(len(clients))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_all([threading.Thread(target=consume, args=(w,)) for w in range(len(clients))])
     for c in clients:
         c.close()
     assert not errors
@@ -353,11 +349,7 @@ def test_racing_trims_never_move_the_checkpoint_back(client: redis.Redis, audit_
         start.wait()
         results.append(trim(c, keep_last=keep, now=0.0))
 
-    threads = [threading.Thread(target=run, args=(c, keep)) for c, keep in zip(clients, (10, 150), strict=True)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_all([threading.Thread(target=run, args=(c, keep)) for c, keep in zip(clients, (10, 150), strict=True)])
     for c in clients:
         c.close()
     assert not any("broken" in r for r in results), results

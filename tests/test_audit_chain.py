@@ -16,9 +16,9 @@ import redis
 from api.rbac_service import Permission, Role, get_rbac_service
 from events import audit, keys
 from events.audit import LOG, AuditChain, audit_event, query, trim, verify
-from events.consumer import ConsumerGroup
 from settings import Settings
-from tests.stack import RedisServer, base_env
+from tests.stack import RedisServer, base_env, run_all
+from tests.test_audit import run_group
 
 
 @pytest.fixture
@@ -39,14 +39,6 @@ def fill(r: redis.Redis, n: int, actor: str = "alice") -> list[str]:
     return ids
 
 
-def run_group(r: redis.Redis) -> ConsumerGroup:
-    group = ConsumerGroup(r, keys.AUDIT_STREAM, audit.GROUP, "c1", AuditChain(r), block_ms=10)
-    group.ensure_group()
-    while group.run_once():
-        pass
-    return group
-
-
 def test_the_chain_holds_every_entry_in_order_and_verifies(r: redis.Redis) -> None:
     fill(r, 25)
     run_group(r)
@@ -60,11 +52,7 @@ def test_a_redelivered_batch_is_appended_once_and_racing_consumers_do_not_fork(r
     fill(r, 40)
     entries = [(i, audit.Event.from_fields(f)) for i, f in r.xrange(keys.AUDIT_STREAM)]
     chains = [AuditChain(r), AuditChain(r)]
-    threads = [threading.Thread(target=c, args=(entries,)) for c in chains]  # both see every entry
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_all([threading.Thread(target=c, args=(entries,)) for c in chains])  # both see every entry
     chains[0](entries)  # and once more
     assert r.xlen(LOG) == 40 and verify(r)["ok"]
 
