@@ -7,6 +7,7 @@ A key already in the output directory is kept while it still authenticates, so r
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,7 +29,7 @@ def with_targets(template: Mapping[str, Any], targets: Mapping[str, list[str]],
     unknown = set(targets) - set(JOBS)
     if unknown:
         raise ValueError(f"Unknown scrape jobs {sorted(unknown)}; use {', '.join(JOBS)}.")
-    config = yaml.safe_load(yaml.safe_dump(dict(template)))  # a deep copy
+    config = copy.deepcopy(dict(template))
     if interval:
         config["global"].update(scrape_interval=interval, evaluation_interval=interval,
                                 scrape_timeout=interval)
