@@ -230,14 +230,14 @@ def _trim_from(client: Any, cut: Any, checkpoint: tuple[int, str], keep_last: in
     seq, prev = checkpoint
     excess = client.xlen(LOG) - keep_last if keep_last is not None else 0
     removed, taken, chunk = 0, 0, list[str]()
+    broken = None
     for entry_id, fields in _records(client):
         if not (taken < excess or (older_than_s is not None and _ts(fields, now) < now - older_than_s)):
             break
         problem = _check(fields, seq, prev)
-        if problem:
-            if chunk:
-                removed += int(cut(keys=[LOG, CHECKPOINT], args=[seq, prev, *chunk]))
-            return removed, {"seq": seq + 1, "reason": problem[0], "detail": problem[1]}
+        if problem:  # the verified records before it still go
+            broken = {"seq": seq + 1, "reason": problem[0], "detail": problem[1]}
+            break
         seq, prev, taken = seq + 1, fields["hash"], taken + 1
         chunk.append(entry_id)
         if len(chunk) >= PAGE:  # each chunk moves the checkpoint and removes its records in one step
@@ -245,7 +245,7 @@ def _trim_from(client: Any, cut: Any, checkpoint: tuple[int, str], keep_last: in
             chunk = []
     if chunk:
         removed += int(cut(keys=[LOG, CHECKPOINT], args=[seq, prev, *chunk]))
-    return removed, None
+    return removed, broken
 
 
 def _ts(fields: Mapping[str, str], default: float) -> float:
