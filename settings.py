@@ -121,6 +121,11 @@ class Settings:
     rate_limit_per_min: int = 600
     cors_origins: tuple[str, ...] = ()
     admin_ip_allowlist: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    auth_failures_per_window: int = 30
+    auth_failure_window_s: int = 60
+    redis_max_connections: int = 64
+    redis_pool_timeout_s: float = 5.0
     key_rotation_grace_s: int = 86400
     audit_retention_days: int = 365
     worker_metrics_host: str = "127.0.0.1"
@@ -176,6 +181,11 @@ class Settings:
             rate_limit_per_min=_int(env, "RATE_LIMIT_PER_MIN", cls.rate_limit_per_min, 0),
             cors_origins=_list(env, "CORS_ORIGINS"),
             admin_ip_allowlist=_networks(env, "ADMIN_IP_ALLOWLIST"),
+            trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
+            auth_failures_per_window=_int(env, "AUTH_FAILURES_PER_WINDOW", cls.auth_failures_per_window, 1),
+            auth_failure_window_s=_int(env, "AUTH_FAILURE_WINDOW_S", cls.auth_failure_window_s, 1, 3600),
+            redis_max_connections=_int(env, "REDIS_MAX_CONNECTIONS", cls.redis_max_connections, 2, 10_000),
+            redis_pool_timeout_s=_float(env, "REDIS_POOL_TIMEOUT_S", cls.redis_pool_timeout_s, 0.01),
             key_rotation_grace_s=_int(env, "KEY_ROTATION_GRACE_S", cls.key_rotation_grace_s, 0),
             audit_retention_days=_int(env, "AUDIT_RETENTION_DAYS", cls.audit_retention_days, 1),
             worker_metrics_host=env.get("WORKER_METRICS_HOST") or cls.worker_metrics_host,

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import falcon.asgi
-import redis.asyncio as aioredis
 
 from api import errors
+from api.address import ClientAddressMiddleware, networks
 from api.audit import AuditLog
 from api.auth import AuthMiddleware
-from api.body import SchemaMiddleware
+from api.body import SchemaMiddleware, TextMiddleware
 from api.costs import CostService
 from api.jobs import JobService, new_job_id
+from api.lockout import Lockout
 from api.monitoring import ActivityTracker, MetricsMiddleware
 from api.relay import Relay
 from api.resources.costs import (
@@ -60,6 +61,7 @@ from api.schemas import request_schemas
 from api.tracing import TracingMiddleware
 from api.users import UserStore
 from events import logs, tracing
+from events.clients import async_client
 from events.prices import PriceBook
 from settings import Settings
 
@@ -81,11 +83,12 @@ class Lifespan:
 
 
 def redis_clients(settings: Settings) -> tuple[Any, Any]:
-    """The request client (short timeouts: fail fast to 503) and the relay's reader (outlives its block)."""
-    common: dict[str, Any] = {"health_check_interval": 10, "socket_connect_timeout": 1}
-    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, max_connections=256, **common)
-    reader = aioredis.Redis.from_url(settings.redis_url, socket_timeout=RELAY_BLOCK_MS / 1000 + 5,
-                                     max_connections=4, **common)
+    """The request client (short timeouts: fail fast to 503; a burst queues for a connection) and the relay's
+    reader (outlives its block)."""
+    client = async_client(settings.redis_url, socket_timeout=2, max_connections=settings.redis_max_connections,
+                          pool_timeout=settings.redis_pool_timeout_s)
+    reader = async_client(settings.redis_url, socket_timeout=RELAY_BLOCK_MS / 1000 + 5, max_connections=4,
+                          pool_timeout=settings.redis_pool_timeout_s)
     return client, reader
 
 
@@ -106,11 +109,14 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
 
     audit = AuditLog(redis, clock)
     schemas = request_schemas(settings)
-    auth = AuthMiddleware(users, settings.secret_key, audit, rate_limit_per_min=settings.rate_limit_per_min,
+    lockout = Lockout(redis, limit=settings.auth_failures_per_window, window_s=settings.auth_failure_window_s,
+                      clock=clock)
+    auth = AuthMiddleware(users, settings.secret_key, audit, lockout, rate_limit_per_min=settings.rate_limit_per_min,
                           admin_networks=settings.admin_ip_allowlist, clock=clock,
                           activity=ActivityTracker(redis, clock))
-    middleware: list[Any] = [MetricsMiddleware(), Lifespan(relay, redis, reader), auth,
-                             SchemaMiddleware(schemas, settings.max_body_bytes)]
+    middleware: list[Any] = [MetricsMiddleware(), TextMiddleware(),
+                             ClientAddressMiddleware(networks(settings.trusted_proxies)),
+                             Lifespan(relay, redis, reader), auth, SchemaMiddleware(schemas, settings.max_body_bytes)]
     if settings.cors_origins:
         middleware.insert(1, falcon.CORSMiddleware(allow_origins=list(settings.cors_origins),
                                                    expose_headers=["Location", "RateLimit-Limit",
@@ -126,17 +132,17 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
     app.add_route("/api/v1/monitoring/metrics", MetricsResource(redis, settings))
     app.add_route("/api/v1/monitoring/summary", SummaryResource(redis, settings))
     app.add_route("/api/v1/monitoring/health", MonitoringHealthResource(redis, settings))
-    app.add_route("/api/v1/monitoring/record", RecordResource(redis, settings))
+    app.add_route("/api/v1/monitoring/record", RecordResource(redis, settings, audit))
     app.add_route("/api/v1/monitoring/info", InfoResource(settings, instance))
     app.add_route("/api/v1/jobs", JobsResource(service, settings, audit))
     app.add_route("/api/v1/jobs/{job_id}", JobResource(service, settings, audit))
     app.add_route("/api/v1/jobs/{job_id}/cancel", CancelResource(service, settings, audit))
-    app.add_route("/api/v1/jobs/{job_id}/events", EventsResource(service, relay, settings))
+    app.add_route("/api/v1/jobs/{job_id}/events", EventsResource(service, relay, settings, audit))
     for path, resource in (("stats", StatsResource), ("budget", BudgetResource), ("forecast", ForecastResource),
                            ("recommendations", RecommendationsResource), ("models", ModelsResource),
                            ("track", TrackResource), ("health", CostsHealthResource)):
-        app.add_route(f"/api/v1/costs/{path}", resource(costs, settings.max_body_bytes, audit))
-    app.add_route("/api/v1/costs/usage/{user_id}", UsageResource(costs, settings.max_body_bytes, audit))
+        app.add_route(f"/api/v1/costs/{path}", resource(costs, users, settings.max_body_bytes, audit))
+    app.add_route("/api/v1/costs/usage/{user_id}", UsageResource(costs, users, settings.max_body_bytes, audit))
     security = (users, audit, settings)
     keys_resource, key_resource = KeysResource(*security), KeyResource(*security)
     for path, handler in (

@@ -9,17 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Mapping
 
-import falcon
-
 from events import keys
 from events.envelope import Event
-
-MAX_LEN = 1_000_000  # the stream is a buffer before the chain; the chain itself is trimmed by retention
-
-
-def client_ip(req: falcon.asgi.Request) -> str:
-    """The peer's address as the server saw it (behind nginx, its X-Real-IP is trusted from the proxy only)."""
-    return req.remote_addr or ""
 
 
 class AuditLog:
@@ -40,4 +31,4 @@ class AuditLog:
                      details: Mapping[str, Any] | None = None) -> None:
         """Append one record."""
         event = self.event(actor, action, resource=resource, result=result, ip=ip, details=details)
-        await self.client.xadd(keys.AUDIT_STREAM, event.to_fields(), maxlen=MAX_LEN, approximate=True)
+        await self.client.xadd(keys.AUDIT_STREAM, event.to_fields(), maxlen=keys.AUDIT_STREAM_MAXLEN, approximate=True)

@@ -2,20 +2,22 @@
 
 A resource declares `permissions = {"GET": Permission.X, ...}`; `PUBLIC` marks the few open routes.
 A method a resource does not declare is refused, so a new route is closed until someone opens it.
-Failures and denials are audited. Keys are found by their keyed hash, so the time a lookup takes does not
-depend on how much of a guessed key is right.
+Failures and denials are audited (repeated failures from one address as a count, see api/lockout.py). Keys are
+found by their keyed hash, so the time a lookup takes does not depend on how much of a guessed key is right.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import falcon
 
 from api import keys as apikeys
-from api.audit import AuditLog, client_ip
+from api.address import client_ip
+from api.audit import AuditLog
+from api.lockout import Lockout
 from api.monitoring import ActivityTracker
 from api.permissions import PUBLIC, Permission, allowed
 from api.users import Principal, UserStore
@@ -51,13 +53,14 @@ def required_permission(resource: Any, method: str) -> Permission | str | None:
 class AuthMiddleware:
     """Finds the principal behind each request and checks its permission before the responder runs."""
 
-    def __init__(self, users: UserStore, secret: str, audit: AuditLog, *, rate_limit_per_min: int = 0,
-                 admin_networks: tuple[str, ...] = (), clock: Callable[[], float] = time.time,
-                 activity: ActivityTracker | None = None) -> None:
+    def __init__(self, users: UserStore, secret: str, audit: AuditLog, lockout: Lockout, *,
+                 rate_limit_per_min: int = 0, admin_networks: tuple[str, ...] = (),
+                 clock: Callable[[], float] = time.time, activity: ActivityTracker | None = None) -> None:
         self.users = users
         self.activity = activity
         self.secret = secret
         self.audit = audit
+        self.lockout = lockout
         self.limit = rate_limit_per_min
         self.admin_networks = [ipaddress.ip_network(n, strict=False) for n in admin_networks]
         self.clock = clock
@@ -76,20 +79,25 @@ class AuthMiddleware:
             raise falcon.HTTPMethodNotAllowed(sorted(getattr(resource, "permissions", {})),
                                               title="Method Not Allowed",
                                               description=f"{req.method} is not allowed here.", code="bad_method")
+        ip = client_ip(req)
         key = presented_key(req)
         if key is None:
-            await self._stream_token(req, resource, params)
-            return
-        principal = await self.users.authenticate(key, window_s=WINDOW_S if self.limit else 0)
-        AUTH_ATTEMPTS.labels("api_key", "failure" if principal is None else "success").inc()
-        if principal is None:
-            prefix = apikeys.display_prefix(key) if apikeys.looks_like_key(key) else "malformed"
-            await self.audit.record("anonymous", "auth.failure", resource=req.path, result="failure",
-                                    ip=client_ip(req), details={"key_prefix": prefix})
-            raise unauthorized("The API key is invalid, revoked or expired.")
+            principal = await self._stream_token(req, resource, params, ip)
+        else:
+            check = await self.users.check_key(key, window_s=WINDOW_S if self.limit else 0,
+                                               failures=self.lockout.counts(ip))
+            if self.lockout.locked(check.failures):
+                await self._fail(req, ip, "api_key", {"reason": "address locked out"})
+            if check.principal is None:
+                prefix = apikeys.display_prefix(key) if apikeys.looks_like_key(key) else "malformed"
+                await self._fail(req, ip, "api_key", {"key_prefix": prefix},
+                                 "The API key is invalid, revoked or expired.")
+            principal = check.principal
+            assert principal is not None
+            AUTH_ATTEMPTS.labels("api_key", "success").inc()
+            self._rate_limit(principal, resp)
         if self.activity is not None:
             self.activity.seen(principal.user_id)
-        self._rate_limit(principal, resp)
         needed = Permission(permission)
         if not allowed(principal.role, needed):
             await self._deny(req, principal, needed, f"Your role '{principal.role}' lacks the '{needed}' permission.")
@@ -98,20 +106,37 @@ class AuthMiddleware:
         PERMISSION_CHECKS.labels(needed.value, "allowed").inc()
         req.context.principal = principal
 
-    async def _stream_token(self, req: falcon.asgi.Request, resource: Any, params: dict[str, Any]) -> None:
+    async def _stream_token(self, req: falcon.asgi.Request, resource: Any, params: dict[str, Any],
+                            ip: str) -> Principal:
+        """The principal of the key that made the request's stream token (it reads one job's events only)."""
         token = req.get_param("token")
         job_id = params.get("job_id")
-        if token and job_id and getattr(resource, "accepts_stream_token", False):
-            if apikeys.check_stream_token(self.secret, job_id, token):
-                AUTH_ATTEMPTS.labels("stream_token", "success").inc()
-                req.context.stream_job = job_id
-                return
-            AUTH_ATTEMPTS.labels("stream_token", "failure").inc()
-            await self.audit.record("anonymous", "auth.failure", resource=req.path, result="failure",
-                                    ip=client_ip(req), details={"reason": "bad stream token"})
-            raise unauthorized("The stream token is invalid or expired; ask for the job again for a new one.")
-        AUTH_ATTEMPTS.labels("none", "failure").inc()
-        raise unauthorized("Send an API key as 'Authorization: Bearer sk_live_…' or 'X-API-Key'.")
+        if not (token and job_id and getattr(resource, "accepts_stream_token", False)):
+            await self._fail(req, ip, "none", {"reason": "no credentials"},
+                             "Send an API key as 'Authorization: Bearer sk_live_…' or 'X-API-Key'.")
+        assert token is not None and job_id is not None
+        holder = apikeys.check_stream_token(self.secret, job_id, token, self.clock())
+        failures = int(await self.users.client.hget(*self.lockout.counts(ip)) or 0)
+        principal = await self.users.key_principal(*holder) if holder and not self.lockout.locked(failures) else None
+        if principal is None:
+            await self._fail(req, ip, "stream_token", {"reason": "bad, expired or revoked stream token"},
+                             "The stream token is invalid, expired, or its key was revoked; ask for the job again "
+                             "for a new one.")
+        assert principal is not None
+        AUTH_ATTEMPTS.labels("stream_token", "success").inc()
+        req.context.stream_job = job_id
+        return principal
+
+    async def _fail(self, req: falcon.asgi.Request, ip: str, method: str, details: dict[str, Any],
+                    why: str = "") -> NoReturn:
+        """Count a failed authentication from `ip` and raise 401, or 429 once the address is past its limit."""
+        AUTH_ATTEMPTS.labels(method, "failure").inc()
+        event = self.audit.event("anonymous", "auth.failure", resource=req.path, result="failure", ip=ip,
+                                 details=details)
+        failures = await self.lockout.note(ip, event)
+        if self.lockout.locked(failures - 1) or not why:
+            raise self.lockout.refusal()
+        raise unauthorized(why)
 
     def _rate_limit(self, principal: Principal, resp: falcon.asgi.Response) -> None:
         if not self.limit:
@@ -135,13 +160,15 @@ class AuthMiddleware:
             return False
         return any(address in net for net in self.admin_networks)
 
-    async def _deny(self, req: falcon.asgi.Request, principal: Principal, needed: Permission, why: str) -> None:
+    async def _deny(self, req: falcon.asgi.Request, principal: Principal, needed: Permission, why: str) -> NoReturn:
         PERMISSION_CHECKS.labels(needed.value, "denied").inc()
         await self.audit.record(principal.user_id, "permission.denied", resource=req.path, result="denied",
                                 ip=client_ip(req), details={"permission": needed.value, "key_id": principal.key_id})
         raise falcon.HTTPForbidden(title="Forbidden", code="forbidden", description=why)
 
 
-def principal_of(req: falcon.asgi.Request) -> Principal | None:
-    """The authenticated principal, or None for a stream-token request."""
-    return req.context.principal
+def principal_of(req: falcon.asgi.Request) -> Principal:
+    """The authenticated principal (for a stream-token request: the key's, limited to that job's events)."""
+    principal: Principal | None = req.context.principal
+    assert principal is not None, "principal_of called on a route that is public"
+    return principal

@@ -3,12 +3,74 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import falcon
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
+
+MAX_DEPTH = 32  # objects and lists nested deeper than this are refused: no real request needs more
+
+
+class BadTextError(ValueError):
+    """Raised when a JSON body holds text that is not valid Unicode, a number that is not finite, or is too deep."""
+
+
+def _no_constant(name: str) -> Any:
+    raise BadTextError(f"{name} is not a number JSON allows; send a finite number")
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise BadTextError(f"{literal[:20]} is too large to be a finite number")
+    return value
+
+
+def printable(name: str) -> str:
+    """`name` as it can be shown in an error: broken Unicode escaped, so the error itself stays valid text."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_string(value: str, where: str) -> None:
+    if value.isascii():
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as ex:
+        raise BadTextError(f"{printable(where)} holds a lone surrogate (\\u{ord(value[ex.start]):04x}), which is not "
+                           "Unicode text; send valid UTF-8") from None
+
+
+def check_json(value: Any) -> None:
+    """Raise BadTextError if any string (key or value) is not valid Unicode or nesting passes MAX_DEPTH."""
+    stack: list[tuple[Any, int, str]] = [(value, 0, "(body)")]
+    while stack:
+        item, depth, where = stack.pop()
+        if isinstance(item, str):
+            _check_string(item, where)
+        elif isinstance(item, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise BadTextError(f"{where} is nested more than {MAX_DEPTH} levels deep")
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in pairs:
+                name = f"{where}/{key}" if where != "(body)" else str(key)
+                if isinstance(key, str):
+                    _check_string(key, f"a field name under {where}")
+                stack.append((child, depth + 1, name))
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse a request body strictly: valid UTF-8, finite numbers only, no lone surrogates, bounded nesting."""
+    try:
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise BadTextError(f"the body is nested more than {MAX_DEPTH} levels deep") from None
+    check_json(body)
+    return body
 
 
 async def read_json(req: falcon.asgi.Request, max_bytes: int) -> dict[str, Any]:
@@ -20,7 +82,7 @@ async def read_json(req: falcon.asgi.Request, max_bytes: int) -> dict[str, Any]:
     if media_type != "application/json":
         raise falcon.HTTPUnsupportedMediaType(
             title="Unsupported Media Type",
-            description=f"Send the body as application/json (got {media_type or 'no content type'}).",
+            description=f"Send the body as application/json (got {printable(media_type) or 'no content type'}).",
             code="unsupported_media_type",
         )
     if req.content_length is not None and req.content_length > max_bytes:
@@ -29,7 +91,10 @@ async def read_json(req: falcon.asgi.Request, max_bytes: int) -> dict[str, Any]:
     if len(raw) > max_bytes:
         raise _too_large(max_bytes)
     try:
-        body = json.loads(raw)
+        body = parse_json(raw)
+    except BadTextError as ex:
+        raise falcon.HTTPBadRequest(title="Bad Request", description=f"The body is refused: {ex}.",
+                                    code="invalid_field") from ex
     except (ValueError, UnicodeDecodeError) as ex:
         raise falcon.HTTPBadRequest(title="Malformed JSON", description=f"The body is not valid JSON: {ex}.",
                                     code="malformed_json") from ex
@@ -38,6 +103,22 @@ async def read_json(req: falcon.asgi.Request, max_bytes: int) -> dict[str, Any]:
                                     code="invalid_request")
     req.context.body = body
     return body
+
+
+class TextMiddleware:
+    """Refuses, with 400, a request whose path or query string is not valid UTF-8 once percent-decoded.
+
+    (Falcon would quietly turn such bytes into U+FFFD; a parameter the client did not send must not be acted on.)
+    """
+
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Check the raw path and query string."""
+        for part, raw in (("path", req.scope.get("raw_path")), ("query string", req.scope.get("query_string"))):
+            try:
+                unquote_to_bytes(raw or b"").decode("utf-8")
+            except UnicodeDecodeError:
+                why = f"The {part} is not valid UTF-8 once percent-decoded."
+                raise falcon.HTTPBadRequest(title="Bad Request", code="invalid_encoding", description=why) from None
 
 
 class SchemaMiddleware:

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 
 from api import promconfig
 from api.audit import AuditLog
 from api.permissions import Role
 from api.users import UserError, UserStore
+from events.clients import async_client
 from settings import Settings, SettingsError
 
 
@@ -89,7 +89,7 @@ async def run(args: argparse.Namespace, store: UserStore, audit: AuditLog) -> An
 
 
 async def _main(args: argparse.Namespace, settings: Settings) -> Any:
-    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    client = async_client(settings.redis_url, socket_timeout=5, max_connections=8, pool_timeout=5)
     try:
         return await run(args, UserStore(client, settings.secret_key), AuditLog(client))
     finally:

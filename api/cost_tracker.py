@@ -15,9 +15,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
-import redis.asyncio as aioredis
-
 from api.costs import CostService
+from events.clients import async_client
 from events.money import micros_to_usd, usd_to_micros
 from events.prices import PriceBook
 from settings import Settings
@@ -81,7 +80,7 @@ def get_cost_tracker(settings: Settings | None = None, *, clock: Callable[[], fl
 
 
 def _make(settings: Settings, clock: Callable[[], float]) -> CostTracker:
-    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    client = async_client(settings.redis_url, socket_timeout=5, max_connections=8, pool_timeout=5)
     service = CostService(client, PriceBook(Path(settings.prices_file)), hold_ttl_s=settings.hold_ttl_s,
                           alert_pct=settings.budget_alert_pct, clock=clock)
     return CostTracker(service)

@@ -9,6 +9,7 @@ import falcon
 import redis
 from kombu.exceptions import OperationalError
 
+from events.clients import pool_exhausted
 from events.money import micros_to_usd
 
 log = logging.getLogger("api.errors")
@@ -50,7 +51,15 @@ def budget_exceeded(ex: Any) -> falcon.HTTPError:
 
 
 async def unavailable(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, Any]) -> None:
-    """Redis or the broker is down: 503 with Retry-After; the API keeps running and recovers by itself."""
+    """Redis or the broker is down: 503 with Retry-After; the API keeps running and recovers by itself.
+
+    A burst that finds every pooled connection busy for the whole bounded wait is shed the same way, by design,
+    with its own code so that clients and dashboards can tell load from an outage.
+    """
+    if pool_exhausted(ex):
+        log.warning("shed %s %s: no Redis connection free within the wait", req.method, req.path)
+        raise falcon.HTTPServiceUnavailable(title="Service Unavailable", code="overloaded", retry_after=RETRY_AFTER_S,
+                                            description="The API is busy right now; retry shortly.")
     log.warning("dependency unavailable on %s %s: %s", req.method, req.path, type(ex).__name__)
     raise falcon.HTTPServiceUnavailable(
         title="Service Unavailable",

@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Any, Callable, Mapping
 
-from api.audit import MAX_LEN as AUDIT_MAX_LEN
+from api.params import parse_number
 from api.relay import Relay
 from api.validation import Submission
 from events import jobs, keys, tracing
@@ -110,7 +110,7 @@ class JobService:
             keys=[keys.job(job_id), keys.user_jobs(owner), keys.JOBS_ALL, keys.LIFECYCLE_STREAM,
                   self.settings.queue, idem, keys.AUDIT_STREAM],
             args=[job_id, f"{now:.6f}", self.settings.job_ttl_s, message, digest,
-                  "1" if idempotency_key else "0", IDEMPOTENCY_TTL_S, lifecycle, AUDIT_MAX_LEN, len(audited),
+                  "1" if idempotency_key else "0", IDEMPOTENCY_TTL_S, lifecycle, keys.AUDIT_STREAM_MAXLEN, len(audited),
                   *audited, *flat],
         )
         if text(reply[0]) == "created":
@@ -158,7 +158,7 @@ class JobService:
 
     async def load(self, job_id: str) -> dict[str, str] | None:
         """The job's record, or None if the id is malformed or unknown."""
-        if not JOB_ID.match(job_id):
+        if not JOB_ID.fullmatch(job_id):
             return None
         record = jobs.decode(await self.client.hgetall(keys.job(job_id)))
         return record or None
@@ -235,9 +235,9 @@ class JobService:
 def parse_cursor(raw: str) -> tuple[float, str]:
     """Decode a list cursor ('score:id'); raises ValueError."""
     score, _, member = raw.partition(":")
-    if not JOB_ID.match(member):
+    if not JOB_ID.fullmatch(member):
         raise ValueError("The cursor is not one this API gave out.")
-    return float(score), member
+    return parse_number(score), member
 
 
 def check_event_id(raw: str) -> str:

@@ -50,20 +50,37 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def stream_token(secret: str, job_id: str, ttl_s: int, now: float | None = None) -> str:
-    """A short-lived token that lets a browser's EventSource read one job's events (it cannot send headers)."""
-    expires = int((now if now is not None else time.time()) + ttl_s)
-    payload = f"{job_id}.{expires}"
-    mac = hmac.new(secret.encode(), f"stream:{payload}".encode(), hashlib.sha256).digest()[:18]
-    return f"{expires}.{_b64(mac)}"
+STREAM_TOKEN = re.compile(r"^([0-9]{1,12})\.([0-9a-f]{16})\.([A-Za-z0-9_-]{1,86})\.([A-Za-z0-9_-]{24})$")
 
 
-def check_stream_token(secret: str, job_id: str, token: str, now: float | None = None) -> bool:
-    """True when `token` was made for `job_id` by this server and has not expired."""
-    expires, _, mac = token.partition(".")
-    if not expires.isdigit() or not mac:
-        return False
-    payload = f"{job_id}.{expires}"
-    want = _b64(hmac.new(secret.encode(), f"stream:{payload}".encode(), hashlib.sha256).digest()[:18])
-    fresh = int(expires) >= (now if now is not None else time.time())
-    return hmac.compare_digest(want, mac) and fresh
+def _stream_mac(secret: str, job_id: str, expires: str, key_id: str, holder: str) -> str:
+    payload = f"stream:{job_id}.{expires}.{key_id}.{holder}"
+    return _b64(hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest()[:18])
+
+
+def stream_token(secret: str, job_id: str, ttl_s: int, *, user_id: str, key_id: str,
+                 now: float | None = None) -> str:
+    """A short-lived token that lets a browser's EventSource read one job's events (it cannot send headers).
+
+    It acts for the key that asked for it (`user_id`'s key `key_id`): when that key is revoked or expires, or the
+    user loses the right to read the job, the token stops working too.
+    """
+    expires = str(int((now if now is not None else time.time()) + ttl_s))
+    holder = _b64(user_id.encode())
+    return f"{expires}.{key_id}.{holder}.{_stream_mac(secret, job_id, expires, key_id, holder)}"
+
+
+def check_stream_token(secret: str, job_id: str, token: str, now: float | None = None) -> tuple[str, str] | None:
+    """(user id, key id) of the key a valid, unexpired token for `job_id` was made for; None otherwise."""
+    found = STREAM_TOKEN.fullmatch(token) if token.isascii() else None
+    if found is None:
+        return None
+    expires, key_id, holder, mac = found.groups()
+    if not hmac.compare_digest(_stream_mac(secret, job_id, expires, key_id, holder), mac):
+        return None
+    if int(expires) < (now if now is not None else time.time()):
+        return None
+    try:
+        return base64.urlsafe_b64decode(holder + "=" * (-len(holder) % 4)).decode(), key_id
+    except ValueError:
+        return None

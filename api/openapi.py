@@ -52,7 +52,7 @@ def _q(name: str, schema: dict[str, Any], description: str, *, blank: bool = Fal
 
 _USER_Q = _q("user_id", {"type": "string", "pattern": USER_ID.pattern}, "Admins: whose figures (default: yours).",
              blank=True)
-_CURSOR = {"type": "string", "pattern": r"^\d{1,12}(\.\d{1,9})?:j_[0-9a-f]{32}$"}
+_CURSOR = {"type": "string", "pattern": r"^[0-9]{1,15}(\.[0-9]{1,9})?:j_[0-9a-f]{32}$"}
 QUERY_PARAMS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("/api/v1/jobs", "GET"): [
         _q("status", {"enum": list(STATUSES)}, "Only jobs in this state."),

@@ -12,11 +12,10 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-import redis.asyncio as aioredis
-
 from api.audit import AuditLog
 from api.permissions import Permission, Role, allowed
 from api.users import UnknownUserError, UserStore
+from events.clients import async_client
 from settings import Settings
 
 __all__ = ["Permission", "RBACService", "Role", "get_rbac_service"]
@@ -77,5 +76,5 @@ def get_rbac_service(settings: Settings | None = None, *, clock: Callable[[], fl
 
 
 def _make(settings: Settings, clock: Callable[[], float]) -> RBACService:
-    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    client = async_client(settings.redis_url, socket_timeout=5, max_connections=8, pool_timeout=5)
     return RBACService(UserStore(client, settings.secret_key, clock), AuditLog(client, clock))

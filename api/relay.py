@@ -53,6 +53,7 @@ class Subscription:
     pos: tuple[int, int]
     queue: asyncio.Queue[Delivery] = field(repr=False)
     dropped: bool = False
+    since: int = 0  # the relay's read in flight when it subscribed: that read's entries are not for it
 
     async def next(self, timeout: float) -> Delivery | None:
         """The next event, or None after `timeout` seconds without one."""
@@ -90,6 +91,9 @@ class Relay:
         self.cursors: dict[str, tuple[int, int]] = {}
         self._wake_cursor = "0-0"
         self._woken = False
+        self._reads = 0  # reads started so far; the newest may be in flight
+        self._in_flight = False
+        self._rewound: dict[str, tuple[int, int]] = {}  # lowest position asked for while a read was in flight
         self._task: asyncio.Task[None] | None = None
         self._has_subs = asyncio.Event()
         self._closing = False
@@ -103,10 +107,13 @@ class Relay:
         """Follow a job's stream from just after `after` (0-0: from the start)."""
         key = keys.job_stream(job_id)
         pos = parse_id(after)
-        sub = Subscription(key, pos, asyncio.Queue(self.buffer))
+        sub = Subscription(key, pos, asyncio.Queue(self.buffer), since=self._reads)
         self.subs.setdefault(key, set()).add(sub)
         if key not in self.cursors or pos < self.cursors[key]:
             self.cursors[key] = pos
+        if self._in_flight:
+            # The read in flight may move this stream's cursor past `pos`: after it, read again from `pos`.
+            self._rewound[key] = min(self._rewound.get(key, pos), pos)
         self._has_subs.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="sse-relay")
@@ -158,6 +165,9 @@ class Relay:
             self._woken = False
             streams = {self.wake_key: self._wake_cursor}
             streams.update({k: f"{ms}-{seq}" for k, (ms, seq) in self.cursors.items()})
+            self._reads += 1
+            read = self._reads
+            self._in_flight = True
             try:
                 reply = await self.reader.xread(streams, count=self.count, block=self.block_ms)
                 delay = 0.05
@@ -166,10 +176,16 @@ class Relay:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
+            finally:
+                self._in_flight = False
+                rewound, self._rewound = self._rewound, {}
             for key, entries in reply or []:
-                self._dispatch(text(key), entries)
+                self._dispatch(text(key), entries, read)
+            for key, pos in rewound.items():
+                if key in self.cursors and pos < self.cursors[key]:
+                    self.cursors[key] = pos
 
-    def _dispatch(self, key: str, entries: list[Any]) -> None:
+    def _dispatch(self, key: str, entries: list[Any], read: int) -> None:
         if key == self.wake_key:
             self._wake_cursor = text(entries[-1][0])
             return
@@ -185,6 +201,8 @@ class Relay:
             if delivery is not None:
                 deliveries.append((parse_id(delivery.id), delivery))
         for sub in list(subs):
+            if sub.since >= read:  # it subscribed while this read was in flight: the next read is its first
+                continue
             for pos, delivery in deliveries:
                 if pos <= sub.pos:
                     continue

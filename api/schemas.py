@@ -18,8 +18,10 @@ from settings import Settings
 
 MAX_USD = 1_000_000_000
 MONEY = {"anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_USD},
-                   {"type": "string", "pattern": r"^\d{1,9}(\.\d{1,6})?$"}]}
+                   {"type": "string", "pattern": r"^[0-9]{1,9}(\.[0-9]{1,6})?$"}]}
 USER = {"type": "string", "pattern": USER_ID.pattern}
+SESSION = {"type": "string", "pattern": SESSION_ID.pattern}
+AGENT = {"type": "string", "enum": sorted(AGENT_TYPES)}
 MAX_TOKENS_PER_CALL = 1_000_000_000
 TOKENS = {"type": "integer", "minimum": 0, "maximum": MAX_TOKENS_PER_CALL}
 
@@ -50,7 +52,7 @@ def request_schemas(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]
         ("/api/v1/costs/budget", "POST"): {
             "type": "object", "required": ["user_id", "limit_usd"],
             "properties": {"user_id": USER, "scope": {"enum": ["user", "session", "agent"]},
-                           "session_id": {"type": "string"}, "agent": {"type": "string"},
+                           "session_id": SESSION, "agent": AGENT,
                            "limit_usd": {"anyOf": [MONEY, {"type": "null"}]}, "period": {"enum": list(PERIODS)},
                            "alert_pct": {"type": "integer", "minimum": 1, "maximum": 100}},
             "allOf": [
@@ -63,7 +65,8 @@ def request_schemas(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]
             "type": "object", "required": ["user_id", "model", "input_tokens", "output_tokens"],
             "properties": {"user_id": USER, "model": model,
                            "input_tokens": TOKENS, "output_tokens": TOKENS, "cached_input_tokens": TOKENS,
-                           "session_id": {"type": "string"}, "agent": {"type": "string"}}},
+                           "session_id": {"anyOf": [SESSION, {"const": ""}]},
+                           "agent": {"anyOf": [AGENT, {"const": ""}]}}},
         ("/api/v1/security/users", "POST"): {
             "type": "object", "required": ["user_id"],
             "properties": {"user_id": USER, "role": {"enum": [r.value for r in Role]}, "metadata": {"type": "object"},
@@ -77,7 +80,7 @@ def request_schemas(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]
         ("/api/v1/security/check-permission", "POST"): {
             "type": "object", "required": ["permission"],
             "properties": {"permission": {"enum": [p.value for p in Permission]}, "user_id": USER,
-                           "agent": {"type": "string"}}},
+                           "agent": AGENT}},
         ("/api/v1/monitoring/record", "POST"): {
             "type": "object", "required": ["name"], "additionalProperties": False,
             "properties": {

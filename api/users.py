@@ -1,7 +1,8 @@
 """Users and their API keys in Redis (async). The `agentic` CLI and the API share this code.
 
-Each key's hash record carries its user's role too, so authenticating a request is one round trip;
-a role change rewrites the records of that user's keys.
+Each key's hash record carries its user's role too, so authenticating a request is one round trip. Making a key
+reads the role in the same script that writes the key, and a role change rewrites the user and every key record
+in one script that first checks no key appeared meanwhile: no key ever keeps a role its user lost.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from api import keys as apikeys
 from api.permissions import Role
 from events import keys
 from events.envelope import text, text_map
+from events.fields import float_field, json_field
+from events.jobs import lua
 
 USER_ID = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
@@ -48,7 +51,11 @@ class Principal:
 
 
 def _agents(raw: str | None) -> tuple[str, ...] | None:
-    return tuple(json.loads(raw)) if raw else None
+    """A stored allow list; empty means every agent. A damaged one allows none: it fails closed."""
+    if not raw:
+        return None
+    found = json_field(raw, None)
+    return tuple(str(a) for a in found) if isinstance(found, list) else ()
 
 
 
@@ -67,6 +74,18 @@ def check_role(role: str) -> str:
         raise UserError(f"Unknown role {role!r}; use one of: {', '.join(r.value for r in Role)}.") from None
 
 
+@dataclass(frozen=True)
+class KeyCheck:
+    """What authenticating a key found: its principal (None: unknown, revoked or expired) and how many failed
+    authentications the client's address has in the current window (when asked)."""
+
+    principal: Principal | None
+    failures: int = 0
+
+
+UPDATE_ATTEMPTS = 20  # a role change retries this often while keys keep appearing under it
+
+
 class UserStore:
     """Users and keys; `client` is a redis.asyncio client."""
 
@@ -74,6 +93,8 @@ class UserStore:
         self.client = client
         self.secret = secret
         self.clock = clock
+        self._create_key = client.register_script(lua("key_create"))
+        self._update = client.register_script(lua("user_update"))
 
     async def create_user(self, user_id: str, role: str, metadata: dict[str, Any] | None = None,
                           agents: list[str] | None = None) -> dict[str, Any]:
@@ -91,6 +112,10 @@ class UserStore:
         await pipe.execute()
         return self._user_view(record)
 
+    async def exists(self, user_id: str) -> bool:
+        """True when `user_id` names a user."""
+        return bool(await self.client.exists(keys.user(user_id)))
+
     async def get_user(self, user_id: str) -> dict[str, Any]:
         """A user's profile; raises UnknownUserError."""
         record = text_map(await self.client.hgetall(keys.user(user_id)))
@@ -107,21 +132,22 @@ class UserStore:
         return [self._user_view(text_map(r)) for r in await pipe.execute() if r]
 
     async def create_key(self, user_id: str, *, expires_in_s: int | None = None, name: str = "") -> tuple[str, dict]:
-        """A new key for `user_id`: returns the key (shown once) and its public record."""
-        user = await self.get_user(user_id)
+        """A new key for `user_id`: returns the key (shown once) and its public record.
+
+        The key takes its user's role and agents in the same script that writes it.
+        """
         key = apikeys.new_key()
         hashed = apikeys.key_hash(self.secret, key)
         now = self.clock()
         record = {
-            "key_id": apikeys.key_id(hashed), "user_id": user_id, "role": user["role"], "name": name,
-            "agents": json.dumps(user["agents"]) if user["agents"] is not None else "",
+            "key_id": apikeys.key_id(hashed), "user_id": user_id, "name": name,
             "prefix": apikeys.display_prefix(key), "created_at": f"{now:.6f}",
             "expires_at": f"{now + expires_in_s:.6f}" if expires_in_s else "", "revoked": "0",
         }
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(keys.apikey(hashed), mapping=record)
-        pipe.hset(keys.user_keys(user_id), record["key_id"], hashed)
-        await pipe.execute()
+        made = await self._create_key(keys=[keys.user(user_id), keys.user_keys(user_id), keys.apikey(hashed)],
+                                      args=[record["key_id"], hashed, *(p for pair in record.items() for p in pair)])
+        if not int(made):
+            raise UnknownUserError(f"There is no user {user_id!r}.")
         return key, self._key_view(record)
 
     async def list_keys(self, user_id: str) -> list[dict[str, Any]]:
@@ -142,29 +168,48 @@ class UserStore:
                                                                      "revoked_at": f"{self.clock():.6f}"})
         return True
 
-    async def authenticate(self, key: str, *, window_s: int = 0) -> Principal | None:
-        """The principal a key stands for, or None if it is unknown, revoked or expired.
+    async def authenticate(self, key: str) -> Principal | None:
+        """The principal a key stands for, or None if it is unknown, revoked or expired."""
+        return (await self.check_key(key)).principal
 
-        With `window_s`, the same round trip counts the request in the key's rate-limit window.
+    async def check_key(self, key: str, *, window_s: int = 0, failures: tuple[str, str] | None = None) -> KeyCheck:
+        """Authenticate `key` in one round trip.
+
+        With `window_s`, the same round trip counts the request in the key's rate-limit window; with `failures`
+        (the window's counts hash and the client's address) it reads how often that address failed lately.
         """
-        if not apikeys.looks_like_key(key):
-            return None
-        hashed = apikeys.key_hash(self.secret, key)
+        hashed = apikeys.key_hash(self.secret, key) if apikeys.looks_like_key(key) else None
         pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(keys.apikey(hashed))
-        if window_s:
-            counter = keys.rate_limit(apikeys.key_id(hashed), int(self.clock() // window_s))
-            pipe.incr(counter)
-            pipe.expire(counter, window_s * 2)
-        replies = await pipe.execute()
-        record = text_map(replies[0])
-        if not record or record.get("revoked") == "1":
+        if failures:
+            pipe.hget(*failures)
+        if hashed:
+            pipe.hgetall(keys.apikey(hashed))
+            if window_s:
+                counter = keys.rate_limit(apikeys.key_id(hashed), int(self.clock() // window_s))
+                pipe.incr(counter)
+                pipe.expire(counter, window_s * 2)
+        replies = iter(await pipe.execute() if failures or hashed else [])
+        failed = int(next(replies) or 0) if failures else 0
+        record = text_map(next(replies)) if hashed else {}
+        principal = self._principal(record, int(next(replies)) if hashed and window_s else 0)
+        return KeyCheck(principal, failed)
+
+    async def key_principal(self, user_id: str, key_id: str) -> Principal | None:
+        """The principal of one of a user's keys, by its id, if the key is still valid (for stream tokens)."""
+        hashed = await self.client.hget(keys.user_keys(user_id), key_id)
+        if hashed is None:
+            return None
+        principal = self._principal(text_map(await self.client.hgetall(keys.apikey(text(hashed)))))
+        return principal if principal is not None and principal.user_id == user_id else None
+
+    def _principal(self, record: dict[str, str], window_count: int = 0) -> Principal | None:
+        if not record or record.get("revoked") == "1" or "role" not in record:
             return None
         expires = record.get("expires_at")
-        if expires and float(expires) <= self.clock():
+        if expires and (float_field(expires) or 0) <= self.clock():  # a damaged expiry fails closed
             return None
         return Principal(record["user_id"], record["role"], record["key_id"], _agents(record.get("agents")),
-                         int(replies[1]) if window_s else 0)
+                         window_count)
 
     async def set_role(self, user_id: str, role: str) -> dict[str, Any]:
         """Change a user's role; every key of theirs carries it from the next request on."""
@@ -195,25 +240,32 @@ class UserStore:
         return key, info
 
     async def _rewrite(self, user_id: str, fields: dict[str, str]) -> None:
-        """Set fields on the user and on every key record of theirs (auth reads them from the key)."""
-        hashes = [text(h) for h in (await self.client.hgetall(keys.user_keys(user_id))).values()]
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(keys.user(user_id), mapping=fields)
-        for hashed in hashes:
-            pipe.hset(keys.apikey(hashed), mapping=fields)
-        await pipe.execute()
+        """Set fields on the user and on every key record of theirs (auth reads them from the key), atomically;
+        read the keys again while new ones keep appearing."""
+        pairs = [part for pair in fields.items() for part in pair]
+        for _ in range(UPDATE_ATTEMPTS):
+            hashes = [text(h) for h in await self.client.hvals(keys.user_keys(user_id))]
+            outcome = text(await self._update(
+                keys=[keys.user(user_id), keys.user_keys(user_id), *(keys.apikey(h) for h in hashes)],
+                args=[len(hashes), *hashes, *pairs]))
+            if outcome == "missing":
+                raise UnknownUserError(f"There is no user {user_id!r}.")
+            if outcome == "ok":
+                return
+        raise UserError(f"Keys of {user_id!r} kept changing; the change was not made. Try again.")
 
     @staticmethod
     def _user_view(record: dict[str, str]) -> dict[str, Any]:
         agents = _agents(record.get("agents"))
-        return {"user_id": record["user_id"], "role": record.get("role", ""),
-                "created_at": float(record.get("created_at") or 0),
+        return {"user_id": record.get("user_id", ""), "role": record.get("role", ""),
+                "created_at": float_field(record.get("created_at")) or 0.0,
                 "agents": list(agents) if agents is not None else None,
-                "metadata": json.loads(record.get("metadata") or "{}"), "disabled": record.get("disabled") == "1"}
+                "metadata": json_field(record.get("metadata"), {}), "disabled": record.get("disabled") == "1"}
 
     @staticmethod
     def _key_view(record: dict[str, str]) -> dict[str, Any]:
-        return {"key_id": record["key_id"], "user_id": record["user_id"], "name": record.get("name", ""),
-                "prefix": record.get("prefix", ""), "created_at": float(record.get("created_at") or 0),
-                "expires_at": float(record["expires_at"]) if record.get("expires_at") else None,
+        return {"key_id": record.get("key_id", ""), "user_id": record.get("user_id", ""),
+                "name": record.get("name", ""), "prefix": record.get("prefix", ""),
+                "created_at": float_field(record.get("created_at")) or 0.0,
+                "expires_at": float_field(record.get("expires_at")),
                 "revoked": record.get("revoked") == "1", "rotated_to": record.get("rotated_to") or None}

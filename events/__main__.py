@@ -14,6 +14,7 @@ import redis
 from events import audit, keys, logs
 from events.audit import GROUP as AUDIT_GROUP
 from events.audit import AuditChain
+from events.clients import sync_client
 from events.consumer import ConsumerGroup
 from events.ledger import GROUP as LEDGER_GROUP
 from events.ledger import Ledger
@@ -32,6 +33,7 @@ def sweep_forever(sweeper: Sweeper, stop: threading.Event, every_s: float, reten
         try:
             sweeper.sweep()
             sweeper.sweep_holds()
+            sweeper.summarise_auth_failures()
             if time.monotonic() - last_trim > 60:
                 last_trim = time.monotonic()
                 trimmed = audit.trim(sweeper.client, older_than_s=retention_s, now=time.time())
@@ -47,8 +49,7 @@ def main() -> None:
     """Start every consumer group and the sweeper, each in its own thread."""
     settings = Settings.from_env()
     logs.setup(settings.log_level)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10,
-                                  health_check_interval=10)
+    client = sync_client(settings.redis_url, socket_timeout=10)
     consumer = f"{socket.gethostname()}-{os.getpid()}"
     groups = [
         ConsumerGroup(client, stream, group, consumer, handler, claim_idle_ms=settings.consumer_claim_idle_ms,
@@ -60,7 +61,8 @@ def main() -> None:
         )
     ]
     sweeper = Sweeper(client, settings.queue, grace_s=settings.lease_s, job_ttl_s=settings.job_ttl_s,
-                      stream_ttl_s=settings.stream_ttl_s, hold_ttl_s=settings.hold_ttl_s)
+                      stream_ttl_s=settings.stream_ttl_s, hold_ttl_s=settings.hold_ttl_s,
+                      auth_window_s=settings.auth_failure_window_s)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

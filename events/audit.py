@@ -21,6 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from events.consumer import Entry
 from events.envelope import STREAM_ID, Event, text, text_map
+from events.fields import float_field, int_field, json_field
 
 GROUP = "audit"
 LOG = "audit:log"
@@ -279,11 +280,13 @@ def query(client: Any, *, actor: str | None = None, action: str | None = None, s
         for entry_id, raw in batch:
             last, scanned = text(entry_id), scanned + 1
             fields = text_map(raw)
-            record = json.loads(fields["record"])
-            ts = float(record.get("ts", 0))
+            record = json_field(fields.get("record"), None)
+            if not isinstance(record, dict):  # damaged: shown as such (verify names the broken link)
+                record = {"unreadable": True}
+            ts = float_field(str(record.get("ts", ""))) or 0.0
             if (actor is None or record.get("actor") == actor) and (action is None or record.get("action") == action) \
                     and (since is None or ts >= since) and (until is None or ts <= until):
-                found.append({**record, "seq": int(fields["seq"]), "hash": fields["hash"]})
+                found.append({**record, "seq": int_field(fields.get("seq")), "hash": fields.get("hash", "")})
                 if len(found) == limit:
                     break
         else:

@@ -1,9 +1,10 @@
 """Budgets and holds: scopes, the worst case a job may cost, and the budget scripts.
 
 A job's hold is reserved at submit against every scope with a budget (user, session, agent), all or
-nothing (hold.lua). The worker charges each model call to the hold (charge.lua) and never starts a call
-whose worst case would take it past the hold. At the end, settle.lua swaps the hold for the actual spend
-exactly once; the sweeper settles holds whose job died.
+nothing (hold.lua). Before each model call the worker extends the hold to cover that call's worst case against
+every budget that applies then, a budget set after the submit included (extend.lua); a call that does not fit
+never starts. The worker charges each call to the hold (charge.lua, once per charge id). At the end, settle.lua
+swaps the hold for the actual spend exactly once; the sweeper settles holds whose job died.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ class BudgetScripts:
     """The budget scripts registered on one client (sync or asyncio)."""
 
     hold: Any
+    extend: Any
     charge: Any
     settle: Any
     spend: Any
@@ -129,7 +131,8 @@ class BudgetScripts:
         """Register every budget script on `client`."""
         return cls(
             hold=client.register_script(lua("hold", "_budget")),
-            charge=client.register_script(lua("charge", "_emit")),
+            extend=client.register_script(lua("extend", "_budget")),
+            charge=client.register_script(lua("charge")),
             settle=client.register_script(lua("settle", "_budget")),
             spend=client.register_script(lua("spend", "_budget")),
         )

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any, Mapping
 
 SCHEMA_VERSION = 1
-STREAM_ID = re.compile(r"^\d{1,15}-\d{1,15}$")  # a Redis stream entry id of our era (ms, sequence)
+STREAM_ID = re.compile(r"^[0-9]{1,15}-[0-9]{1,15}$")  # a Redis stream entry id of our era (ms, sequence)
 
 
 class EventType(StrEnum):
@@ -41,8 +41,8 @@ class EnvelopeError(ValueError):
 
 
 def text(value: Any) -> str:
-    """A Redis reply as str, whether the client decodes replies or not."""
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """A Redis reply as str, whether the client decodes replies or not; bytes that are not UTF-8 become U+FFFD."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def text_map(raw: Mapping[Any, Any]) -> dict[str, str]:

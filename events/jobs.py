@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from events import keys
 from events.envelope import text_map
+from events.fields import float_field, int_field, json_field
 from events.money import micros_to_usd
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -22,9 +23,9 @@ MAX_ATTEMPTS = 3
 _LUA = Path(__file__).with_name("lua")
 
 
-def lua(name: str, prelude: str = "_emit") -> str:
-    """The source of one script, with a shared helper file (`_emit` or `_budget`) in front."""
-    return (_LUA / f"{prelude}.lua").read_text() + (_LUA / f"{name}.lua").read_text()
+def lua(name: str, *helpers: str) -> str:
+    """The source of one script with the shared helper files in front (`_emit` always, then `helpers`)."""
+    return "".join((_LUA / f"{part}.lua").read_text() for part in ("_emit", *helpers, name))
 
 
 SCRIPT_NAMES = ("submit", "start", "heartbeat", "finish", "cancel", "requeue")
@@ -51,41 +52,28 @@ class JobScripts:
 decode = text_map  # a job hash from Redis as str → str
 
 
-def _json(value: str | None, default: Any) -> Any:
-    if not value:
-        return default
-    try:
-        return json.loads(value)
-    except ValueError:
-        return default
-
-
-def _float(value: str | None) -> float | None:
-    return float(value) if value else None
-
-
 def view(job: Mapping[str, str]) -> dict[str, Any]:
-    """The job as the API shows it."""
-    usage = _json(job.get("usage"), None)
+    """The job as the API shows it; a damaged field shows as empty rather than breaking the job or a list."""
+    hold = int_field(job.get("hold_micros"), -1)
     return {
         "id": job["id"],
-        "status": job["status"],
+        "status": job.get("status", "unknown"),
         "agent_type": job.get("agent", ""),
         "model": job.get("model", ""),
         "query": job.get("query", ""),
         "session_id": job.get("session_id") or None,
-        "metadata": _json(job.get("metadata"), {}),
+        "metadata": json_field(job.get("metadata"), {}),
         "result": job.get("result") or None,
-        "error": _json(job.get("error"), None),
-        "usage": usage,
-        "cost_usd": micros_to_usd(int(job.get("cost_micros") or 0)),
-        "hold_usd": micros_to_usd(int(job["hold_micros"])) if job.get("hold_micros") else None,
-        "attempts": int(job.get("attempt") or 1),
+        "error": json_field(job.get("error"), None),
+        "usage": json_field(job.get("usage"), None),
+        "cost_usd": micros_to_usd(int_field(job.get("cost_micros"))),
+        "hold_usd": micros_to_usd(hold) if hold >= 0 else None,
+        "attempts": int_field(job.get("attempt"), 1),
         "provider": job.get("provider") or None,
         "cancel_requested": job.get("cancel") == "1",
-        "created_at": _float(job.get("created_at")),
-        "started_at": _float(job.get("started_at")),
-        "finished_at": _float(job.get("finished_at")),
+        "created_at": float_field(job.get("created_at")),
+        "started_at": float_field(job.get("started_at")),
+        "finished_at": float_field(job.get("finished_at")),
     }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 USAGE_STREAM = "stream:usage"
 AUDIT_STREAM = "stream:audit"
+AUDIT_STREAM_MAXLEN = 1_000_000  # a buffer before the chain; the chain itself is trimmed by retention
 LIFECYCLE_STREAM = "stream:lifecycle"
 JOBS_ALL = "jobs:all"
 JOB_COUNTS = "stats:jobs"
@@ -122,3 +123,12 @@ def ledger_total(owner: str) -> str:
 def ledger_queries(user_id: str) -> str:
     """Hash of a user's runs and cost per identical query (n:/c: + query hash)."""
     return f"ledger:{user_id}:queries"
+
+
+# Failed authentications per client address, counted per window (see api/lockout.py and the sweeper).
+AUTH_FAILURE_WINDOWS = "authfail:windows"  # sorted set of the windows that have counts (window number as score)
+
+
+def auth_failures(window: int) -> str:
+    """Hash of one window's failed authentications: client address -> count."""
+    return f"authfail:{window}"

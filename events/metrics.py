@@ -141,7 +141,7 @@ def family_name(name: str, kind: str = "counter") -> str:
 
 def check_name(name: str, kind: str = "counter") -> str:
     """Return the family name of a custom metric of `kind`, or raise MetricError."""
-    if not NAME.match(name or ""):
+    if not NAME.fullmatch(name or ""):
         raise MetricError(f"Metric name {name!r} is not valid: use letters, digits and _ (not first), at most "
                           "100 characters.")
     family = family_name(name, kind)
@@ -160,7 +160,7 @@ def check_labels(labels: Mapping[str, Any] | None) -> dict[str, str]:
         raise MetricError(f"A custom metric may have at most {MAX_LABELS} labels; got {len(labels)}.")
     out = {}
     for key, value in labels.items():
-        if not isinstance(key, str) or not LABEL.match(key) or key.startswith("__") or key in ("le", "quantile"):
+        if not isinstance(key, str) or not LABEL.fullmatch(key) or key.startswith("__") or key in ("le", "quantile"):
             raise MetricError(f"Label name {key!r} is not valid: letters, digits and _, not le/quantile/__*.")
         if not isinstance(value, (str, int, float, bool)) or len(str(value)) > MAX_LABEL_VALUE:
             raise MetricError(f"Label {key!r} needs a string value of at most {MAX_LABEL_VALUE} characters.")

@@ -1,5 +1,6 @@
-"""The sweeper: a running job whose lease lapsed (its worker died) runs again as the next attempt, and
-budget holds whose job ended or vanished are settled (their spend counted, the rest returned)."""
+"""The sweeper: a running job whose lease lapsed (its worker died) runs again as the next attempt, budget holds
+whose job ended or vanished are settled (their spend counted, the rest returned), and windows of failed
+authentications that are over become one audit record per address with its count."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class Sweeper:
         stream_ttl_s: int,
         max_attempts: int = jobs.MAX_ATTEMPTS,
         hold_ttl_s: int = 600,
+        auth_window_s: int = 60,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
@@ -38,7 +40,9 @@ class Sweeper:
         self.max_attempts = max_attempts
         self.clock = clock
         self.hold_ttl_s = hold_ttl_s
+        self.auth_window_s = auth_window_s
         self._requeue = client.register_script(jobs.lua("requeue"))
+        self._summarise = client.register_script(jobs.lua("auth_summary"))
         self._settle = BudgetScripts.register(client).settle
 
     def sweep(self) -> dict[str, int]:
@@ -96,3 +100,15 @@ class Sweeper:
             self._settle(keys=keys_, args=args)
             outcomes["settled"] += 1
         return outcomes
+
+    def summarise_auth_failures(self) -> int:
+        """Turn each finished window of failed authentications into audit records; returns how many were written."""
+        now = self.clock()
+        current = int(now // self.auth_window_s)
+        written = 0
+        for raw in self.client.zrangebyscore(keys.AUTH_FAILURE_WINDOWS, "-inf", f"({current}"):
+            window = int(text(raw))
+            written += int(self._summarise(
+                keys=[keys.auth_failures(window), keys.AUTH_FAILURE_WINDOWS, keys.AUDIT_STREAM],
+                args=[window, window * self.auth_window_s, self.auth_window_s, f"{now:.6f}", keys.AUDIT_STREAM_MAXLEN]))
+        return written

@@ -13,7 +13,7 @@ import tempfile
 port = os.environ.get("PORT", "8000")
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{port}"
 workers = int(os.environ.get("WEB_CONCURRENCY", min(4, multiprocessing.cpu_count())))
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = "api.server.ApiWorker"  # uvicorn, without trusting X-Forwarded-For
 # SSE streams stay open for minutes; the worker's own timeout must not kill them.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))

@@ -150,6 +150,7 @@ def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
         LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
         WORKER_METRICS_PORT="0",  # Stack.worker(metrics_port=...) turns it on
+        AUTH_FAILURES_PER_WINDOW="100000",  # tests fail authentication on purpose, all from 127.0.0.1
     )
     env.update(overrides)
     return env

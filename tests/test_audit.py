@@ -419,3 +419,13 @@ def test_query_refuses_a_cursor_it_did_not_make(client: redis.Redis) -> None:
 def test_query_after_the_first_possible_id_is_an_empty_last_page(client: redis.Redis) -> None:
     chained(client, 3)
     assert query(client, cursor="0-0") == {"entries": [], "next_cursor": None}
+
+
+def test_a_damaged_record_is_listed_as_unreadable_and_named_by_verify_without_breaking_the_page(
+        client: redis.Redis) -> None:
+    log = chained(client, 4)
+    rewrite(client, [log[0], {**log[1], "record": "{not json"}, {**log[2], "seq": "x"}, log[3]])
+    page = query(client, limit=10)
+    assert [e.get("unreadable", False) for e in page["entries"]] == [False, False, True, False]
+    assert page["entries"][1]["seq"] == 0  # the damaged seq reads as 0
+    assert verify(client)["first_broken"]["seq"] == 2

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Iterator
 
 import httpx
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from api.users import UserStore
@@ -140,3 +143,141 @@ def test_bad_list_parameters_get_400(alice: httpx.Client) -> None:
     assert alice.get("/api/v1/jobs", params={"limit": 0}).status_code == 400
     assert alice.get("/api/v1/jobs", params={"cursor": "zzz"}).status_code == 400
     assert alice.get("/api/v1/jobs/j_" + "0" * 32, params={"wait": "soon"}).status_code == 400
+
+
+def _json_routes() -> list[tuple[str, str]]:
+    from tests.test_security import ROUTES, concrete
+
+    return [(method, concrete(path)) for path, method, _ in ROUTES if method in ("POST", "PUT")]
+
+
+@pytest.fixture
+def admin(user_factory, stack: Stack) -> Iterator[httpx.Client]:
+    _, key = user_factory("admin")
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"agent_type": "query", "query": "hi", "metadata": {"\\udc00": 1}}',
+        b'{"agent_type": "query", "query": "hi", "metadata": {"a": "x\\ud800y"}}',
+        b'{"agent_type": "query", "query": "\\udfff"}',
+        b'{"agent_type": "query", "query": "hi", "metadata": {"a": [{"b": "\\ud83d"}]}}',
+        b'{"agent_type": "query", "query": "hi", "attachments": [{"name": "\\udc80"}]}',
+        b'{"agent_type": "query", "query": "hi", "metadata": {"a": NaN}}',
+        b'{"agent_type": "query", "query": "hi", "metadata": {"a": Infinity}}',
+        b'{"agent_type": "query", "query": "hi", "metadata": {"a": -Infinity}}',
+        b'{"agent_type": "query", "query": "hi", "metadata": {"a": 1e999}}',
+        b'{"agent_type": "query", "query": "hi", "max_tokens": 1e999}',
+        b'{"agent_type": "query", "query": "hi", "metadata": {"a": ' + b"9" * 5000 + b"}}",
+        b'{"agent_type": "query", "query": "hi\xff"}',
+        b'{"agent_type": "query", "query": "hi", "metadata": ' + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}",
+    ],
+)
+def test_text_that_is_not_valid_unicode_or_numbers_that_are_not_finite_are_refused_and_nothing_is_saved(
+        alice: httpx.Client, body: bytes) -> None:
+    before = alice.get("/api/v1/jobs").json()["jobs"]
+    resp = post_raw(alice, body)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["code"] in ("malformed_json", "invalid_field")
+    assert alice.get("/api/v1/jobs").json()["jobs"] == before
+
+
+def test_deeply_nested_json_is_refused_on_every_json_route(admin: httpx.Client) -> None:
+    for depth in (100, 30_000):  # 30,000 levels still fit the body limit
+        deep = b'{"a": ' * depth + b"1" + b"}" * depth
+        for method, path in _json_routes():
+            resp = admin.request(method, path, content=deep, headers={"Content-Type": "application/json"})
+            assert resp.status_code in (400, 404, 413), (method, path, resp.status_code, resp.text)
+            assert resp.status_code != 500 and "Traceback" not in resp.text
+
+
+def test_a_poisoned_record_in_redis_never_breaks_a_job_or_a_list(alice: httpx.Client, stack: Stack) -> None:
+    job = alice.post("/api/v1/jobs", json=GOOD).json()["id"]
+    alice.get(f"/api/v1/jobs/{job}", params={"wait": 30})
+    # As an older version could have saved it: JSON escapes of lone surrogates, and bytes that are not UTF-8.
+    raw = redis.Redis.from_url(stack.env["REDIS_URL"])
+    raw.hset(f"job:{{{job}}}", mapping={"metadata": '{"\\udc00": "\\ud800"}', "query": b"bad \xff\xfe bytes",
+                                        "usage": "not json", "created_at": "nan?"})
+    raw.close()
+    one = alice.get(f"/api/v1/jobs/{job}")
+    assert one.status_code == 200, one.text
+    assert one.json()["id"] == job
+    listed = alice.get("/api/v1/jobs")
+    assert listed.status_code == 200 and job in [j["id"] for j in listed.json()["jobs"]]
+    json.loads(listed.content.decode("utf-8"))  # valid UTF-8 and valid JSON
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/api/v1/jobs/{job}", {"wait": "nan"}),
+        ("/api/v1/jobs/{job}", {"wait": "-0.0e5x"}),
+        ("/api/v1/jobs/{job}", {"wait": "١"}),
+        ("/api/v1/jobs", {"cursor": "nan:j_" + "0" * 32}),
+        ("/api/v1/jobs", {"cursor": "inf:j_" + "0" * 32}),
+        ("/api/v1/jobs", {"limit": "١٠"}),
+        ("/api/v1/jobs", {"limit": "1_0"}),
+        ("/api/v1/security/audit", {"since": "nan"}),
+        ("/api/v1/security/audit", {"until": "NaN"}),
+        ("/api/v1/security/audit", {"limit": "1e3"}),
+        ("/api/v1/security/users/{user}/api-keys/0123456789abcdef/rotate", {"grace_s": "nan"}),
+    ],
+)
+def test_numbers_in_query_parameters_must_be_finite_ascii_numbers(admin: httpx.Client, path: str,
+                                                                  params: dict[str, str]) -> None:
+    job = admin.post("/api/v1/jobs", json=GOOD).json()["id"]
+    target = path.format(job=job, user="nobody")
+    method = "POST" if target.endswith("/rotate") else "GET"
+    resp = admin.request(method, target, params=params)
+    assert resp.status_code == 400, (target, params, resp.status_code, resp.text)
+
+
+@pytest.mark.parametrize("token", ["1.é", "².x", "9" * 400 + ".x", "1.\x00", "٣.abc", "1..", "."])
+def test_a_malformed_stream_token_gets_401_not_500(alice: httpx.Client, stack: Stack, token: str) -> None:
+    job = alice.post("/api/v1/jobs", json=GOOD).json()["id"]
+    resp = httpx.get(f"{stack.url}/api/v1/jobs/{job}/events", params={"token": token}, timeout=10)
+    assert resp.status_code == 401, resp.text
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"user_id": "nobody-at-all", "limit_usd": "1.00"}, 404),
+        ({"user_id": "{me}", "scope": "agent", "agent": "nope", "limit_usd": "1.00"}, 400),
+        ({"user_id": "{me}", "scope": "session", "session_id": "a b", "limit_usd": "1.00"}, 400),
+        ({"user_id": "{me}", "scope": "session", "session_id": "x" * 200, "limit_usd": "1.00"}, 400),
+        ({"user_id": "{me}", "limit_usd": "NaN"}, 400),
+        ({"user_id": "{me}", "limit_usd": "1e400"}, 400),
+    ],
+)
+def test_budgets_are_only_set_for_users_agents_and_sessions_that_can_exist(admin: httpx.Client, alice: httpx.Client,
+                                                                          body: dict, status: int) -> None:
+    body = {k: (alice.user_id if v == "{me}" else v) for k, v in body.items()}  # type: ignore[attr-defined]
+    resp = admin.post("/api/v1/costs/budget", json=body)
+    assert resp.status_code == status, resp.text
+
+
+def test_tracking_usage_for_a_user_that_does_not_exist_gets_404(admin: httpx.Client) -> None:
+    resp = admin.post("/api/v1/costs/track", json={"user_id": "ghost-user", "model": "offline",
+                                                   "input_tokens": 1, "output_tokens": 1})
+    assert resp.status_code == 404
+
+
+@pytest.mark.parametrize("raw", ["/api/v1/jobs?status=%ff", "/api/v1/jobs?cursor=%ed%b0%80", "/api/v1/jobs/%ff%fe"])
+def test_a_path_or_query_that_is_not_utf8_gets_400(alice: httpx.Client, raw: str) -> None:
+    resp = alice.get(raw)
+    assert resp.status_code == 400 and resp.json()["code"] == "invalid_encoding"
+
+
+def test_a_damaged_user_record_never_breaks_the_user_list(admin: httpx.Client, stack: Stack, user_factory) -> None:
+    victim, _ = user_factory("user")
+    raw = redis.Redis.from_url(stack.env["REDIS_URL"])
+    raw.hset(f"user:{victim}", mapping={"metadata": b"\xff{", "created_at": "soon", "agents": "[broken"})
+    raw.close()
+    listed = admin.get("/api/v1/security/users")
+    assert listed.status_code == 200
+    [shown] = [u for u in listed.json()["users"] if u["user_id"] == victim]
+    assert shown["metadata"] == {} and shown["agents"] == []  # a damaged allow list allows nothing

@@ -70,8 +70,9 @@ def test_seed_price_example_through_track(money_stack) -> None:
 def test_unknown_model_is_refused_with_how_to_price_it(money_stack) -> None:
     stack, _ = money_stack
     _, admin = client_for(stack, "admin")
-    resp = admin.post("/api/v1/costs/track", json={"user_id": "x", "model": "no-such-model-9", "input_tokens": 1,
-                                                    "output_tokens": 1})
+    user_id, _ = client_for(stack)
+    resp = admin.post("/api/v1/costs/track", json={"user_id": user_id, "model": "no-such-model-9",
+                                                    "input_tokens": 1, "output_tokens": 1})
     assert resp.status_code == 400 and resp.json()["code"] == "unpriced_model"
     assert "no-such-model-9" in resp.json()["description"] and "prices.yaml" in resp.json()["description"]
 
@@ -232,3 +233,33 @@ def test_soft_alert_fires_once_when_spend_crosses_the_threshold(money_stack) -> 
     alerts = [f for _, f in r.xrange(keys.ALERTS_STREAM)][before:]
     mine = [json.loads(f["data"]) for f in alerts if json.loads(f["data"])["user_id"] == user_id]
     assert len(mine) == 1 and mine[0]["spent_micros"] == 6_000 and mine[0]["limit_micros"] == 10_000
+
+
+def test_a_budget_set_while_jobs_wait_in_the_queue_binds_their_calls(logdir: Path) -> None:
+    server = RedisServer(logdir).start()
+    stack = Stack(server.url, logdir, PRICES_FILE=PRICES, OFFLINE_TOKEN_DELAY_MS="1", HOLD_TTL_S="10")
+    r = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        stack.events()
+        stack.api()
+        user_id, api = client_for(stack)
+        _, admin = client_for(stack, "admin")
+        body = {"agent_type": "query", "query": "What is 6*7? Please show the working.", "max_tokens": 64}
+        jobs = [api.post("/api/v1/jobs", json=body).json()["id"] for _ in range(40)]  # no worker yet: all queued
+        limit = "0.002000"
+        assert admin.post("/api/v1/costs/budget", json={"user_id": user_id, "limit_usd": limit,
+                                                         "period": "monthly"}).status_code == 200
+        stack.worker(concurrency=2)
+        ended = [api.get(f"/api/v1/jobs/{j}", params={"wait": 60}).json() for j in jobs]
+        assert all(e["status"] in ("succeeded", "failed") for e in ended), [e["status"] for e in ended]
+        stopped = [e for e in ended if e["status"] == "failed"]
+        assert stopped and all(e["error"]["code"] == "budget_exhausted" for e in stopped)
+        wait_for(lambda: not r.keys(f"budget:{{{user_id}}}:hold:*"), timeout=30, what="every hold settled")
+        [budget] = api.get("/api/v1/costs/budget").json()["budgets"]
+        spent = sum(int(r.hget(keys.job(j), "cost_micros") or 0) for j in jobs)
+        assert spent == budget["spent_micros"] <= budget["limit_micros"], (spent, budget)
+        assert budget["held_micros"] == 0
+    finally:
+        r.close()
+        stack.stop()
+        server.stop()

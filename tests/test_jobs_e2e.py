@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import httpx
 import redis
 
 from events import keys
 from events.lifecycle import read_counts
 from tests.sse import read_events
-from tests.stack import Stack, wait_for
+from tests.stack import Stack, run_all, wait_for
 
 
 def submit(client: httpx.Client, query: str = "What is (2+3)*4?", **extra: object) -> dict:
@@ -147,3 +149,33 @@ def test_lifecycle_consumer_counts_every_transition(alice: httpx.Client, r: redi
         return all(now.get(k, 0) - before.get(k, 0) >= 3 for k in ("submitted", "started", "succeeded"))
 
     wait_for(counted, timeout=15, what="lifecycle counts")
+
+
+def test_clients_opening_a_stream_right_after_submitting_each_get_every_event(alice: httpx.Client) -> None:
+    def follow(job_id: str, results: list) -> None:
+        results.append(read_events(alice, f"/api/v1/jobs/{job_id}/events", timeout=60)[1])
+
+    for _ in range(10):
+        job = submit(alice)
+        results: list = []
+        readers = [threading.Thread(target=follow, args=(job["id"], results)) for _ in range(4)]
+        run_all(readers)
+        assert len(results) == 4
+        for events in results:
+            assert events[0].event == "start", [e.event for e in events][:5]
+            assert [e.data["seq"] for e in events] == list(range(len(events)))
+            assert events[-1].event == "done"
+
+
+def test_a_last_event_id_past_the_end_still_ends_when_the_job_does(alice: httpx.Client) -> None:
+    job = submit(alice, query="Count the words of this question, which is long enough to run a while.")
+    got: list = []
+    reader = threading.Thread(daemon=True, target=lambda: got.append(read_events(
+        alice, f"/api/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": "999999999999999-999999999999999"},
+        timeout=60)))
+    reader.start()
+    reader.join(30)
+    assert not reader.is_alive(), "the stream stayed open after the job ended"
+    status, events = got[0]
+    assert alice.get(f"/api/v1/jobs/{job['id']}").json()["status"] == "succeeded"
+    assert status == 204 or events[-1].event == "done"

@@ -354,9 +354,10 @@ def test_summary_health_and_info(cluster: Cluster) -> None:
 
 def test_price_cache_lookups_are_counted(cluster: Cluster) -> None:
     # Runs last: its tracked usage adds to the cost and token totals the tests above check.
+    tracked, _ = create_user(cluster.stack.env["REDIS_URL"], "user")
     with cluster.client("admin", cluster.api_ports[0]) as admin:
         for _ in range(4):  # two gunicorn workers: one of them looks gpt-4o up at least twice
-            reply = admin.post("/api/v1/costs/track", json={"user_id": "tracked", "model": "gpt-4o",
+            reply = admin.post("/api/v1/costs/track", json={"user_id": tracked, "model": "gpt-4o",
                                                             "input_tokens": 1000, "output_tokens": 500})
             assert reply.status_code == 201, reply.text
         found = samples(admin.get("/api/v1/monitoring/metrics").text)

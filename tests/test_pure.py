@@ -193,9 +193,10 @@ def test_looks_like_key(key: str, ok: bool) -> None:
     assert apikeys.looks_like_key(key) is ok
 
 
-def test_stream_token_is_valid_for_its_job_until_it_expires() -> None:
-    token = apikeys.stream_token(SECRET, "job-1", 60, now=1000.0)
-    assert apikeys.check_stream_token(SECRET, "job-1", token, now=1000.0)
+def test_stream_token_is_valid_for_its_job_until_it_expires_and_names_its_key() -> None:
+    token = apikeys.stream_token(SECRET, "job-1", 60, user_id="alice@example.org", key_id="0123456789abcdef",
+                                 now=1000.0)
+    assert apikeys.check_stream_token(SECRET, "job-1", token, now=1000.0) == ("alice@example.org", "0123456789abcdef")
     assert apikeys.check_stream_token(SECRET, "job-1", token, now=1060.0)
     assert not apikeys.check_stream_token(SECRET, "job-1", token, now=1061.0)
     assert not apikeys.check_stream_token(SECRET, "job-2", token, now=1000.0)
@@ -203,10 +204,14 @@ def test_stream_token_is_valid_for_its_job_until_it_expires() -> None:
 
 
 def test_tampered_or_malformed_stream_tokens_are_refused() -> None:
-    token = apikeys.stream_token(SECRET, "job-1", 60, now=1000.0)
-    expires, mac = token.split(".")
+    token = apikeys.stream_token(SECRET, "job-1", 60, user_id="alice", key_id="0123456789abcdef", now=1000.0)
+    expires, key_id, holder, mac = token.split(".")
     flipped = mac[:-1] + ("A" if mac[-1] != "A" else "B")
-    for bad in [f"{int(expires) + 3600}.{mac}", f"{expires}.{flipped}", expires, f"{expires}.", f"x.{mac}", ""]:
+    other_user = apikeys.stream_token(SECRET, "job-1", 60, user_id="mallory", key_id=key_id, now=1000.0)
+    for bad in [f"{int(expires) + 3600}.{key_id}.{holder}.{mac}", f"{expires}.{key_id}.{holder}.{flipped}",
+                f"{expires}.fedcba9876543210.{holder}.{mac}", f"{expires}.{key_id}.{other_user.split('.')[2]}.{mac}",
+                expires, f"{expires}.", f"x.{mac}", "", "1.é", "².x", f"{expires}.{key_id}.{holder}.{mac}\n",
+                "٣" + token[1:]]:
         assert not apikeys.check_stream_token(SECRET, "job-1", bad, now=1000.0), bad
 
 

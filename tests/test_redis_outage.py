@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.rawhttp import Connection
 from tests.conftest import create_user
 from tests.sse import SSE, parse
 from tests.stack import RedisServer, Stack, wait_for
@@ -76,6 +78,68 @@ def test_api_answers_503_while_redis_is_down_and_recovers_by_itself(logdir: Path
         assert streamed["status"] == 200
         events = streamed["events"]
         assert events[0].event == "start" and events[-1].event == "done"  # type: ignore[index,union-attr]
+        api.close()
+    finally:
+        stack.stop()
+        server.stop()
+
+
+async def _burst(port: int, path: str, key: str, n: int, *, stream: bool = False) -> list[int]:
+    """`n` GETs at once (or `n` event streams opened at once, all held until every one has answered), each on
+    its own connection; returns their statuses."""
+    conns = [Connection("127.0.0.1", port) for _ in range(n)]
+
+    async def one(conn: Connection) -> int:
+        await conn.open()
+        headers = {"Authorization": f"Bearer {key}"}
+        if stream:
+            return await conn.open_stream(path, headers)
+        status, _, _ = await conn.request("GET", path, headers)
+        return status
+
+    try:
+        return list(await asyncio.gather(*(one(c) for c in conns)))
+    finally:
+        for conn in conns:
+            conn.close()
+        await asyncio.gather(*(c.writer.wait_closed() for c in conns if c.writer), return_exceptions=True)
+
+
+def test_a_burst_of_a_thousand_requests_or_streams_queues_for_redis_connections_instead_of_failing(logdir: Path) -> None:
+    server = RedisServer(logdir).start()
+    stack = Stack(server.url, logdir, RATE_LIMIT_PER_MIN="100000")
+    try:
+        stack.api(workers=2)
+        _, key = create_user(server.url)
+        api = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        job = api.post("/api/v1/jobs", json={"agent_type": "query", "query": "burst"}).json()["id"]
+        statuses = asyncio.run(_burst(stack.port, f"/api/v1/jobs/{job}", key, 1000))
+        assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}
+        # The job stays queued (no worker): each stream opens and stays open, 1,000 of them at once.
+        statuses = asyncio.run(_burst(stack.port, f"/api/v1/jobs/{job}/events", key, 1000, stream=True))
+        assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}
+        api.close()
+    finally:
+        stack.stop()
+        server.stop()
+
+
+def test_after_a_redis_restart_pooled_connections_recover_without_a_burst_of_503s(logdir: Path) -> None:
+    server = RedisServer(logdir, appendonly=True, fsync_always=True).start()
+    stack = Stack(server.url, logdir, RATE_LIMIT_PER_MIN="100000")
+    try:
+        stack.api(workers=2)
+        _, key = create_user(server.url)
+        api = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        job = api.post("/api/v1/jobs", json={"agent_type": "query", "query": "restart"}).json()["id"]
+        path = f"/api/v1/jobs/{job}"
+        assert set(asyncio.run(_burst(stack.port, path, key, 200))) == {200}  # fill the pools with connections
+        server.stop()
+        server.proc.start()  # same port, same AOF
+        wait_for(lambda: api.get("/api/v1/monitoring/ready").status_code == 200, timeout=30, what="ready again")
+        for _ in range(3):
+            statuses = asyncio.run(_burst(stack.port, path, key, 200))
+            assert statuses.count(200) == 200, {s: statuses.count(s) for s in set(statuses)}
         api.close()
     finally:
         stack.stop()

@@ -95,3 +95,31 @@ async def test_a_subscriber_that_falls_behind_is_dropped_and_others_keep_going(c
     assert slow not in relay.subs.get(keys.job_stream(job), set())
     relay.unsubscribe(fast)
     await relay.close()
+
+
+async def test_a_subscriber_arriving_while_a_read_is_in_flight_gets_every_event_in_order(clients) -> None:
+    writer, reader = clients
+    other = aioredis.Redis(port=writer.get_connection_kwargs()["port"])
+    relay = Relay(reader, writer, "t-race", block_ms=5000)
+    try:
+        for _ in range(20):
+            job = new_job()
+            first = relay.subscribe(job)
+            ids = [await add(writer, job, n) for n in range(3)]
+            assert [(await first.next(5)).id for _ in range(3)] == ids  # the reader now blocks after ids[-1]
+            late = relay.subscribe(job)  # from the start, while that read is in flight
+            ids.append(await add(other, job, 3))
+            ids.append(await add(other, job, 4, "done"))
+            got = []
+            while len(got) < 5:
+                delivery = await late.next(5)
+                assert delivery is not None, f"missed events: got {got} of {ids}"
+                got.append(delivery.id)
+            assert got == ids
+            assert [(await first.next(5)).id for _ in range(2)] == ids[3:]
+            assert first.queue.empty() and late.queue.empty()
+            relay.unsubscribe(first)
+            relay.unsubscribe(late)
+    finally:
+        await relay.close()
+        await other.aclose()

@@ -3,8 +3,12 @@ keys (rotate, revoke, expiry), rate limits, CORS, and no secret in any log."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,9 +20,11 @@ from api.app import create_app
 from api.auth import required_permission
 from api.openapi import route_table
 from api.permissions import PUBLIC, Permission, allowed
+from api.users import UserStore
+from events.clients import async_client
 from settings import Settings
 from tests.conftest import create_user
-from tests.stack import RedisServer, Stack, base_env, wait_for
+from tests.stack import SECRET, RedisServer, Stack, base_env, wait_for
 
 _n = itertools.count()
 
@@ -40,7 +46,8 @@ def concrete(template: str) -> str:
 @pytest.fixture(scope="module")
 def sec_stack(logdir: Path) -> Iterator[tuple[Stack, redis.Redis]]:
     server = RedisServer(logdir).start()
-    stack = Stack(server.url, logdir, RATE_LIMIT_PER_MIN="1000", CORS_ORIGINS="https://app.example")
+    stack = Stack(server.url, logdir, RATE_LIMIT_PER_MIN="1000", CORS_ORIGINS="https://app.example",
+                  AUTH_FAILURES_PER_WINDOW="100000")
     stack.events()
     stack.api()
     r = redis.Redis.from_url(server.url, decode_responses=True)
@@ -84,6 +91,13 @@ def test_each_role_gets_exactly_its_permissions(sec_stack, role: str) -> None:
             resp = client.request(method, concrete(path), json={})
             denied = resp.status_code == 403 and resp.json().get("code") == "forbidden"
             assert denied is not allowed(role, permission), (role, method, path, resp.status_code, resp.text)
+
+
+def audit_records(r: redis.Redis) -> list[dict[str, Any]]:
+    """Every audit record written so far: those already chained into audit:log, then those still waiting."""
+    chained = {f["source"]: json.loads(f["record"]) for _, f in r.xrange("audit:log")}
+    waiting = {entry_id: json.loads(f["data"]) for entry_id, f in r.xrange("stream:audit")}
+    return list({**chained, **waiting}.values())
 
 
 def admin_client(stack: Stack) -> httpx.Client:
@@ -221,9 +235,9 @@ def test_auth_failures_and_changes_are_audited_and_no_key_reaches_a_log(sec_stac
         with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}) as user:
             user.get("/api/v1/security/users")  # denied
             user.post("/api/v1/jobs", json={"agent_type": "query", "query": "audited"})
-    actions = [f["data"] for _, f in r.xrange("stream:audit")]
-    for action in ("user.create", "key.create", "auth.failure", "permission.denied", "job.submit"):
-        assert any(f'"action":"{action}"' in a for a in actions), action
+    actions = {record["action"] for record in audit_records(r)}
+    for action in ("user.create", "key.create", "permission.denied", "job.submit"):
+        assert action in actions, action
     for proc in stack.procs:
         assert key not in proc.log() and "B" * 43 not in proc.log(), proc.name
 
@@ -244,3 +258,167 @@ def test_the_audit_endpoints_list_and_verify_the_chain(sec_stack) -> None:
         assert verified["ok"] is True and verified["checked"] >= 3 and verified["first_broken"] is None
         stats = admin.get("/api/v1/security/stats").json()
         assert stats["users"] >= 1 and stats["keys_active"] >= 1
+
+
+async def _create_keys(url: str, key: str, user_id: str, n: int) -> list[str]:
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60,
+                                 limits=httpx.Limits(max_connections=50)) as client:
+        answers = await asyncio.gather(*(client.post(f"/api/v1/security/users/{user_id}/api-key")
+                                         for _ in range(n)))
+    return [a.json()["api_key"] for a in answers if a.status_code == 201]
+
+
+def test_a_role_change_racing_key_creation_in_the_store_leaves_every_key_with_the_new_role(sec_stack) -> None:
+    stack, r = sec_stack
+    user_id, _ = create_user(stack.env["REDIS_URL"], "admin")
+
+    async def race() -> None:
+        client = async_client(stack.env["REDIS_URL"], socket_timeout=10, max_connections=32, pool_timeout=30)
+        store = UserStore(client, SECRET)
+        creating = [store.create_key(user_id) for _ in range(100)]
+        await asyncio.gather(*creating[:50], store.set_role(user_id, "readonly"), *creating[50:])
+        await client.aclose()
+
+    asyncio.run(race())
+    roles = [r.hget(f"apikey:{hashed}", "role") for hashed in r.hvals(f"user:{user_id}:keys")]
+    assert len(roles) == 101 and set(roles) == {"readonly"}, {role: roles.count(role) for role in set(roles)}
+
+
+def test_a_demotion_racing_key_creation_leaves_no_key_with_the_old_role(sec_stack) -> None:
+    stack, r = sec_stack
+    for _ in range(2):
+        user_id, key = create_user(stack.env["REDIS_URL"], "admin")
+        with admin_client(stack) as admin:
+            racing = threading.Thread(target=asyncio.run, args=(_create_keys(stack.url, key, user_id, 150),))
+            racing.start()
+            made = f"user:{user_id}:keys"
+            wait_for(lambda made=made: r.hlen(made) >= 20, timeout=20, what="keys being made")
+            assert admin.put(f"/api/v1/security/users/{user_id}/role", json={"role": "user"}).status_code == 200
+            racing.join()
+        roles = {r.hget(f"apikey:{hashed}", "role") for hashed in r.hvals(f"user:{user_id}:keys")}
+        assert roles == {"user"}, f"a key kept another role after the demotion: {roles}"
+        with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=10) as demoted:
+            assert demoted.get("/api/v1/security/users").status_code == 403
+            assert demoted.post("/api/v1/security/authenticate", json={"api_key": key}).json()["role"] == "user"
+
+
+@pytest.fixture(scope="module")
+def proxy_stacks(logdir: Path) -> Iterator[tuple[dict[str, Stack], redis.Redis]]:
+    """Two API instances on one Redis, admin routes for 10.0.0.0/8 only: one trusts no proxy, one trusts 127.0.0.1."""
+    server = RedisServer(logdir).start()
+    stacks = {trusted: Stack(server.url, logdir, ADMIN_IP_ALLOWLIST="10.0.0.0/8", TRUSTED_PROXIES=trusted)
+              for trusted in ("", "127.0.0.1")}
+    for stack in stacks.values():
+        stack.api()
+    r = redis.Redis.from_url(server.url, decode_responses=True)
+    yield stacks, r
+    r.close()
+    for stack in stacks.values():
+        stack.stop()
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("trusted", "headers", "admitted", "seen_as"),
+    [
+        ("", {"X-Forwarded-For": "10.1.2.3"}, False, "127.0.0.1"),
+        ("", {"Forwarded": "for=10.1.2.3"}, False, "127.0.0.1"),
+        ("", {"X-Real-IP": "10.1.2.3"}, False, "127.0.0.1"),
+        ("127.0.0.1", {"X-Forwarded-For": "10.1.2.3"}, True, "10.1.2.3"),
+        ("127.0.0.1", {"X-Forwarded-For": "10.1.2.3, 203.0.113.9"}, False, "203.0.113.9"),
+        ("127.0.0.1", {"X-Forwarded-For": "203.0.113.9, 10.1.2.3, 127.0.0.1"}, True, "10.1.2.3"),
+        ("127.0.0.1", {"Forwarded": 'for="10.1.2.3:4711";proto=https'}, True, "10.1.2.3"),
+        ("127.0.0.1", {"X-Forwarded-For": "not-an-address"}, False, "127.0.0.1"),
+    ],
+)
+def test_forwarded_headers_count_only_from_trusted_proxies(proxy_stacks, trusted: str, headers: dict[str, str],
+                                                           admitted: bool, seen_as: str) -> None:
+    stacks, r = proxy_stacks
+    stack = stacks[trusted]
+    _, key = create_user(stack.env["REDIS_URL"], "admin")
+    name = f"fwd{next(_n)}"
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}", **headers},
+                      timeout=10) as admin:
+        made = admin.post("/api/v1/security/users", json={"user_id": name, "role": "admin"})
+    assert (made.status_code == 201) is admitted, made.text
+    action, resource = ("user.create", name) if admitted else ("permission.denied", "/api/v1/security/users")
+    entries = audit_records(r)
+    mine = [e for e in entries if e["action"] == action and e["resource"] == resource and e["actor"] != "anonymous"]
+    assert mine and mine[-1]["ip"] == seen_as
+
+
+def test_failed_authentication_is_limited_per_address_and_counted_not_logged_each(logdir: Path) -> None:
+    server = RedisServer(logdir).start()
+    stack = Stack(server.url, logdir, AUTH_FAILURES_PER_WINDOW="10", AUTH_FAILURE_WINDOW_S="3")
+    r = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        stack.events()
+        stack.api()
+        _, key = create_user(server.url, "user")
+        with httpx.Client(base_url=stack.url, timeout=10) as anonymous:
+            window = wait_for(lambda: time.time() % 3 < 1 and int(time.time() // 3), timeout=5, interval=0.01)
+            answers = [anonymous.get("/api/v1/jobs", headers={"Authorization": f"Bearer sk_live_{i:043d}"})
+                       for i in range(30)]
+            statuses = [a.status_code for a in answers]
+            assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}, statuses
+            assert int(answers[-1].headers["retry-after"]) >= 1
+            assert answers[-1].json()["code"] == "too_many_auth_failures"
+            # Even a valid key from this address waits out the window: guesses learn nothing meanwhile.
+            assert anonymous.get("/api/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 429
+            during = audit_records(r)
+            assert [e["action"] for e in during] == ["auth.failure"]  # the first in full, the rest counted
+            wait_for(lambda: int(time.time() // 3) > window, timeout=5)
+            assert anonymous.get("/api/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+        def summary() -> list[dict]:
+            return [d for d in audit_records(r) if d["action"] == "auth.failures"]
+
+        [counted] = wait_for(summary, timeout=15, what="the failures summarised")
+        assert counted["ip"] == "127.0.0.1" and counted["details"]["count"] == 31
+        assert len(audit_records(r)) == 2  # 31 failures: one record in full, one count
+    finally:
+        r.close()
+        stack.stop()
+        server.stop()
+
+
+def test_cross_user_probes_anonymous_requests_and_tracked_usage_are_audited(sec_stack) -> None:
+    stack, r = sec_stack
+    owner_id, owner_key = create_user(stack.env["REDIS_URL"], "user")
+    prober_id, prober_key = create_user(stack.env["REDIS_URL"], "user")
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {owner_key}"}, timeout=10) as owner:
+        job = owner.post("/api/v1/jobs", json={"agent_type": "query", "query": "mine"}).json()["id"]
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {prober_key}"}, timeout=10) as prober:
+        assert prober.get(f"/api/v1/jobs/{job}").status_code == 404
+        assert prober.post(f"/api/v1/jobs/{job}/cancel").status_code == 404
+        assert prober.get(f"/api/v1/costs/usage/{owner_id}").status_code == 404
+        assert prober.get(f"/api/v1/security/users/{owner_id}").status_code == 404
+    window = f"authfail:{int(time.time() // 60)}"  # sec_stack counts failures per minute
+    before = int(r.hget(window, "127.0.0.1") or 0)
+    anonymous = httpx.get(f"{stack.url}/api/v1/jobs/{job}", timeout=10)
+    assert anonymous.status_code == 401
+    # Audited in full if it was this minute's first failure from the address, else counted for the summary.
+    assert int(r.hget(window, "127.0.0.1") or 0) == before + 1 or time.time() // 60 != int(window.split(":")[1])
+    with admin_client(stack) as admin:
+        tracked = admin.post("/api/v1/costs/track", json={"user_id": owner_id, "model": "offline",
+                                                          "input_tokens": 10, "output_tokens": 5})
+        assert tracked.status_code == 201
+    entries = audit_records(r)
+    probes = [e for e in entries if e["actor"] == prober_id and e["action"] == "access.denied"]
+    assert {e["resource"] for e in probes} >= {job, f"costs/{owner_id}", f"users/{owner_id}"}
+    assert len([e for e in probes if e["resource"] == job]) == 2  # the read and the cancel
+    assert any(e["action"] == "costs.track" and e["resource"] == owner_id for e in entries)
+
+
+def test_a_stream_url_stops_working_once_the_key_that_made_it_is_revoked(sec_stack) -> None:
+    stack, _ = sec_stack
+    user_id, key = create_user(stack.env["REDIS_URL"], "user")
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=10) as owner:
+        job = owner.post("/api/v1/jobs", json={"agent_type": "query", "query": "stream me"}).json()
+        [info] = owner.get(f"/api/v1/security/users/{user_id}/api-keys").json()["keys"]
+        url = f"{stack.url}{job['stream_url']}"
+        with httpx.stream("GET", url, timeout=10) as before:
+            assert before.status_code == 200
+        assert owner.delete(f"/api/v1/security/users/{user_id}/api-keys/{info['key_id']}").status_code == 200
+    refused = httpx.get(url, timeout=10)
+    assert refused.status_code == 401 and refused.json()["code"] == "unauthorized"

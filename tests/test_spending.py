@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from events import jobs, keys
-from events.budgets import BudgetScripts, call_cost_bound, hold_member, period_keys, period_ttls, settle_call
+from events.budgets import Budget, BudgetScripts, call_cost_bound, hold_member, period_keys, period_ttls, settle_call
 from events.prices import PriceBook
 from events.sweeper import Sweeper
 from tests.stack import ROOT
@@ -42,24 +42,40 @@ def request(prompt_chars: int, max_tokens: int = 100) -> ChatRequest:
     return ChatRequest("house-model", [{"role": "user", "content": "x" * prompt_chars}], max_tokens)
 
 
-def test_a_call_that_could_overrun_the_hold_is_refused_before_it_starts(r: redis.Redis) -> None:
+def set_budget(r: redis.Redis, user: str, limit_micros: int) -> None:
+    r.hset(keys.budget_config(user), "user", Budget("user", limit_micros, "total").to_json())
+
+
+def test_the_hold_grows_call_by_call_and_a_call_past_the_budget_never_starts(r: redis.Redis) -> None:
     price = PRICES.price("house-model")
-    fits = request(1000)
     bound = call_cost_bound(price, prompt_bytes=1000 + 40, max_tokens=100)  # the JSON framing adds bytes
     job = make_job(r, amount=bound + 50)
+    set_budget(r, job["owner"], 3 * bound)  # set after the submit: it binds the calls all the same
     guard = spending(r, job)
-    guard.before_call(fits)
-    with pytest.raises(BudgetExhausted, match="budget hold is left"):
-        guard.before_call(request(5000))
+    guard.before_call(request(1000))
+    assert guard.amount == bound + 50  # the hold covered it already
+    guard.charge(Usage("house-model", 300, 100), call=0)
+    guard.before_call(request(1000))
+    assert bound + 50 < guard.amount <= guard.spent + bound  # grown to what was spent plus this call's worst case
+    hold = r.hgetall(keys.budget_hold(job["owner"], job["id"]))
+    assert int(hold["amount"]) == guard.amount
+    with pytest.raises(BudgetExhausted, match="budget for scope 'user'"):
+        guard.before_call(request(50_000))
+    [period] = [k for k in r.keys(f"budget:{{{job['owner']}}}:p:*") if k.endswith("total")]
+    assert int(r.hget(period, "held:user")) == guard.amount  # the refused call reserved nothing
 
 
-def test_charges_use_up_the_hold_and_then_nothing_more_may_start(r: redis.Redis) -> None:
+def test_charges_are_counted_once_each_and_later_attempts_see_them(r: redis.Redis) -> None:
     job = make_job(r, amount=2_000)
     guard = spending(r, job)
     figures = guard.charge(Usage("house-model", 300, 100), call=0)  # 300 × $3/M + 100 × $6/M = 1,500 micros
     assert figures["cost_micros"] == 1_500 and figures["price_source"] == "overrides:prices.yaml"
     assert int(r.hget(keys.budget_hold(job["owner"], job["id"]), "spent")) == 1_500
     assert int(r.hget(keys.job(job["id"]), "cost_micros")) == 1_500
+    guard.charges -= 1  # the same charge sent again, as after a lost connection: it counts once
+    guard.charge(Usage("house-model", 300, 100), call=0)
+    assert int(r.hget(keys.job(job["id"]), "cost_micros")) == 1_500
+    set_budget(r, job["owner"], 2_000)
     with pytest.raises(BudgetExhausted):
         guard.before_call(request(10, max_tokens=100))  # worst case 10+ bytes in, 600 micros out: over 500 left
     again = spending(r, job)  # a later attempt sees what earlier ones spent

@@ -20,6 +20,7 @@ from celery.signals import worker_init, worker_process_shutdown, worker_ready, w
 from prometheus_client import start_http_server
 
 from events import keys, metrics
+from events.clients import sync_client
 from settings import Settings
 
 log = logging.getLogger("workers.monitor")
@@ -71,7 +72,7 @@ def _start_metrics(**_: Any) -> None:
 @worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     settings = Settings.from_env()
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    client = sync_client(settings.redis_url, socket_timeout=5)
     hostname = getattr(sender, "hostname", None) or f"worker@{os.uname().nodename}"
     _state.update(client=client, hostname=hostname)
     threading.Thread(target=_heartbeat, args=(client, hostname), name="worker-seen", daemon=True).start()

@@ -7,10 +7,10 @@ import os
 import socket
 from pathlib import Path
 
-import redis
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
 from events import logs, tracing
+from events.clients import sync_client
 from events.prices import PriceBook
 from events.taskmsg import RUN_AGENT_TASK
 from settings import Settings
@@ -36,8 +36,7 @@ def make_provider(settings: Settings) -> Provider:
 def runner() -> JobRunner:
     """One runner per worker process, made after the fork so no connection is shared with the parent."""
     settings = Settings.from_env()
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30,
-                                  health_check_interval=10)
+    client = sync_client(settings.redis_url, socket_timeout=30, connect_timeout=5)
     return JobRunner(client, make_provider(settings), AGENTS, PriceBook(Path(settings.prices_file)),
                      lease_s=settings.lease_s,
                      heartbeat_s=settings.heartbeat_s, job_ttl_s=settings.job_ttl_s,

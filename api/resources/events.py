@@ -7,6 +7,7 @@ from typing import AsyncIterator
 import falcon
 from falcon.asgi import SSEvent
 
+from api.audit import AuditLog
 from api.errors import bad_request
 from api.jobs import JobService, check_event_id
 from api.permissions import Permission
@@ -25,10 +26,11 @@ class EventsResource:
     permissions = {"GET": Permission.JOBS_READ}
     accepts_stream_token = True  # browsers' EventSource cannot send an Authorization header
 
-    def __init__(self, service: JobService, relay: Relay, settings: Settings) -> None:
+    def __init__(self, service: JobService, relay: Relay, settings: Settings, audit: AuditLog) -> None:
         self.service = service
         self.relay = relay
         self.settings = settings
+        self.audit = audit
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str) -> None:
         """Open the stream; 204 once a finished job's stream has expired or was read to its end."""
@@ -37,12 +39,15 @@ class EventsResource:
             after = check_event_id(raw) if raw else "0-0"
         except ValueError as ex:
             raise bad_request(f"Last-Event-ID: {ex}", code="invalid_last_event_id") from ex
-        job = await visible_job(req, self.service, job_id)
-        if job["status"] in jobs.TERMINAL_STATUSES:
+        job = await visible_job(req, self.service, self.audit, job_id)
+        terminal = job["status"] in jobs.TERMINAL_STATUSES
+        if terminal or after != "0-0":
             newest = await self.service.last_event_id(job_id)
-            if newest is None or parse_id(newest) <= parse_id(after):
+            if terminal and (newest is None or parse_id(newest) <= parse_id(after)):
                 resp.status = falcon.HTTP_204  # nothing more will come: browsers stop reconnecting
                 return
+            if newest is None or parse_id(after) > parse_id(newest):
+                after = newest or "0-0"  # a cursor past the end: go on from the end, so the stream still ends
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
         resp.sse = sse_events(self.relay, self.relay.subscribe(job_id, after), self.settings.sse_heartbeat_s)

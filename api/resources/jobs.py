@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping
 
 import falcon
 
 from api import keys as apikeys
-from api.audit import AuditLog, client_ip
+from api import params
+from api.address import client_ip
+from api.audit import AuditLog
 from api.auth import principal_of
 from api.body import read_json
 from api.errors import bad_request, budget_exceeded, not_found
-from api.jobs import BudgetExceededError, IdempotencyConflictError, JobService, body_hash, parse_cursor
+from api.jobs import MAX_WAIT_S, BudgetExceededError, IdempotencyConflictError, JobService, body_hash, parse_cursor
 from api.permissions import Permission, allowed
+from api.users import Principal
 from api.validation import InvalidFieldError, check_idempotency_key, parse_submission
 from events import jobs
 from events.envelope import Event
@@ -20,27 +24,41 @@ from events.prices import UnknownModelError
 from settings import Settings
 
 MAX_PAGE = 100
+log = logging.getLogger("api.jobs")
 
 
-def public_job(job: dict[str, str], settings: Settings) -> dict[str, Any]:
-    """The job as clients see it, with its trace id and a stream URL that carries a job-scoped token."""
+def public_job(job: dict[str, str], settings: Settings, principal: Principal) -> dict[str, Any]:
+    """The job as clients see it, with its trace id and a stream URL whose token acts for the caller's key."""
     view = jobs.view(job)
     view["trace_id"] = job.get("trace_id") or None
-    token = apikeys.stream_token(settings.secret_key, job["id"], settings.stream_token_ttl_s)
+    token = apikeys.stream_token(settings.secret_key, job["id"], settings.stream_token_ttl_s,
+                                 user_id=principal.user_id, key_id=principal.key_id)
     view["stream_url"] = f"/api/v1/jobs/{job['id']}/events?token={token}"
     return view
 
 
-async def visible_job(req: falcon.asgi.Request, service: JobService, job_id: str) -> dict[str, str]:
-    """The job if this request may see it; 404 otherwise, so other users' ids reveal nothing."""
+def listed_job(job: dict[str, str], settings: Settings, principal: Principal) -> dict[str, Any]:
+    """A job as a list shows it: a record too damaged to show becomes a stub, never an error for the whole list."""
+    try:
+        return public_job(job, settings, principal)
+    except Exception:  # one bad record must not hide the others
+        log.warning("job %s cannot be shown", job.get("id"), exc_info=True)
+        return {"id": job.get("id", ""), "status": job.get("status", "unknown"),
+                "error": {"code": "unreadable_record", "message": "This job's record is damaged."}}
+
+
+async def visible_job(req: falcon.asgi.Request, service: JobService, audit: AuditLog, job_id: str) -> dict[str, str]:
+    """The job if this request may see it; 404 otherwise, so other users' ids reveal nothing.
+
+    Asking for another user's job is audited as `access.denied`.
+    """
     job = await service.load(job_id)
     principal = principal_of(req)
     if job is not None:
-        if principal is None and req.context.stream_job == job_id:
+        if job.get("owner") == principal.user_id or allowed(principal.role, Permission.JOBS_READ_ALL):
             return job
-        if principal is not None and (job.get("owner") == principal.user_id
-                                      or allowed(principal.role, Permission.JOBS_READ_ALL)):
-            return job
+        await audit.record(principal.user_id, "access.denied", resource=job_id, result="denied",
+                           ip=client_ip(req), details={"path": req.path, "method": req.method})
     raise not_found(f"There is no job {job_id!r} that you can see.", code="job_not_found")
 
 
@@ -59,7 +77,6 @@ async def submit_job(req: falcon.asgi.Request, service: JobService, settings: Se
     except InvalidFieldError as ex:
         raise bad_request(str(ex), code="invalid_field") from ex
     principal = principal_of(req)
-    assert principal is not None
     if not principal.may_use(submission.agent_type):
         raise falcon.HTTPForbidden(title="Forbidden", code="agent_not_allowed",
                                    description=f"Your account may not use the {submission.agent_type!r} agent.")
@@ -101,18 +118,16 @@ class JobsResource:
         if not created:
             resp.set_header("Idempotent-Replayed", "true")
         resp.location = f"/api/v1/jobs/{job['id']}"
-        view = public_job(job, self.settings)
-        resp.media = view
+        resp.media = public_job(job, self.settings, principal_of(req))
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """List jobs, newest first: ?status=, ?limit= (1-100), ?cursor= from the previous page."""
         principal = principal_of(req)
-        assert principal is not None
         status = req.get_param("status")
         if status is not None and status not in jobs.STATUSES:
             raise bad_request(f"Unknown status {status!r}; use one of: {', '.join(jobs.STATUSES)}.",
                               code="invalid_field")
-        limit = req.get_param_as_int("limit", min_value=1, max_value=MAX_PAGE, default=20)
+        limit = params.integer(req, "limit", low=1, high=MAX_PAGE, default=20)
         raw_cursor = req.get_param("cursor")
         try:
             cursor = parse_cursor(raw_cursor) if raw_cursor else None
@@ -122,7 +137,7 @@ class JobsResource:
         every = wants_all and allowed(principal.role, Permission.JOBS_READ_ALL)
         found, after = await self.service.list(None if every else principal.user_id, status=status,
                                                limit=limit, cursor=cursor)
-        resp.media = {"jobs": [public_job(j, self.settings) for j in found], "next_cursor": after}
+        resp.media = {"jobs": [listed_job(j, self.settings, principal) for j in found], "next_cursor": after}
 
 
 class JobResource:
@@ -137,11 +152,11 @@ class JobResource:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str) -> None:
         """The job's status, result, error, usage and timestamps."""
-        wait = req.get_param_as_float("wait", min_value=0, max_value=60, default=0)
-        job = await visible_job(req, self.service, job_id)
+        wait = params.number(req, "wait", low=0, high=MAX_WAIT_S, default=0)
+        job = await visible_job(req, self.service, self.audit, job_id)
         if wait and job["status"] not in jobs.TERMINAL_STATUSES:
             job = await self.service.wait(job_id, wait) or job
-        resp.media = public_job(job, self.settings)
+        resp.media = public_job(job, self.settings, principal_of(req))
 
 
 class CancelResource:
@@ -156,10 +171,9 @@ class CancelResource:
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str) -> None:
         """200 when the job is cancelled, 202 while a running one stops, 409 if it already ended otherwise."""
-        outcome = await self.service.cancel(await visible_job(req, self.service, job_id))
+        outcome = await self.service.cancel(await visible_job(req, self.service, self.audit, job_id))
         if outcome in ("cancelled", "cancelling"):
-            actor = principal_of(req)
-            await self.audit.record(actor.user_id if actor else "anonymous", "job.cancel", resource=job_id,
+            await self.audit.record(principal_of(req).user_id, "job.cancel", resource=job_id,
                                     ip=client_ip(req), details={"outcome": outcome})
         if outcome == "missing":
             raise not_found(f"There is no job {job_id!r} that you can see.", code="job_not_found")
@@ -168,4 +182,4 @@ class CancelResource:
                                       description=f"The job already {outcome}; there is nothing to cancel.")
         job = await self.service.load(job_id)
         resp.status = falcon.HTTP_202 if outcome == "cancelling" else falcon.HTTP_200
-        resp.media = public_job(job, self.settings) if job else {"id": job_id, "status": outcome}
+        resp.media = public_job(job, self.settings, principal_of(req)) if job else {"id": job_id, "status": outcome}

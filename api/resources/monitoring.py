@@ -16,6 +16,9 @@ import falcon
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.address import client_ip
+from api.audit import AuditLog
+from api.auth import principal_of
 from api.body import read_json
 from api.errors import bad_request
 from api.monitoring import SystemCollector, system_state
@@ -176,8 +179,9 @@ class RecordResource(_Monitoring):
 
     permissions = {"POST": Permission.METRICS_WRITE}
 
-    def __init__(self, client: Any, settings: Settings) -> None:
+    def __init__(self, client: Any, settings: Settings, audit: AuditLog) -> None:
         super().__init__(client, settings)
+        self.audit = audit
         self.register = client.register_script(_REGISTER)
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
@@ -217,6 +221,8 @@ class RecordResource(_Monitoring):
         except metrics.MetricError as ex:  # this process's own bound (another process set the shared one)
             raise falcon.HTTPUnprocessableEntity(title="Unprocessable Entity", code="metric_limit",
                                                  description=str(ex)) from ex
+        await self.audit.record(principal_of(req).user_id, "metrics.record", resource=family, ip=client_ip(req),
+                                details={"kind": kind, "labels": labels})
         resp.status = falcon.HTTP_201
         resp.media = {"recorded": {"name": name, "family": family, "kind": kind, "value": value, "labels": labels}}
 

@@ -9,35 +9,22 @@ import falcon
 import redis
 
 from api import keys as apikeys
-from api.audit import AuditLog, client_ip
+from api import params
+from api.address import client_ip
+from api.audit import AuditLog
 from api.auth import principal_of
-from api.body import read_json
+from api.body import printable, read_json
 from api.errors import bad_request, not_found
 from api.permissions import DESCRIPTIONS, ROLE_PERMISSIONS, Permission, Role, allowed
 from api.users import USER_ID, Principal, UnknownUserError, UserError, UserExistsError, UserStore
 from events import audit as chain
 from events.catalog import AGENT_TYPES
+from events.clients import sync_client
 from settings import Settings
 
 EPOCH_MAX = 1e11  # seconds: far beyond any real timestamp, and within what Redis stream ids can hold
 AUDIT_PAGE_MAX = 500
 ROTATION_GRACE_MAX_S = 30 * 86400
-
-
-def me(req: falcon.asgi.Request) -> Principal:
-    """The authenticated caller."""
-    principal = principal_of(req)
-    assert principal is not None
-    return principal
-
-
-def self_or_admin(req: falcon.asgi.Request, user_id: str) -> Principal:
-    """The caller, if they are `user_id` or an admin; 404 otherwise (other users' ids reveal nothing)."""
-    principal = me(req)
-    if not USER_ID.fullmatch(user_id) or (principal.user_id != user_id
-                                          and not allowed(principal.role, Permission.USERS_ADMIN)):
-        raise not_found(f"There is no user {user_id!r} that you can see.", code="user_not_found")
-    return principal
 
 
 def _agents(body: dict[str, Any]) -> list[str] | None:
@@ -69,7 +56,21 @@ class _Security:
         self.settings = settings
 
     async def note(self, req: falcon.asgi.Request, action: str, resource: str, **details: Any) -> None:
-        await self.audit.record(me(req).user_id, action, resource=resource, ip=client_ip(req), details=details)
+        await self.audit.record(principal_of(req).user_id, action, resource=resource, ip=client_ip(req),
+                                details=details)
+
+    async def self_or_admin(self, req: falcon.asgi.Request, user_id: str) -> Principal:
+        """The caller, if they are `user_id` or an admin; 404 otherwise (other users' ids reveal nothing), and
+        asking about another user without the right is audited as `access.denied`."""
+        principal = principal_of(req)
+        if not USER_ID.fullmatch(user_id):
+            raise not_found(f"There is no user {printable(user_id)!r}.", code="user_not_found")
+        if principal.user_id != user_id and not allowed(principal.role, Permission.USERS_ADMIN):
+            await self.audit.record(principal.user_id, "access.denied", resource=f"users/{user_id}",
+                                    result="denied", ip=client_ip(req), details={"path": req.path,
+                                                                                 "method": req.method})
+            raise not_found(f"There is no user {user_id!r} that you can see.", code="user_not_found")
+        return principal
 
 
 class UsersResource(_Security):
@@ -108,7 +109,7 @@ class UserResource(_Security):
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str) -> None:
         """The user's profile and permissions."""
-        self_or_admin(req, user_id)
+        await self.self_or_admin(req, user_id)
         try:
             user = await self.users.get_user(user_id)
         except UnknownUserError as ex:
@@ -144,7 +145,7 @@ class KeysResource(_Security):
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str) -> None:
         """Body (optional): {name?, expires_in_days?}."""
-        self_or_admin(req, user_id)
+        await self.self_or_admin(req, user_id)
         body = await read_json(req, self.settings.max_body_bytes) if req.content_length else {}
         days = _days(body, "expires_in_days")
         try:
@@ -158,7 +159,7 @@ class KeysResource(_Security):
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str) -> None:
         """The user's keys: ids, prefixes, expiry, revoked."""
-        self_or_admin(req, user_id)
+        await self.self_or_admin(req, user_id)
         resp.media = {"user_id": user_id, "keys": await self.users.list_keys(user_id)}
 
 
@@ -170,7 +171,7 @@ class KeyResource(_Security):
     async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str,
                         key_id: str) -> None:
         """Revoke."""
-        self_or_admin(req, user_id)
+        await self.self_or_admin(req, user_id)
         if not await self.users.revoke_key(user_id, key_id):
             raise not_found(f"User {user_id!r} has no key {key_id!r}.", code="key_not_found")
         await self.note(req, "key.revoke", user_id, key_id=key_id)
@@ -179,9 +180,9 @@ class KeyResource(_Security):
     async def on_post_rotate(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str,
                              key_id: str) -> None:
         """A new key; the old one keeps working for KEY_ROTATION_GRACE_S (or ?grace_s=) seconds."""
-        self_or_admin(req, user_id)
-        grace = req.get_param_as_int("grace_s", min_value=0, max_value=ROTATION_GRACE_MAX_S,
-                                     default=self.settings.key_rotation_grace_s)
+        await self.self_or_admin(req, user_id)
+        grace = params.integer(req, "grace_s", low=0, high=ROTATION_GRACE_MAX_S,
+                               default=self.settings.key_rotation_grace_s)
         try:
             key, info = await self.users.rotate_key(user_id, key_id, grace)
         except UnknownUserError as ex:
@@ -201,8 +202,12 @@ class CheckPermissionResource(_Security):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Body: {permission, user_id?, agent?}."""
         body = await read_json(req, self.settings.max_body_bytes)
-        user_id = str(body.get("user_id") or me(req).user_id)
-        self_or_admin(req, user_id)
+        user_id = str(body.get("user_id") or principal_of(req).user_id)
+        await self.self_or_admin(req, user_id)
+        agent = body.get("agent")
+        if agent is not None and agent not in AGENT_TYPES:
+            raise bad_request(f"Field 'agent': unknown agent {printable(str(agent))!r}; use one of: "
+                              f"{', '.join(sorted(AGENT_TYPES))}.", code="invalid_field")
         try:
             permission = Permission(str(body.get("permission")))
         except ValueError:
@@ -213,7 +218,6 @@ class CheckPermissionResource(_Security):
         except UnknownUserError as ex:
             raise not_found(str(ex), code="user_not_found") from ex
         ok = allowed(user["role"], permission)
-        agent = body.get("agent")
         if ok and agent is not None:
             ok = user["agents"] is None or agent in user["agents"]
         resp.media = {"user_id": user_id, "role": user["role"], "permission": permission.value, "agent": agent,
@@ -232,7 +236,7 @@ class AuthenticateResource(_Security):
         if not isinstance(key, str):
             raise bad_request("Field 'api_key': is required.", code="invalid_field")
         principal = await self.users.authenticate(key)
-        caller = me(req)
+        caller = principal_of(req)
         if principal is not None and principal.user_id != caller.user_id and \
                 not allowed(caller.role, Permission.USERS_ADMIN):
             principal = None  # a user learns nothing about other users' keys
@@ -265,8 +269,7 @@ class _Chain(_Security):
 
     def __init__(self, users: UserStore, audit: AuditLog, settings: Settings) -> None:
         super().__init__(users, audit, settings)
-        self.sync = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=10,
-                                         decode_responses=True)
+        self.sync = sync_client(settings.redis_url, socket_timeout=10, connect_timeout=1, decode_responses=True)
 
 
 class AuditResource(_Chain):
@@ -284,9 +287,9 @@ class AuditResource(_Chain):
     async def _query(self, req: falcon.asgi.Request) -> dict[str, Any]:
         return await asyncio.to_thread(
             chain.query, self.sync, actor=req.get_param("actor") or req.get_param("user_id"),
-            action=req.get_param("action"), since=req.get_param_as_float("since", min_value=0, max_value=EPOCH_MAX),
-            until=req.get_param_as_float("until", min_value=0, max_value=EPOCH_MAX), cursor=req.get_param("cursor"),
-            limit=req.get_param_as_int("limit", min_value=1, max_value=AUDIT_PAGE_MAX, default=50))
+            action=req.get_param("action"), since=params.number(req, "since", low=0, high=EPOCH_MAX),
+            until=params.number(req, "until", low=0, high=EPOCH_MAX), cursor=req.get_param("cursor"),
+            limit=params.integer(req, "limit", low=1, high=AUDIT_PAGE_MAX, default=50))
 
 
 class AuditVerifyResource(_Chain):

@@ -9,6 +9,7 @@ import falcon
 from falcon.asgi import SSEvent
 
 from api.audit import AuditLog
+from api.auth import principal_of
 from api.body import read_json
 from api.errors import not_found
 from api.jobs import JobService
@@ -46,7 +47,7 @@ class StreamSubmitResource:
         body = await read_json(req, self.settings.max_body_bytes)
         body.pop("agent_type", None)  # the path names the agent
         job, _ = await submit_job(req, self.service, self.settings, self.audit, body, agent=agent)
-        view = public_job(job, self.settings)
+        view = public_job(job, self.settings, principal_of(req))
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
         resp.set_header("Location", f"/api/v1/jobs/{job['id']}")

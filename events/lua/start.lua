@@ -4,6 +4,10 @@
 -- Returns {outcome, next seq}; outcome 'ok', or the reason the attempt must not run.
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempt')
 if not st[1] then return {'missing', 0} end
+if st[1] == 'running' and redis.call('GET', KEYS[2]) == ARGV[4] then
+  -- Sent again after a lost connection: this attempt started already; carry on after its `start` event.
+  return {'ok', redis.call('XLEN', KEYS[3]), redis.call('HGETALL', KEYS[1])}
+end
 if st[1] ~= 'queued' then return {st[1], 0} end
 if tonumber(st[2]) ~= tonumber(ARGV[2]) then return {'stale', 0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'leased', 0} end

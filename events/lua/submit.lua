@@ -5,7 +5,9 @@
 -- ARGV: job_id, now, job ttl, task message, body hash, use idempotency ('1'/'0'), idempotency ttl,
 --       lifecycle data JSON, audit stream max length, n = how many audit event fields follow (names and values),
 --       the n audit fields, then the job's fields as name, value pairs
--- Returns {'created', job_id} or {'exists', 'job_id:body hash'}.
+-- Returns {'created', job_id} or {'exists', 'job_id:body hash'}. Sent again after a lost connection, it finds its
+-- job saved and answers 'created' without doing anything twice.
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'created', ARGV[1]} end
 if ARGV[6] == '1' then
   local prev = redis.call('GET', KEYS[6])
   if prev then return {'exists', prev} end
