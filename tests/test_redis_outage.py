@@ -9,8 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from bench.rawhttp import Connection
+from events.clients import async_client, pool_exhausted
 from tests.conftest import create_user
 from tests.sse import SSE, parse
 from tests.stack import RedisServer, Stack, wait_for
@@ -105,7 +107,7 @@ async def _burst(port: int, path: str, key: str, n: int, *, stream: bool = False
         await asyncio.gather(*(c.writer.wait_closed() for c in conns if c.writer), return_exceptions=True)
 
 
-def test_a_burst_of_a_thousand_requests_or_streams_queues_for_redis_connections_instead_of_failing(logdir: Path) -> None:
+def test_a_burst_of_a_thousand_requests_or_streams_waits_for_redis_connections(logdir: Path) -> None:
     server = RedisServer(logdir).start()
     stack = Stack(server.url, logdir, RATE_LIMIT_PER_MIN="100000")
     try:
@@ -144,3 +146,24 @@ def test_after_a_redis_restart_pooled_connections_recover_without_a_burst_of_503
     finally:
         stack.stop()
         server.stop()
+
+
+async def test_an_exhausted_pool_queues_requests_and_sheds_them_only_past_the_wait(redis_server: RedisServer) -> None:
+    client = async_client(redis_server.url, socket_timeout=5, max_connections=2, pool_timeout=0.3)
+    try:
+        async def one(i: int) -> int:
+            pipe = client.pipeline(transaction=False)
+            pipe.incr("pool:test")
+            pipe.get("pool:test")
+            return int((await pipe.execute())[1])
+
+        assert len(await asyncio.gather(*(one(i) for i in range(200)))) == 200  # 200 share 2 connections
+        holders = [asyncio.create_task(client.blpop(["pool:never"], timeout=1)) for _ in range(2)]
+        await asyncio.sleep(0.1)  # both connections now block in BLPOP for a second
+        with pytest.raises(redis.ConnectionError) as shed:
+            await client.get("pool:test")
+        assert pool_exhausted(shed.value)
+        await asyncio.gather(*holders)
+        assert await client.get("pool:test") == b"200"  # freed again
+    finally:
+        await client.aclose()
