@@ -4,8 +4,13 @@ PY := .venv/bin/python
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-install:  ## Debian packages, venv and pip packages (idempotent)
+install:  ## Debian packages, venv and the pip packages of requirements.lock (idempotent)
 	@bash ops/install.sh
+
+lock: install  ## rewrite requirements.lock from pyproject.toml (LOCK_ARGS=--upgrade for newer versions)
+	$(PY) -m uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+		--python-platform x86_64-unknown-linux-gnu --generate-hashes --custom-compile-command "make lock" -q \
+		$(LOCK_ARGS) -o requirements.lock
 
 run: install  ## set up and run the whole system (Ctrl-C stops it)
 	@bash ops/run.sh
@@ -22,4 +27,4 @@ lint: install  ## ruff and mypy
 bench: install  ## run the benchmarks (prints figures beside same-run baselines)
 	$(PY) -m bench
 
-.PHONY: help install run test lint bench
+.PHONY: help install lock run test lint bench

@@ -15,12 +15,13 @@ from api import errors
 from api.address import ClientAddressMiddleware, networks
 from api.audit import AuditLog
 from api.auth import AuthMiddleware
-from api.body import SchemaMiddleware, TextMiddleware
-from api.costs import CostService
-from api.jobs import JobService, new_job_id
+from api.body import TextMiddleware
+from api.cost_service import CostService
+from api.job_service import JobService, new_job_id
 from api.lockout import Lockout
-from api.monitoring import ActivityTracker, MetricsMiddleware
+from api.models import ModelsMiddleware, RequestModels
 from api.relay import Relay
+from api.request_metrics import ActivityTracker, MetricsMiddleware
 from api.resources.costs import (
     BudgetResource,
     CostsHealthResource,
@@ -32,8 +33,8 @@ from api.resources.costs import (
     UsageResource,
 )
 from api.resources.docs import REDOC, SWAGGER, AssetResource, OpenAPIResource, PageResource
-from api.resources.events import EventsResource
 from api.resources.health import HealthResource, LiveResource, ReadyResource
+from api.resources.job_events import EventsResource
 from api.resources.jobs import CancelResource, JobResource, JobsResource
 from api.resources.monitoring import (
     InfoResource,
@@ -57,12 +58,11 @@ from api.resources.security import (
     UsersResource,
 )
 from api.resources.stream import DemoResource, StreamHealthResource, StreamSubmitResource
-from api.schemas import request_schemas
-from api.tracing import TracingMiddleware
+from api.trace_middleware import TracingMiddleware
 from api.users import UserStore
-from events import logs, tracing
-from events.clients import async_client
-from events.prices import PriceBook
+from events.money.prices import PriceBook
+from events.store.clients import async_client
+from events.telemetry import logs, tracing
 from settings import Settings
 
 RELAY_BLOCK_MS = 5000
@@ -108,7 +108,7 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
                         clock=clock)
 
     audit = AuditLog(redis, clock)
-    schemas = request_schemas(settings)
+    models = RequestModels(settings)
     lockout = Lockout(redis, limit=settings.auth_failures_per_window, window_s=settings.auth_failure_window_s,
                       clock=clock)
     auth = AuthMiddleware(users, settings.secret_key, audit, lockout, rate_limit_per_min=settings.rate_limit_per_min,
@@ -116,7 +116,7 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
                           activity=ActivityTracker(redis, clock))
     middleware: list[Any] = [MetricsMiddleware(), TextMiddleware(),
                              ClientAddressMiddleware(networks(settings.trusted_proxies)),
-                             Lifespan(relay, redis, reader), auth, SchemaMiddleware(schemas, settings.max_body_bytes)]
+                             Lifespan(relay, redis, reader), auth, ModelsMiddleware(models, settings.max_body_bytes)]
     if settings.cors_origins:
         middleware.insert(1, falcon.CORSMiddleware(allow_origins=list(settings.cors_origins),
                                                    expose_headers=["Location", "RateLimit-Limit",
@@ -156,7 +156,7 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
     ):
         app.add_route(f"/api/v1/security/{path}", handler)
     app.add_route("/api/v1/security/users/{user_id}/api-keys/{key_id}/rotate", key_resource, suffix="rotate")
-    app.add_route("/api/v1/openapi.json", OpenAPIResource(app, schemas))
+    app.add_route("/api/v1/openapi.json", OpenAPIResource(app, models))
     app.add_route("/docs", PageResource(SWAGGER))
     app.add_route("/redoc", PageResource(REDOC))
     app.add_route("/api/v1/docs-assets/{name}", AssetResource())

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Mapping
 
-from events import keys
 from events.envelope import Event
+from events.store import keyspace
 
 
 class AuditLog:
@@ -31,4 +31,4 @@ class AuditLog:
                      details: Mapping[str, Any] | None = None) -> None:
         """Append one record."""
         event = self.event(actor, action, resource=resource, result=result, ip=ip, details=details)
-        await self.client.xadd(keys.AUDIT_STREAM, event.to_fields(), maxlen=keys.AUDIT_STREAM_MAXLEN, approximate=True)
+        await self.client.xadd(keyspace.AUDIT_STREAM, event.to_fields(), maxlen=keyspace.AUDIT_STREAM_MAXLEN, approximate=True)

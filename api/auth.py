@@ -14,14 +14,14 @@ from typing import Any, Callable, NoReturn
 
 import falcon
 
-from api import keys as apikeys
+from api import credentials
 from api.address import client_ip
 from api.audit import AuditLog
 from api.lockout import Lockout
-from api.monitoring import ActivityTracker
 from api.permissions import PUBLIC, Permission, allowed
+from api.request_metrics import ActivityTracker
 from api.users import Principal, UserStore
-from events.metrics import AUTH_ATTEMPTS, PERMISSION_CHECKS, RATE_LIMITED
+from events.telemetry.metrics import AUTH_ATTEMPTS, PERMISSION_CHECKS, RATE_LIMITED
 
 ADMIN_PERMISSIONS = frozenset({Permission.USERS_ADMIN, Permission.COSTS_ADMIN, Permission.AUDIT_READ,
                                Permission.JOBS_READ_ALL, Permission.METRICS_WRITE})
@@ -89,7 +89,7 @@ class AuthMiddleware:
             if self.lockout.locked(check.failures):
                 await self._fail(req, ip, "api_key", {"reason": "address locked out"})
             if check.principal is None:
-                prefix = apikeys.display_prefix(key) if apikeys.looks_like_key(key) else "malformed"
+                prefix = credentials.display_prefix(key) if credentials.looks_like_key(key) else "malformed"
                 await self._fail(req, ip, "api_key", {"key_prefix": prefix},
                                  "The API key is invalid, revoked or expired.")
             principal = check.principal
@@ -115,7 +115,7 @@ class AuthMiddleware:
             await self._fail(req, ip, "none", {"reason": "no credentials"},
                              "Send an API key as 'Authorization: Bearer sk_live_…' or 'X-API-Key'.")
         assert token is not None and job_id is not None
-        holder = apikeys.check_stream_token(self.secret, job_id, token, self.clock())
+        holder = credentials.check_stream_token(self.secret, job_id, token, self.clock())
         failures = int(await self.users.client.hget(*self.lockout.counts(ip)) or 0)
         principal = await self.users.key_principal(*holder) if holder and not self.lockout.locked(failures) else None
         if principal is None:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import falcon
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, best_match
 
 MAX_DEPTH = 32  # objects and lists nested deeper than this are refused: no real request needs more
 
@@ -75,7 +72,7 @@ def parse_json(raw: bytes) -> Any:
 
 async def read_json(req: falcon.asgi.Request, max_bytes: int) -> dict[str, Any]:
     """The body as a dict; 415, 413 or 400 with a clear message otherwise (read once, then kept)."""
-    kept = getattr(req.context, "body", None)
+    kept = getattr(req.context, "json", None)
     if kept is not None:
         return kept
     media_type = (req.content_type or "").split(";")[0].strip().lower()
@@ -101,7 +98,7 @@ async def read_json(req: falcon.asgi.Request, max_bytes: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise falcon.HTTPBadRequest(title="Bad Request", description="The body must be a JSON object.",
                                     code="invalid_request")
-    req.context.body = body
+    req.context.json = body
     return body
 
 
@@ -119,57 +116,6 @@ class TextMiddleware:
             except UnicodeDecodeError:
                 why = f"The {part} is not valid UTF-8 once percent-decoded."
                 raise falcon.HTTPBadRequest(title="Bad Request", code="invalid_encoding", description=why) from None
-
-
-class SchemaMiddleware:
-    """Checks a request's JSON body against its route's schema (api/schemas.py) before the responder runs."""
-
-    def __init__(self, schemas: dict[tuple[str, str], dict[str, Any]], max_bytes: int) -> None:
-        self.validators = {route: Draft202012Validator(schema) for route, schema in schemas.items()}
-        self.max_bytes = max_bytes
-
-    async def process_resource(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, resource: Any,
-                               params: dict[str, Any]) -> None:
-        """400 naming the first field that breaks the schema."""
-        validator = self.validators.get((req.uri_template or "", req.method))
-        if validator is None or resource is None:
-            return
-        body = await read_json(req, self.max_bytes)
-        error = best_match(validator.iter_errors(body))
-        if error is not None:
-            raise falcon.HTTPBadRequest(title="Bad Request", code="invalid_field", description=explain(error))
-
-
-TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number", "object": "a JSON object",
-              "array": "a list", "boolean": "true or false", "null": "null"}
-
-
-def explain(error: ValidationError) -> str:
-    """A schema violation as a sentence naming the field and what to send."""
-    field = "/".join(str(p) for p in error.absolute_path) or "(body)"
-    rule, want, got, schema = error.validator, error.validator_value, error.instance, error.schema
-    if rule in ("required", "additionalProperties"):
-        names = re.findall(r"'([^']+)'", error.message)
-        name = names[0] if names else field
-        if rule == "required":
-            return f"Field '{name}': is required."
-        known = ", ".join(sorted(schema.get("properties", {})))
-        return f"Field '{name}': is not a known field; send only {known}."
-    if rule == "type":
-        return f"Field '{field}': must be {TYPE_WORDS.get(str(want), want)}, not {type(got).__name__}."
-    if rule == "enum":
-        return f"Field '{field}': {got!r} is not allowed; use one of: {', '.join(map(str, want))}."
-    if rule in ("minimum", "maximum"):
-        return f"Field '{field}': must be between {schema.get('minimum', 0)} and {schema.get('maximum', 'more')}."
-    if rule == "maxLength":
-        return f"Field '{field}': must be at most {want} characters."
-    if rule in ("minLength", "pattern") and schema.get("pattern") == r"\S":
-        return f"Field '{field}': must not be empty."
-    if rule == "pattern":
-        return f"Field '{field}': has characters that are not allowed (pattern {want})."
-    if rule == "maxItems":
-        return f"Field '{field}': must hold at most {want} items."
-    return f"Field '{field}': {error.message}."
 
 
 def _too_large(max_bytes: int) -> falcon.HTTPError:

@@ -24,7 +24,7 @@ from api import promconfig
 from api.audit import AuditLog
 from api.permissions import Role
 from api.users import UserError, UserStore
-from events.clients import async_client
+from events.store.clients import async_client
 from settings import Settings, SettingsError
 
 

@@ -15,10 +15,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
-from api.costs import CostService
-from events.clients import async_client
-from events.money import micros_to_usd, usd_to_micros
-from events.prices import PriceBook
+from api.cost_service import CostService
+from events.money.amounts import micros_to_usd, usd_to_micros
+from events.money.prices import PriceBook
+from events.store.clients import async_client
 from settings import Settings
 
 

@@ -1,4 +1,5 @@
-"""Domain errors mapped to HTTP once. Every error body is {"title", "description", "code"}."""
+"""Errors mapped to HTTP once: every domain error by its status and code, Redis outages as 503, anything else as
+a logged 500. Every error body is {"title", "description", "code"} (a 402 adds its budget figures)."""
 
 from __future__ import annotations
 
@@ -9,31 +10,53 @@ import falcon
 import redis
 from kombu.exceptions import OperationalError
 
-from events.clients import pool_exhausted
-from events.money import micros_to_usd
+from events.errors import DomainError
+from events.store.clients import pool_exhausted
 
 log = logging.getLogger("api.errors")
 
 RETRY_AFTER_S = 2
 
 
-def bad_request(description: str, code: str = "invalid_request") -> falcon.HTTPError:
+class NotFoundError(DomainError):
+    """Raised when a resource does not exist, or (to reveal nothing) belongs to another user."""
+
+    status = 404
+    code = "not_found"
+
+
+class ForbiddenError(DomainError):
+    """Raised when the caller may not do this (their role, or their agent allow list)."""
+
+    status = 403
+    code = "forbidden"
+
+
+class ConflictError(DomainError):
+    """Raised when the resource's state does not allow the request (a finished job cannot be cancelled)."""
+
+    status = 409
+    code = "conflict"
+
+
+def bad_request(description: str, code: str = "invalid_request") -> DomainError:
     """A 400 that says what to fix."""
-    return falcon.HTTPBadRequest(title="Bad Request", description=description, code=code)
+    return DomainError(description, code=code)
 
 
-def not_found(description: str = "There is no such resource.", code: str = "not_found") -> falcon.HTTPError:
+def not_found(description: str = "There is no such resource.", code: str = "not_found") -> DomainError:
     """A 404; also what another user's job looks like."""
-    return falcon.HTTPNotFound(title="Not Found", description=description, code=code)
+    return NotFoundError(description, code=code)
 
 
-class PaymentRequired(falcon.HTTPError):
-    """402 whose body also carries the figures a client needs to decide what to do."""
+class Answer(falcon.HTTPError):
+    """An error answer whose body may carry more than title, description and code (a 402's figures)."""
 
-    def __init__(self, description: str, figures: dict[str, Any]) -> None:
+    def __init__(self, status: str, title: str, description: str, code: str, figures: dict[str, Any],
+                 headers: dict[str, str]) -> None:
         # Falcon types `code` as int, but it is any JSON value; ours are strings everywhere.
-        super().__init__(falcon.HTTP_402, title="Payment Required", description=description,
-                         code="budget_exceeded")  # type: ignore[arg-type]
+        super().__init__(status, title=title, description=description, code=code,  # type: ignore[arg-type]
+                         headers=headers or None)
         self.figures = figures
 
     def to_dict(self, obj_type: Any = dict) -> Any:
@@ -43,11 +66,9 @@ class PaymentRequired(falcon.HTTPError):
         return body
 
 
-def budget_exceeded(ex: Any) -> falcon.HTTPError:
-    """The 402 for a BudgetExceededError: remaining budget and the hold that was asked for."""
-    return PaymentRequired(str(ex), {
-        "scope": ex.scope, "period": ex.period, "limit_usd": micros_to_usd(ex.limit),
-        "remaining_usd": micros_to_usd(max(ex.remaining, 0)), "hold_usd": micros_to_usd(ex.hold)})
+async def domain(req: falcon.Request, resp: falcon.Response, ex: DomainError, params: dict[str, Any]) -> None:
+    """Every domain error, answered with its own status, code and figures."""
+    raise Answer(falcon.code_to_http_status(ex.status), ex.title, str(ex), ex.code, ex.figures, ex.headers)
 
 
 async def unavailable(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, Any]) -> None:
@@ -83,5 +104,6 @@ async def internal(req: falcon.Request, resp: falcon.Response, ex: Exception, pa
 def install(app: falcon.asgi.App) -> None:
     """Register the handlers, most general first (Falcon picks the most specific match)."""
     app.add_error_handler(Exception, internal)
+    app.add_error_handler(DomainError, domain)
     for error in (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OperationalError):
         app.add_error_handler(error, unavailable)

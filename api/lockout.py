@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 import falcon
 
-from events import keys
 from events.envelope import Event
-from events.jobs import lua
-from events.metrics import RATE_LIMITED
+from events.store import keyspace, user_scripts
+from events.store.scripts import AsyncScripts
+from events.telemetry.metrics import RATE_LIMITED
 
 MIN_TTL_S = 3600  # a window's counts outlive it long enough for the events process to summarise them
 
@@ -30,11 +30,11 @@ class Lockout:
         self.limit = limit
         self.window_s = window_s
         self.clock = clock
-        self._note = client.register_script(lua("auth_failure"))
+        self.scripts = AsyncScripts(client)
 
     def counts(self, ip: str) -> tuple[str, str]:
         """(hash key, field) of the address's count in the current window, to read with the key check."""
-        return keys.auth_failures(int(self.clock() // self.window_s)), ip
+        return keyspace.auth_failures(int(self.clock() // self.window_s)), ip
 
     def locked(self, failures: int) -> bool:
         """True when an address with `failures` failures this window must wait for the next one."""
@@ -42,11 +42,9 @@ class Lockout:
 
     async def note(self, ip: str, event: Event) -> int:
         """Count one failure from `ip` (auditing `event` if it is the window's first); returns the count."""
-        window = int(self.clock() // self.window_s)
-        fields = [part for pair in event.to_fields().items() for part in pair]
-        return int(await self._note(
-            keys=[keys.auth_failures(window), keys.AUTH_FAILURE_WINDOWS, keys.AUDIT_STREAM],
-            args=[ip, window, max(MIN_TTL_S, 10 * self.window_s), keys.AUDIT_STREAM_MAXLEN, *fields]))
+        return await self.scripts.run(user_scripts.note_auth_failure(
+            ip=ip, window=int(self.clock() // self.window_s), ttl_s=max(MIN_TTL_S, 10 * self.window_s),
+            now=event.ts, audit=event.data, audit_max_len=keyspace.AUDIT_STREAM_MAXLEN))
 
     def refusal(self) -> falcon.HTTPError:
         """The 429 for an address past its limit, with the seconds left in the window."""

@@ -1,5 +1,6 @@
 """The OpenAPI 3.1 document, built from the live route table: each route's permission, docstrings, path
-parameters and body schema (api/schemas.py), so it cannot drift from what is served."""
+parameters, and the body and query models the API checks requests against (api/models.py), so it cannot drift
+from what is served."""
 
 from __future__ import annotations
 
@@ -8,18 +9,14 @@ import re
 from typing import Any
 
 import falcon
+from pydantic import BaseModel
 
-from api.costs import GROUPS, WINDOWS
-from api.jobs import JOB_ID
+from api.job_service import JOB_ID
+from api.models import RequestModels
 from api.permissions import PUBLIC
 from api.resources.health import VERSION
-from api.resources.jobs import MAX_PAGE
-from api.resources.security import AUDIT_PAGE_MAX, EPOCH_MAX, ROTATION_GRACE_MAX_S
-from api.schemas import ERROR
 from api.users import USER_ID
 from events.catalog import AGENT_TYPES
-from events.envelope import STREAM_ID
-from events.jobs import STATUSES
 
 SKIP = {"OPTIONS", "HEAD", "CONNECT", "TRACE"}
 ASSETS = {"swagger-ui-bundle.js": "application/javascript", "swagger-ui.css": "text/css",
@@ -29,6 +26,8 @@ HTML_PATHS = {"/docs", "/redoc", "/api/v1/stream/demo"}
 # One event of a stream, as SSE clients see it: `data` is the event envelope as JSON text.
 SSE_EVENT = {"type": "object", "properties": {"data": {"type": "string"}, "event": {"type": "string"},
                                              "id": {"type": "string"}, "retry": {"type": "integer"}}}
+ERROR = {"type": "object", "required": ["title"],
+         "properties": {"title": {"type": "string"}, "description": {"type": "string"}, "code": {"type": "string"}}}
 
 
 def path_params(path: str) -> list[dict[str, Any]]:
@@ -42,47 +41,36 @@ def path_params(path: str) -> list[dict[str, Any]]:
             for name in re.findall(r"\{([a-z_]+)\}", path)]
 
 
-def _q(name: str, schema: dict[str, Any], description: str, *, blank: bool = False) -> dict[str, Any]:
-    """A query parameter; `blank`: the handler reads ?name= (empty) as not given."""
-    param = {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
-    if blank:
-        param.update(schema={"anyOf": [schema, {"type": "string", "maxLength": 0}]}, allowEmptyValue=True)
-    return param
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A field's JSON Schema without pydantic's titles, and `anyOf [x, null]` as `x` (null means not given)."""
+    schema = {k: v for k, v in schema.items() if k not in ("title", "default")}
+    options = schema.pop("anyOf", None)
+    if options is not None:
+        kept = [o for o in options if o != {"type": "null"}]
+        schema.update(kept[0] if len(kept) == 1 else {"anyOf": kept})
+    return schema
 
 
-_USER_Q = _q("user_id", {"type": "string", "pattern": USER_ID.pattern}, "Admins: whose figures (default: yours).",
-             blank=True)
-_CURSOR = {"type": "string", "pattern": r"^[0-9]{1,15}(\.[0-9]{1,9})?:j_[0-9a-f]{32}$"}
-QUERY_PARAMS: dict[tuple[str, str], list[dict[str, Any]]] = {
-    ("/api/v1/jobs", "GET"): [
-        _q("status", {"enum": list(STATUSES)}, "Only jobs in this state."),
-        _q("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "Page size (default 20)."),
-        _q("cursor", _CURSOR, "next_cursor of the previous page.", blank=True),
-        _q("all", {"type": "boolean"}, "Admins: false for only your own jobs.", blank=True)],
-    ("/api/v1/jobs/{job_id}", "GET"): [
-        _q("wait", {"type": "number", "minimum": 0, "maximum": 60}, "Long-poll up to this many seconds.")],
-    ("/api/v1/jobs/{job_id}/events", "GET"): [
-        _q("last_event_id", {"type": "string", "pattern": STREAM_ID.pattern}, "Resume after this event id.",
-           blank=True),
-        _q("token", {"type": "string"}, "The job-scoped token from stream_url (for EventSource).", blank=True)],
-    ("/api/v1/costs/stats", "GET"): [
-        _q("period", {"enum": [*WINDOWS, "all"]}, "Window (default week)."),
-        _q("group_by", {"enum": list(GROUPS)}, "user is for admins."), _USER_Q,
-        _q("all", {"type": "boolean"}, "Admins: everyone's figures.", blank=True)],
-    ("/api/v1/costs/budget", "GET"): [_USER_Q],
-    ("/api/v1/costs/forecast", "GET"): [_USER_Q],
-    ("/api/v1/costs/recommendations", "GET"): [_USER_Q],
-    ("/api/v1/security/audit", "GET"): [
-        _q("actor", {"type": "string"}, "Only this actor's records.", blank=True),
-        _q("action", {"type": "string"}, "Only this action (e.g. auth.failure).", blank=True),
-        _q("since", {"type": "number", "minimum": 0, "maximum": EPOCH_MAX}, "From this time (epoch seconds)."),
-        _q("until", {"type": "number", "minimum": 0, "maximum": EPOCH_MAX}, "Up to this time (epoch seconds)."),
-        _q("cursor", {"type": "string", "pattern": STREAM_ID.pattern}, "next_cursor of the previous page.", blank=True),
-        _q("limit", {"type": "integer", "minimum": 1, "maximum": AUDIT_PAGE_MAX}, "Page size (default 50).")],
-    ("/api/v1/security/users/{user_id}/api-keys/{key_id}/rotate", "POST"): [
-        _q("grace_s", {"type": "integer", "minimum": 0, "maximum": ROTATION_GRACE_MAX_S},
-           "How long the old key keeps working (default KEY_ROTATION_GRACE_S).")],
-}
+def query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The query parameters of a query model; a blank value (?name=) is read as not given, so text and yes/no
+    parameters also admit the empty string."""
+    props = model.model_json_schema()["properties"]
+    params = []
+    for name, info in model.model_fields.items():
+        schema = _inline(props[name])
+        param: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schema,
+                                 "description": info.description or ""}
+        if schema.get("type") in ("string", "boolean") or "enum" in schema:
+            param.update(schema={"anyOf": [schema, {"type": "string", "maxLength": 0}]}, allowEmptyValue=True)
+        params.append(param)
+    return params
+
+
+def body_schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
+    """A body model's JSON Schema; the models it refers to go into `components`."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(schema.pop("$defs", {}))
+    return schema
 
 
 def _success_body(path: str) -> dict[str, Any]:
@@ -117,7 +105,8 @@ def _summary(text: str | None) -> str:
     return (text or "").strip().split("\n")[0]
 
 
-def _operation(path: str, method: str, resource: Any, responder: Any, schemas: dict) -> dict[str, Any]:
+def _operation(path: str, method: str, resource: Any, responder: Any, models: RequestModels,
+               components: dict[str, Any]) -> dict[str, Any]:
     permission = (getattr(resource, "permissions", {}) or {}).get(method)
     codes = {"200": "OK", "400": "Bad request", "401": "No valid API key", "403": "Not permitted",
              "404": "Not found", "405": "Method not allowed", "409": "Conflict", "413": "Body too large",
@@ -143,27 +132,31 @@ def _operation(path: str, method: str, resource: Any, responder: Any, schemas: d
     }
     if permission == PUBLIC:
         op["security"] = []
-    params = path_params(path) + QUERY_PARAMS.get((path, method), [])
+    query = models.queries.get((path, method))
+    params = path_params(path) + (query_params(query) if query else [])
     if params:
         op["parameters"] = params
-    schema = schemas.get((path, method))
-    if schema is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    body = models.bodies.get((path, method))
+    if body is not None:
+        op["requestBody"] = {"required": (path, method) not in models.optional_bodies,
+                             "content": {"application/json": {"schema": body_schema(body, components)}}}
     return op
 
 
-def document(app: falcon.asgi.App, schemas: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
-    """The whole API as OpenAPI 3.1; `schemas` are the body schemas the API checks requests against."""
+def document(app: falcon.asgi.App, models: RequestModels) -> dict[str, Any]:
+    """The whole API as OpenAPI 3.1, with the body and query models the API checks requests against."""
     paths: dict[str, dict[str, Any]] = {}
+    components: dict[str, Any] = {}
     for path, method, resource, responder in route_table(app):
-        paths.setdefault(path, {})[method.lower()] = _operation(path, method, resource, responder, schemas)
+        paths.setdefault(path, {})[method.lower()] = _operation(path, method, resource, responder, models,
+                                                                components)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Agentic job backend", "version": VERSION,
                  "description": "LLM agent jobs over HTTP, streamed over SSE, with budgets, keys and audit."},
         "servers": [{"url": "/"}],
         "paths": paths,
-        "components": {"securitySchemes": {
+        "components": {"schemas": components, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer", "description": "sk_live_… API key"},
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
         "security": [{"bearer": []}, {"apiKey": []}],

@@ -1,8 +1,8 @@
 """The seed's import path for the metrics helper: `from api.prometheus_service import metrics`.
 
-The helper itself lives in `events.metrics`, so workers and the events process use the same one.
+The helper itself lives in `events.telemetry.metrics`, so workers and the events process use the same one.
 """
 
-from events.metrics import metrics
+from events.telemetry.metrics import metrics
 
 __all__ = ["metrics"]

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from api.audit import AuditLog
 from api.permissions import Permission, Role, allowed
 from api.users import UnknownUserError, UserStore
-from events.clients import async_client
+from events.store.clients import async_client
 from settings import Settings
 
 __all__ = ["Permission", "RBACService", "Role", "get_rbac_service"]

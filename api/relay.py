@@ -17,8 +17,8 @@ from typing import Any
 
 import redis
 
-from events import keys
 from events.envelope import TERMINAL_TYPES, EnvelopeError, Event, text
+from events.store import keyspace
 
 log = logging.getLogger("api.relay")
 
@@ -83,7 +83,7 @@ class Relay:
                  buffer: int = 2048) -> None:
         self.reader = reader  # a client whose socket timeout exceeds block_ms
         self.waker = waker
-        self.wake_key = keys.relay_wake(instance)
+        self.wake_key = keyspace.relay_wake(instance)
         self.block_ms = block_ms
         self.count = count
         self.buffer = buffer
@@ -105,7 +105,7 @@ class Relay:
 
     def subscribe(self, job_id: str, after: str = "0-0") -> Subscription:
         """Follow a job's stream from just after `after` (0-0: from the start)."""
-        key = keys.job_stream(job_id)
+        key = keyspace.job_stream(job_id)
         pos = parse_id(after)
         sub = Subscription(key, pos, asyncio.Queue(self.buffer), since=self._reads)
         self.subs.setdefault(key, set()).add(sub)

@@ -13,26 +13,50 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from api import keys as apikeys
+from api import credentials
 from api.permissions import Role
-from events import keys
 from events.envelope import text, text_map
-from events.fields import float_field, json_field
-from events.jobs import lua
+from events.errors import DomainError
+from events.store import keyspace, user_scripts
+from events.store.fields import float_field, json_field
+from events.store.scripts import AsyncScripts
+from events.store.user_scripts import Updated
 
 USER_ID = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
 
-class UserError(Exception):
+class UserError(DomainError):
     """Raised when a user or key operation cannot be done as asked."""
+
+    code = "invalid_field"
 
 
 class UserExistsError(UserError):
     """Raised when creating a user whose id is taken."""
 
+    status = 409
+    code = "user_exists"
+
 
 class UnknownUserError(UserError):
     """Raised when a user id names nobody."""
+
+    status = 404
+    code = "user_not_found"
+
+
+class UnknownKeyError(UserError):
+    """Raised when a user has no key with the id given."""
+
+    status = 404
+    code = "key_not_found"
+
+
+class KeyRevokedError(UserError):
+    """Raised when rotating a key that was revoked."""
+
+    status = 409
+    code = "key_revoked"
 
 
 @dataclass(frozen=True)
@@ -83,6 +107,7 @@ class KeyCheck:
     failures: int = 0
 
 
+KEEP = object()  # an update that leaves a field as it is
 UPDATE_ATTEMPTS = 20  # a role change retries this often while keys keep appearing under it
 
 
@@ -93,8 +118,7 @@ class UserStore:
         self.client = client
         self.secret = secret
         self.clock = clock
-        self._create_key = client.register_script(lua("key_create"))
-        self._update = client.register_script(lua("user_update"))
+        self.scripts = AsyncScripts(client)
 
     async def create_user(self, user_id: str, role: str, metadata: dict[str, Any] | None = None,
                           agents: list[str] | None = None) -> dict[str, Any]:
@@ -104,31 +128,31 @@ class UserStore:
         record = {"user_id": user_id, "role": role, "created_at": f"{self.clock():.6f}",
                   "metadata": json.dumps(metadata or {}), "disabled": "0",
                   "agents": json.dumps(sorted(agents)) if agents is not None else ""}
-        if not await self.client.hsetnx(keys.user(user_id), "user_id", user_id):
+        if not await self.client.hsetnx(keyspace.user(user_id), "user_id", user_id):
             raise UserExistsError(f"User {user_id!r} already exists.")
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(keys.user(user_id), mapping=record)
-        pipe.sadd(keys.USERS, user_id)
+        pipe.hset(keyspace.user(user_id), mapping=record)
+        pipe.sadd(keyspace.USERS, user_id)
         await pipe.execute()
         return self._user_view(record)
 
     async def exists(self, user_id: str) -> bool:
         """True when `user_id` names a user."""
-        return bool(await self.client.exists(keys.user(user_id)))
+        return bool(await self.client.exists(keyspace.user(user_id)))
 
     async def get_user(self, user_id: str) -> dict[str, Any]:
         """A user's profile; raises UnknownUserError."""
-        record = text_map(await self.client.hgetall(keys.user(user_id)))
+        record = text_map(await self.client.hgetall(keyspace.user(user_id)))
         if not record:
             raise UnknownUserError(f"There is no user {user_id!r}.")
         return self._user_view(record)
 
     async def list_users(self) -> list[dict[str, Any]]:
         """Every user, sorted by id."""
-        ids = sorted(text(u) for u in await self.client.smembers(keys.USERS))
+        ids = sorted(text(u) for u in await self.client.smembers(keyspace.USERS))
         pipe = self.client.pipeline(transaction=False)
         for user_id in ids:
-            pipe.hgetall(keys.user(user_id))
+            pipe.hgetall(keyspace.user(user_id))
         return [self._user_view(text_map(r)) for r in await pipe.execute() if r]
 
     async def create_key(self, user_id: str, *, expires_in_s: int | None = None, name: str = "") -> tuple[str, dict]:
@@ -136,35 +160,35 @@ class UserStore:
 
         The key takes its user's role and agents in the same script that writes it.
         """
-        key = apikeys.new_key()
-        hashed = apikeys.key_hash(self.secret, key)
+        key = credentials.new_key()
+        hashed = credentials.key_hash(self.secret, key)
         now = self.clock()
         record = {
-            "key_id": apikeys.key_id(hashed), "user_id": user_id, "name": name,
-            "prefix": apikeys.display_prefix(key), "created_at": f"{now:.6f}",
+            "key_id": credentials.key_id(hashed), "user_id": user_id, "name": name,
+            "prefix": credentials.display_prefix(key), "created_at": f"{now:.6f}",
             "expires_at": f"{now + expires_in_s:.6f}" if expires_in_s else "", "revoked": "0",
         }
-        made = await self._create_key(keys=[keys.user(user_id), keys.user_keys(user_id), keys.apikey(hashed)],
-                                      args=[record["key_id"], hashed, *(p for pair in record.items() for p in pair)])
-        if not int(made):
+        made = await self.scripts.run(user_scripts.create_key(user_id=user_id, key_hash=hashed,
+                                                              key_id=record["key_id"], record=record))
+        if not made:
             raise UnknownUserError(f"There is no user {user_id!r}.")
         return key, self._key_view(record)
 
     async def list_keys(self, user_id: str) -> list[dict[str, Any]]:
         """A user's keys, without secrets."""
-        hashes = [text(h) for h in (await self.client.hgetall(keys.user_keys(user_id))).values()]
+        hashes = [text(h) for h in (await self.client.hgetall(keyspace.user_keys(user_id))).values()]
         pipe = self.client.pipeline(transaction=False)
         for hashed in hashes:
-            pipe.hgetall(keys.apikey(hashed))
+            pipe.hgetall(keyspace.apikey(hashed))
         records = [text_map(r) for r in await pipe.execute() if r]
         return sorted((self._key_view(r) for r in records), key=lambda r: r["created_at"])
 
     async def revoke_key(self, user_id: str, key_id: str) -> bool:
         """Revoke one of a user's keys; effective on the very next request. False if no such key."""
-        hashed = await self.client.hget(keys.user_keys(user_id), key_id)
+        hashed = await self.client.hget(keyspace.user_keys(user_id), key_id)
         if hashed is None:
             return False
-        await self.client.hset(keys.apikey(text(hashed)), mapping={"revoked": "1",
+        await self.client.hset(keyspace.apikey(text(hashed)), mapping={"revoked": "1",
                                                                      "revoked_at": f"{self.clock():.6f}"})
         return True
 
@@ -178,14 +202,14 @@ class UserStore:
         With `window_s`, the same round trip counts the request in the key's rate-limit window; with `failures`
         (the window's counts hash and the client's address) it reads how often that address failed lately.
         """
-        hashed = apikeys.key_hash(self.secret, key) if apikeys.looks_like_key(key) else None
+        hashed = credentials.key_hash(self.secret, key) if credentials.looks_like_key(key) else None
         pipe = self.client.pipeline(transaction=False)
         if failures:
             pipe.hget(*failures)
         if hashed:
-            pipe.hgetall(keys.apikey(hashed))
+            pipe.hgetall(keyspace.apikey(hashed))
             if window_s:
-                counter = keys.rate_limit(apikeys.key_id(hashed), int(self.clock() // window_s))
+                counter = keyspace.rate_limit(credentials.key_id(hashed), int(self.clock() // window_s))
                 pipe.incr(counter)
                 pipe.expire(counter, window_s * 2)
         replies = iter(await pipe.execute() if failures or hashed else [])
@@ -196,10 +220,10 @@ class UserStore:
 
     async def key_principal(self, user_id: str, key_id: str) -> Principal | None:
         """The principal of one of a user's keys, by its id, if the key is still valid (for stream tokens)."""
-        hashed = await self.client.hget(keys.user_keys(user_id), key_id)
+        hashed = await self.client.hget(keyspace.user_keys(user_id), key_id)
         if hashed is None:
             return None
-        principal = self._principal(text_map(await self.client.hgetall(keys.apikey(text(hashed)))))
+        principal = self._principal(text_map(await self.client.hgetall(keyspace.apikey(text(hashed)))))
         return principal if principal is not None and principal.user_id == user_id else None
 
     def _principal(self, record: dict[str, str], window_count: int = 0) -> Principal | None:
@@ -211,46 +235,47 @@ class UserStore:
         return Principal(record["user_id"], record["role"], record["key_id"], _agents(record.get("agents")),
                          window_count)
 
-    async def set_role(self, user_id: str, role: str) -> dict[str, Any]:
-        """Change a user's role; every key of theirs carries it from the next request on."""
-        await self.get_user(user_id)
-        role = check_role(role)
-        await self._rewrite(user_id, {"role": role})
+    async def update(self, user_id: str, *, role: str | None = None,
+                     agents: list[str] | object | None = KEEP) -> dict[str, Any]:
+        """Change a user's role and their agent allow list (a list, or None for every agent), at once; every key
+        of theirs carries the change from the next request on."""
+        fields: dict[str, str] = {}
+        if role is not None:
+            fields["role"] = check_role(role)
+        if agents is not KEEP:
+            fields["agents"] = json.dumps(sorted(agents)) if isinstance(agents, list) else ""
+        await self._rewrite(user_id, fields)
         return await self.get_user(user_id)
 
-    async def set_agents(self, user_id: str, agents: list[str] | None) -> dict[str, Any]:
-        """Limit a user to these agents (None: all agents)."""
-        await self.get_user(user_id)
-        await self._rewrite(user_id, {"agents": json.dumps(sorted(agents)) if agents is not None else ""})
-        return await self.get_user(user_id)
+    async def set_role(self, user_id: str, role: str) -> dict[str, Any]:
+        """Change a user's role; every key of theirs carries it from the next request on."""
+        return await self.update(user_id, role=role)
 
     async def rotate_key(self, user_id: str, key_id: str, grace_s: int, *, name: str = "") -> tuple[str, dict]:
         """A new key replacing `key_id`, which keeps working for `grace_s` seconds more."""
-        hashed = await self.client.hget(keys.user_keys(user_id), key_id)
+        hashed = await self.client.hget(keyspace.user_keys(user_id), key_id)
         if hashed is None:
-            raise UnknownUserError(f"User {user_id!r} has no key {key_id!r}.")
-        old = text_map(await self.client.hgetall(keys.apikey(text(hashed))))
+            raise UnknownKeyError(f"User {user_id!r} has no key {key_id!r}.")
+        old = text_map(await self.client.hgetall(keyspace.apikey(text(hashed))))
         if old.get("revoked") == "1":
-            raise UserError(f"Key {key_id!r} is revoked; create a new key instead of rotating it.")
+            raise KeyRevokedError(f"Key {key_id!r} is revoked; create a new key instead of rotating it.")
         key, info = await self.create_key(user_id, name=name or old.get("name", ""), expires_in_s=None)
         ends = self.clock() + grace_s
         if not old.get("expires_at") or float(old["expires_at"]) > ends:
-            await self.client.hset(keys.apikey(text(hashed)), mapping={"expires_at": f"{ends:.6f}",
+            await self.client.hset(keyspace.apikey(text(hashed)), mapping={"expires_at": f"{ends:.6f}",
                                                                          "rotated_to": info["key_id"]})
         return key, info
 
     async def _rewrite(self, user_id: str, fields: dict[str, str]) -> None:
         """Set fields on the user and on every key record of theirs (auth reads them from the key), atomically;
         read the keys again while new ones keep appearing."""
-        pairs = [part for pair in fields.items() for part in pair]
         for _ in range(UPDATE_ATTEMPTS):
-            hashes = [text(h) for h in await self.client.hvals(keys.user_keys(user_id))]
-            outcome = text(await self._update(
-                keys=[keys.user(user_id), keys.user_keys(user_id), *(keys.apikey(h) for h in hashes)],
-                args=[len(hashes), *hashes, *pairs]))
-            if outcome == "missing":
+            hashes = [text(h) for h in await self.client.hvals(keyspace.user_keys(user_id))]
+            outcome = await self.scripts.run(user_scripts.update_user(user_id=user_id, key_hashes=hashes,
+                                                                      fields=fields))
+            if outcome is Updated.MISSING:
                 raise UnknownUserError(f"There is no user {user_id!r}.")
-            if outcome == "ok":
+            if outcome is Updated.OK:
                 return
         raise UserError(f"Keys of {user_id!r} kept changing; the change was not made. Try again.")
 

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from api.permissions import Permission, allowed
 from api.users import UserStore
 from bench.common import fresh_stack, line, percentile
-from events import keys
+from events.store import keyspace
 from tests.stack import SECRET
 
 SAMPLES = 5000
@@ -23,7 +23,7 @@ async def _measure(url: str) -> tuple[list[float], list[float]]:
     key, _ = await store.create_key("bench-auth")
     await client.set("bench:plain", "x")
     ours, raw = [], []
-    failures = (keys.auth_failures(0), "127.0.0.1")  # the middleware reads the address's failures in the same trip
+    failures = (keyspace.auth_failures(0), "127.0.0.1")  # the middleware reads the address's failures in the same trip
     for _ in range(200):  # warm up
         await store.check_key(key, window_s=60, failures=failures)
         await client.get("bench:plain")

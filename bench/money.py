@@ -8,12 +8,12 @@ import timeit
 import redis
 
 from bench.common import fresh_stack, line
-from events import keys
-from events.budgets import BudgetScripts, hold_member, period_keys, period_ttls
-from events.consumer import ConsumerGroup
 from events.envelope import Event
-from events.ledger import Ledger
-from events.prices import PriceBook
+from events.money.prices import PriceBook
+from events.process.consumer import ConsumerGroup
+from events.process.ledger import Ledger
+from events.store import budget_scripts, keyspace
+from events.store.scripts import Scripts
 
 HOLDS = 5000
 EVENTS = 20000
@@ -29,23 +29,21 @@ def _cost_per_call() -> tuple[float, float]:
 
 
 def _holds_per_second(client: redis.Redis) -> tuple[float, float]:
-    scripts = BudgetScripts.register(client)
+    scripts = Scripts(client)
     user = "bench-holds"
-    client.hset(keys.budget_config(user), "user", '{"limit_micros": 1000000000000, "period": "monthly", '
-                                                   '"alert_pct": 80}')
+    client.hset(keyspace.budget_config(user), "user", '{"limit_micros": 1000000000000, "period": "monthly", '
+                                                       '"alert_pct": 80}')
     now = time.time()
     started = time.perf_counter()
     for i in range(HOLDS):
-        scripts.hold(keys=[keys.budget_config(user), *period_keys(user, now), keys.budget_hold(user, f"j{i}"),
-                           keys.HOLDS_INDEX],
-                     args=[1000, now + 600, hold_member(user, f"j{i}"), f"j{i}", user, *period_ttls(), "user",
-                           "session:s", "agent:query"])
+        scripts.run(budget_scripts.hold(user_id=user, job_id=f"j{i}", amount_micros=1000,
+                                        scopes=["user", "session:s", "agent:query"], now=now, expires_at=now + 600))
     ours = HOLDS / (time.perf_counter() - started)
     noop = client.register_script("return 1")
     noop()
     started = time.perf_counter()
     for _ in range(HOLDS):
-        noop(keys=[keys.budget_config(user)], args=[1])
+        noop(keys=[keyspace.budget_config(user)], args=[1])
     raw = HOLDS / (time.perf_counter() - started)
     return ours, raw
 
@@ -71,8 +69,8 @@ def _ledger_rate(client: redis.Redis) -> tuple[float, float]:
             break
         client.xack("bench:raw", "raw", *[entry_id for entry_id, _ in reply[0][1]])
     raw = EVENTS / (time.perf_counter() - started)
-    _fill(client, keys.USAGE_STREAM)
-    group = ConsumerGroup(client, keys.USAGE_STREAM, "ledger", "bench", Ledger(client), block_ms=10)
+    _fill(client, keyspace.USAGE_STREAM)
+    group = ConsumerGroup(client, keyspace.USAGE_STREAM, "ledger", "bench", Ledger(client), block_ms=10)
     group.ensure_group()
     started = time.perf_counter()
     while group.stats.applied < EVENTS:

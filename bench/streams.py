@@ -13,8 +13,9 @@ import redis
 
 from bench.common import fresh_stack, line, percentile, user_key
 from bench.rawhttp import Connection
-from events import jobs, keys
+from events import job_record
 from events.envelope import Event
+from events.store import keyspace
 from tests.stack import Stack
 
 STREAMS = int(os.environ.get("BENCH_STREAMS", "5000"))
@@ -42,10 +43,10 @@ def make_jobs(client: redis.Redis, owner: str, count: int) -> list[str]:
     ids = [f"j_{i:032x}" for i in range(1, count + 1)]
     pipe = client.pipeline(transaction=False)
     for job_id in ids:
-        record = jobs.job_record(job_id=job_id, owner=owner, agent="query", model="offline", query="bench",
+        record = job_record.job_record(job_id=job_id, owner=owner, agent="query", model="offline", query="bench",
                                  max_tokens=16, now=time.time())
         record["status"] = "running"
-        pipe.hset(keys.job(job_id), mapping=record)
+        pipe.hset(keyspace.job(job_id), mapping=record)
     pipe.execute()
     return ids
 
@@ -65,7 +66,7 @@ def publish_rounds(client: redis.Redis, ids: list[str], rounds: int, stop: threa
             pipe = client.pipeline(transaction=False)
             for job_id in batch:
                 event = Event("token", job_id, n, time.time(), 1, {"text": "x", "round": n})
-                pipe.xadd(keys.job_stream(job_id), event.to_fields())
+                pipe.xadd(keyspace.job_stream(job_id), event.to_fields())
             pipe.execute()
 
 
@@ -137,11 +138,11 @@ _peak = {"rss": 0}
 
 
 def _owner(stack: Stack, key: str) -> str:
-    from api.keys import key_hash
+    from api.credentials import key_hash
     from tests.stack import SECRET
 
     client = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
-    return client.hget(keys.apikey(key_hash(SECRET, key)), "user_id") or ""
+    return client.hget(keyspace.apikey(key_hash(SECRET, key)), "user_id") or ""
 
 
 async def _warm(stack: Stack, key: str, job_id: str) -> None:

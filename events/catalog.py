@@ -1,4 +1,8 @@
-"""The agent types a job may name, as the API sees them (it never imports agent code)."""
+"""The agents a job may name, and the limits each one works within: the one place they are declared.
+
+The API reads these to check a submission and to size a job's budget hold (it never imports agent code); each
+agent in workers/agents reads its own entry and obeys it. Pure.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,20 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class AgentInfo:
-    """What the API needs to know about an agent: its name, purpose and most model calls per job."""
+class AgentSpec:
+    """What one agent is: its name, purpose and limits."""
 
     name: str
     description: str
-    max_llm_calls: int
+    max_llm_calls: int  # model calls per job (tool steps plus the answer)
+    tool_results_per_call: int = 2  # at most this many tool calls are run after one model call
+    max_tool_result_chars: int = 2000  # a tool's result is cut to this before the model sees it
     prompt_overhead_bytes: int = 1024  # system prompt and tool specs, sent with every call
 
 
-AGENT_TYPES: dict[str, AgentInfo] = {
-    info.name: info
-    for info in (AgentInfo("query", "General questions, with a calculator and text statistics.", 3),)
+AGENT_TYPES: dict[str, AgentSpec] = {
+    spec.name: spec
+    for spec in (
+        AgentSpec("query", "General questions, with a calculator and text statistics.", max_llm_calls=3),
+    )
 }

@@ -1,14 +1,12 @@
 """gunicorn settings for the API: uvicorn workers, sized from the environment.
 
-Metrics: every worker process writes its samples under PROMETHEUS_MULTIPROC_DIR and `/metrics` adds them
-up, so the directory is set (one per instance), emptied when the master starts, and a dead worker's live
-gauges are dropped when it exits.
+Metrics: every worker process writes its samples to one directory per instance and `/metrics` adds them up;
+`on_starting` sets it up explicitly before the workers fork, and a dead worker's live gauges are dropped when it
+exits.
 """
 
 import multiprocessing
 import os
-import shutil
-import tempfile
 
 port = os.environ.get("PORT", "8000")
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{port}"
@@ -23,26 +21,24 @@ accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
-                      os.path.join(tempfile.gettempdir(), f"agentic-metrics-api-{port}-{os.getpid()}"))
 
 
 def on_starting(server):
-    """Start with an empty metrics directory: old samples would be counted again."""
-    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(path)
+    """Before the workers fork (and before any metric exists): share their samples through
+    PROMETHEUS_MULTIPROC_DIR if set (emptied: old samples would be counted again), else a directory of our own."""
+    from events.telemetry import multiprocess
+
+    server.shared_metrics = multiprocess.use_directory(os.environ.get(multiprocess.ENV),
+                                                       prefix=f"agentic-metrics-api-{port}-")
 
 
 def child_exit(server, worker):
     """Drop the exited worker's live gauges (its counters stay in the sums)."""
-    from prometheus_client import multiprocess
+    from events.telemetry import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)
+    multiprocess.process_dead(worker.pid)
 
 
 def on_exit(server):
     """Remove a metrics directory this master made for itself."""
-    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    if os.path.basename(path).endswith(f"-{os.getpid()}"):
-        shutil.rmtree(path, ignore_errors=True)
+    server.shared_metrics.remove()

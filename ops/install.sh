@@ -43,10 +43,23 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 
+# The exact versions (and hashes) of requirements.lock, then the project itself without resolving again.
+# `make lock` writes the lock from pyproject.toml. PIP_CONSTRAINT=/dev/null: the lock is the whole answer, so a
+# machine-wide pip constraints file (e.g. /etc/xdg/pip) can only get in its way.
+lock=requirements.lock
 stamp=.venv/.installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "install: pip packages"
+if [ ! -f "$stamp" ] || [ "$lock" -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "install: pip packages from $lock"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  PIP_CONSTRAINT=/dev/null .venv/bin/python -m pip install -q -r "$lock"
+  .venv/bin/python -m pip install -q --no-deps -e .
+  # A package an older lock (or a hand install) left behind goes, so .venv holds what the lock says.
+  locked=$(sed -nE 's/^([A-Za-z0-9._-]+)==.*/\1/p' "$lock" | tr 'A-Z_.' 'a-z--')
+  stale=$(.venv/bin/python -m pip freeze --exclude-editable | sed -nE 's/^([A-Za-z0-9._-]+)==.*/\1/p' \
+    | tr 'A-Z_.' 'a-z--' | grep -vxF "$locked" || true)
+  if [ -n "$stale" ]; then
+    echo "install: removing what $lock no longer names:" $stale
+    .venv/bin/python -m pip uninstall -q -y $stale
+  fi
   touch "$stamp"
 fi

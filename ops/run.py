@@ -113,7 +113,7 @@ class Stack:
             k: v
             for k, v in os.environ.items()
             # The API and the worker each make their own metrics directory; a shared one counts twice.
-            if k not in ("PROMETHEUS_MULTIPROC_DIR", "AGENTIC_OWN_METRICS_DIR")
+            if k != "PROMETHEUS_MULTIPROC_DIR"
         }
         self.env.update(
             PORT=str(config.port), REDIS_URL=config.redis_url, WORKER_METRICS_PORT=str(config.worker_metrics_port)

@@ -139,7 +139,7 @@ def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
     """Environment for our processes: the test Redis, a fixed secret, quick leases."""
     # Each process picks its own metrics directory; one inherited from here would be shared by all of them.
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OPENAI_", "PYTEST_", "OTEL_", "PROMETHEUS_MULTIPROC", "AGENTIC_OWN_METRICS"))}
+           if not k.startswith(("OPENAI_", "PYTEST_", "OTEL_", "PROMETHEUS_MULTIPROC"))}
     env.update(
         REDIS_URL=redis_url,
         AGENTIC_SECRET_KEY=SECRET,

@@ -16,8 +16,9 @@ from typing import Any, Iterator
 import pytest
 import redis
 
-from events import audit, keys
-from events.audit import (
+from events.envelope import Event
+from events.process import audit_chain
+from events.process.audit_chain import (
     CHECKPOINT,
     GENESIS,
     HEAD,
@@ -32,8 +33,8 @@ from events.audit import (
     trim,
     verify,
 )
-from events.consumer import ConsumerGroup
-from events.envelope import Event
+from events.process.consumer import ConsumerGroup
+from events.store import keyspace
 from tests.stack import RedisServer, run_all
 
 ACTIONS = ["auth.failure", "user.create", "key.create", "job.submit", "job.cancel", "budget.set"]
@@ -52,7 +53,7 @@ def client(audit_redis: RedisServer) -> Iterator[redis.Redis]:
     """A client of the module's Redis, with every audit key and the audit stream removed first."""
     c = redis.Redis.from_url(audit_redis.url, decode_responses=True)
     stale = list(c.scan_iter(match="audit:*"))
-    c.delete(keys.AUDIT_STREAM, keys.dead_letters(audit.GROUP), *stale)
+    c.delete(keyspace.AUDIT_STREAM, keyspace.dead_letters(audit_chain.GROUP), *stale)
     yield c
     c.close()
 
@@ -63,13 +64,13 @@ def publish(client: redis.Redis, n: int, *, actor: str = "alice", start_ts: floa
     for i in range(n):
         event = audit_event(actor, ACTIONS[i % len(ACTIONS)], resource=f"r{i}", ip="10.0.0.1",
                             details={"key_id": f"k{i}"}, ts=start_ts + i)
-        ids.append(client.xadd(keys.AUDIT_STREAM, event.to_fields()))
+        ids.append(client.xadd(keyspace.AUDIT_STREAM, event.to_fields()))
     return ids
 
 
 def stream_entries(client: redis.Redis) -> list[tuple[str, Event]]:
     """stream:audit as the consumer runner hands it to a handler."""
-    return [(entry_id, Event.from_fields(fields)) for entry_id, fields in client.xrange(keys.AUDIT_STREAM)]
+    return [(entry_id, Event.from_fields(fields)) for entry_id, fields in client.xrange(keyspace.AUDIT_STREAM)]
 
 
 def chained(client: redis.Redis, n: int, **kw: Any) -> list[dict[str, str]]:
@@ -226,7 +227,7 @@ def test_the_same_batch_applied_twice_is_appended_once(client: redis.Redis) -> N
 
 def test_entries_of_other_types_are_left_out_of_the_chain(client: redis.Redis) -> None:
     publish(client, 2)
-    client.xadd(keys.AUDIT_STREAM, Event("lifecycle", "j1", data={"status": "queued"}).to_fields())
+    client.xadd(keyspace.AUDIT_STREAM, Event("lifecycle", "j1", data={"status": "queued"}).to_fields())
     AuditChain(client)(stream_entries(client))
     assert len(records(client)) == 2 and verify(client)["ok"]
 
@@ -263,7 +264,7 @@ def test_racing_chains_on_interleaved_batches_make_one_linear_chain(audit_redis:
 
 def run_group(client: redis.Redis, consumer: str = "c1", **kw: Any) -> ConsumerGroup:
     """Drain stream:audit through a real ConsumerGroup with the AuditChain handler."""
-    group = ConsumerGroup(client, keys.AUDIT_STREAM, audit.GROUP, consumer, AuditChain(client), block_ms=10, **kw)
+    group = ConsumerGroup(client, keyspace.AUDIT_STREAM, audit_chain.GROUP, consumer, AuditChain(client), block_ms=10, **kw)
     group.ensure_group()
     while group.run_once():
         pass
@@ -277,17 +278,17 @@ def test_through_a_consumer_group_the_chain_equals_the_stream_in_order(client: r
     log = records(client)
     assert [(f["source"], f["record"]) for f in log] == [(i, canonical(e)) for i, e in stream]
     assert group.stats.applied == 57 and verify(client)["ok"]
-    assert client.xpending(keys.AUDIT_STREAM, audit.GROUP)["pending"] == 0
+    assert client.xpending(keyspace.AUDIT_STREAM, audit_chain.GROUP)["pending"] == 0
 
 
 def test_entries_reclaimed_from_a_consumer_that_died_before_acking_are_appended_once(client: redis.Redis) -> None:
     publish(client, 12)
-    group = ConsumerGroup(client, keys.AUDIT_STREAM, audit.GROUP, "dead", AuditChain(client), batch=12)
+    group = ConsumerGroup(client, keyspace.AUDIT_STREAM, audit_chain.GROUP, "dead", AuditChain(client), batch=12)
     group.ensure_group()
-    reply = client.xreadgroup(audit.GROUP, "dead", {keys.AUDIT_STREAM: ">"}, count=12)
+    reply = client.xreadgroup(audit_chain.GROUP, "dead", {keyspace.AUDIT_STREAM: ">"}, count=12)
     AuditChain(client)([(i, Event.from_fields(f)) for i, f in reply[0][1]])  # appended, then it died: no ack
     survivor = run_group(client, "alive", claim_idle_ms=0)
-    assert survivor.stats.claimed == 12 and client.xpending(keys.AUDIT_STREAM, audit.GROUP)["pending"] == 0
+    assert survivor.stats.claimed == 12 and client.xpending(keyspace.AUDIT_STREAM, audit_chain.GROUP)["pending"] == 0
     assert len(records(client)) == 12 and verify(client)["ok"]
 
 
@@ -309,9 +310,9 @@ def test_dedupe_marks_outlive_trimming_and_expire_after_their_window(client: red
     chained(client, 3)
     marks = client.zrange(SEEN, 0, -1, withscores=True)
     newest_s = max(score for _, score in marks) / 1000
-    trim(client, keep_last=0, now=newest_s + audit.DEDUPE_WINDOW_S - 1)
+    trim(client, keep_last=0, now=newest_s + audit_chain.DEDUPE_WINDOW_S - 1)
     assert client.zcard(SEEN) == 3
-    trim(client, keep_last=0, now=newest_s + audit.DEDUPE_WINDOW_S + 1)
+    trim(client, keep_last=0, now=newest_s + audit_chain.DEDUPE_WINDOW_S + 1)
     assert client.zcard(SEEN) == 0 and verify(client)["ok"]
 
 

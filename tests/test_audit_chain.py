@@ -14,8 +14,9 @@ import pytest
 import redis
 
 from api.rbac_service import Permission, Role, get_rbac_service
-from events import audit, keys
-from events.audit import LOG, AuditChain, audit_event, query, trim, verify
+from events.process import audit_chain
+from events.process.audit_chain import LOG, AuditChain, audit_event, query, trim, verify
+from events.store import keyspace
 from settings import Settings
 from tests.stack import RedisServer, base_env, run_all
 from tests.test_audit import run_group
@@ -35,7 +36,7 @@ def fill(r: redis.Redis, n: int, actor: str = "alice") -> list[str]:
     ids = []
     for i in range(n):
         event = audit_event(actor, "job.submit" if i % 2 else "key.create", resource=f"r{i}", ts=1000.0 + i)
-        ids.append(r.xadd(keys.AUDIT_STREAM, event.to_fields()))
+        ids.append(r.xadd(keyspace.AUDIT_STREAM, event.to_fields()))
     return ids
 
 
@@ -50,7 +51,7 @@ def test_the_chain_holds_every_entry_in_order_and_verifies(r: redis.Redis) -> No
 
 def test_a_redelivered_batch_is_appended_once_and_racing_consumers_do_not_fork(r: redis.Redis) -> None:
     fill(r, 40)
-    entries = [(i, audit.Event.from_fields(f)) for i, f in r.xrange(keys.AUDIT_STREAM)]
+    entries = [(i, audit_chain.Event.from_fields(f)) for i, f in r.xrange(keyspace.AUDIT_STREAM)]
     chains = [AuditChain(r), AuditChain(r)]
     run_all([threading.Thread(target=c, args=(entries,)) for c in chains])  # both see every entry
     chains[0](entries)  # and once more

@@ -13,8 +13,8 @@ import pytest
 import redis
 import yaml
 
-from api import keys as apikeys
-from events import keys
+from api import credentials
+from events.store import keyspace
 from tests.stack import BIN, ROOT, SECRET, RedisServer, base_env, free_port
 
 KEY = re.compile(r"^sk_live_[A-Za-z0-9]{43}$")
@@ -69,9 +69,9 @@ def test_users_create_prints_a_key_once_and_stores_only_its_keyed_hash(
     assert "not shown again" in result.stderr
     assert (out["user"]["user_id"], out["user"]["role"], out["key"]["user_id"]) == (name, "admin", name)
     assert out["key"]["prefix"] == out["api_key"][:14] + "…" and out["key"]["revoked"] is False
-    hashed = apikeys.key_hash(SECRET, out["api_key"])
-    assert r.hgetall(keys.apikey(hashed))["role"] == "admin"
-    assert r.hgetall(keys.user_keys(name)) == {out["key"]["key_id"]: hashed}
+    hashed = credentials.key_hash(SECRET, out["api_key"])
+    assert r.hgetall(keyspace.apikey(hashed))["role"] == "admin"
+    assert r.hgetall(keyspace.user_keys(name)) == {out["key"]["key_id"]: hashed}
     stored = everything_stored(redis_server.url)
     assert out["api_key"] not in stored and out["api_key"][8:] not in stored
 
@@ -87,7 +87,7 @@ def test_creating_an_existing_user_fails_with_a_message(cli: Run, name: str) -> 
 def test_an_unknown_role_is_rejected_by_the_argument_parser(cli: Run, name: str, r: redis.Redis) -> None:
     result = cli("users", "create", name, "--role", "root")
     assert result.returncode == 2 and "invalid choice" in result.stderr
-    assert not r.exists(keys.user(name))
+    assert not r.exists(keyspace.user(name))
 
 
 def test_keys_can_be_created_listed_without_secrets_and_revoked(cli: Run, name: str) -> None:

@@ -13,11 +13,11 @@ import httpx
 import pytest
 import redis
 
-from events import keys
 from events.envelope import Event
-from events.forecast import forecast
-from events.money import micros_to_usd
-from events.periods import period_bounds
+from events.money.amounts import micros_to_usd
+from events.money.forecast import forecast
+from events.money.periods import period_bounds
+from events.store import keyspace
 from tests.conftest import create_user
 from tests.stack import ROOT, RedisServer, Stack, wait_for
 
@@ -84,11 +84,11 @@ def test_a_job_is_charged_and_its_hold_settled(money_stack) -> None:
     assert float(job["hold_usd"]) > 0
     done = api.get(f"/api/v1/jobs/{job['id']}", params={"wait": 30}).json()
     assert done["status"] == "succeeded"
-    cost = int(r.hget(keys.job(job["id"]), "cost_micros"))
+    cost = int(r.hget(keyspace.job(job["id"]), "cost_micros"))
     assert cost > 0 and done["cost_usd"] == f"{cost / 1e6:.6f}"
     assert done["usage"]["cost_usd"] == done["cost_usd"]
-    wait_for(lambda: not r.exists(keys.budget_hold(user_id, job["id"])), what="settlement")
-    wait_for(lambda: int(r.hget(keys.ledger_total(user_id), "cost") or 0) == cost, what="the ledger")
+    wait_for(lambda: not r.exists(keyspace.budget_hold(user_id, job["id"])), what="settlement")
+    wait_for(lambda: int(r.hget(keyspace.ledger_total(user_id), "cost") or 0) == cost, what="the ledger")
 
 
 def test_concurrent_submits_never_overspend_and_leave_no_hold(money_stack) -> None:
@@ -117,10 +117,10 @@ def test_concurrent_submits_never_overspend_and_leave_no_hold(money_stack) -> No
         assert api.get(f"/api/v1/jobs/{job_id}", params={"wait": 60}).json()["status"] == "succeeded"
     wait_for(lambda: not r.keys(f"budget:{{{user_id}}}:hold:*"), timeout=30, what="every hold settled")
     [budget] = api.get("/api/v1/costs/budget").json()["budgets"]
-    spent = sum(int(r.hget(keys.job(j), "cost_micros") or 0) for j in accepted)
+    spent = sum(int(r.hget(keyspace.job(j), "cost_micros") or 0) for j in accepted)
     assert budget["spent_micros"] == spent <= budget["limit_micros"]
     assert budget["held_micros"] == 0
-    assert not [m for m in r.zrange(keys.HOLDS_INDEX, 0, -1) if m.startswith(f"{user_id}\t")]
+    assert not [m for m in r.zrange(keyspace.HOLDS_INDEX, 0, -1) if m.startswith(f"{user_id}\t")]
 
 
 def test_budget_endpoint_validates_and_needs_admin(money_stack) -> None:
@@ -160,7 +160,7 @@ def test_cost_read_endpoints_answer_for_the_caller_only(money_stack) -> None:
 def add_usage(r: redis.Redis, user_id: str, ts: float, **data: object) -> None:
     fields = {"user_id": user_id, "model": "gpt-4o", "input_tokens": 0, "output_tokens": 0, "cost_micros": 0,
               "agent": "query", "call": 0, **data}
-    r.xadd(keys.USAGE_STREAM, Event("usage", "synthetic", 0, ts, 1, fields).to_fields())
+    r.xadd(keyspace.USAGE_STREAM, Event("usage", "synthetic", 0, ts, 1, fields).to_fields())
 
 
 def test_forecast_on_a_synthetic_history_matches_the_model(money_stack) -> None:
@@ -171,7 +171,7 @@ def test_forecast_on_a_synthetic_history_matches_the_model(money_stack) -> None:
     for days_ago in range(10):  # a ramp: 10,000 micros ten days ago, up by 1,000 a day
         noon = datetime(today.year, today.month, today.day, 12, tzinfo=UTC) - timedelta(days=days_ago)
         add_usage(r, user_id, min(noon.timestamp(), now), cost_micros=10_000 + 1_000 * (9 - days_ago))
-    wait_for(lambda: int(r.hget(keys.ledger_total(user_id), "calls") or 0) == 10, what="the ledger")
+    wait_for(lambda: int(r.hget(keyspace.ledger_total(user_id), "calls") or 0) == 10, what="the ledger")
     got = api.get("/api/v1/costs/forecast").json()
     history = [(today - timedelta(days=13 - i), 0 if i < 4 else 10_000 + 1_000 * (i - 4)) for i in range(14)]
     _, end = period_bounds("monthly", now)
@@ -192,7 +192,7 @@ def test_recommendations_from_real_usage_give_the_expected_savings(money_stack) 
               cost_micros=3_500_000)
     for _ in range(3):
         add_usage(r, user_id, now, model="offline", cost_micros=1_000, query_hash="q-same")
-    wait_for(lambda: int(r.hget(keys.ledger_total(user_id), "calls") or 0) == 4, what="the ledger")
+    wait_for(lambda: int(r.hget(keyspace.ledger_total(user_id), "calls") or 0) == 4, what="the ledger")
     got = api.get("/api/v1/costs/recommendations").json()
     by_kind = {item["kind"]: item for item in got["recommendations"]}
     swap = by_kind["model_swap"]
@@ -211,7 +211,7 @@ def test_stats_group_spend_by_model_and_admins_see_everyone(money_stack) -> None
     now = time.time()
     add_usage(r, user_id, now, model="gpt-4o", input_tokens=10, output_tokens=5, cost_micros=75)
     add_usage(r, user_id, now, model="house-model", input_tokens=10, output_tokens=5, cost_micros=60)
-    wait_for(lambda: int(r.hget(keys.ledger_total(user_id), "calls") or 0) == 2, what="the ledger")
+    wait_for(lambda: int(r.hget(keyspace.ledger_total(user_id), "calls") or 0) == 2, what="the ledger")
     stats = api.get("/api/v1/costs/stats", params={"period": "day", "group_by": "model"}).json()
     assert stats["cost_micros"] == 135 and stats["input_tokens"] == 20 and stats["calls"] == 2
     assert [(g["key"], g["cost_micros"]) for g in stats["groups"]] == [("gpt-4o", 75), ("house-model", 60)]
@@ -226,11 +226,11 @@ def test_soft_alert_fires_once_when_spend_crosses_the_threshold(money_stack) -> 
     user_id, _ = client_for(stack)
     _, admin = client_for(stack, "admin")
     admin.post("/api/v1/costs/budget", json={"user_id": user_id, "limit_usd": "0.010000", "alert_pct": 50})
-    before = r.xlen(keys.ALERTS_STREAM) if r.exists(keys.ALERTS_STREAM) else 0
+    before = r.xlen(keyspace.ALERTS_STREAM) if r.exists(keyspace.ALERTS_STREAM) else 0
     track = {"user_id": user_id, "model": "house-model", "input_tokens": 1000, "output_tokens": 0}  # $0.003
     for _ in range(3):
         assert admin.post("/api/v1/costs/track", json=track).status_code == 201
-    alerts = [f for _, f in r.xrange(keys.ALERTS_STREAM)][before:]
+    alerts = [f for _, f in r.xrange(keyspace.ALERTS_STREAM)][before:]
     mine = [json.loads(f["data"]) for f in alerts if json.loads(f["data"])["user_id"] == user_id]
     assert len(mine) == 1 and mine[0]["spent_micros"] == 6_000 and mine[0]["limit_micros"] == 10_000
 
@@ -256,7 +256,7 @@ def test_a_budget_set_while_jobs_wait_in_the_queue_binds_their_calls(logdir: Pat
         assert stopped and all(e["error"]["code"] == "budget_exhausted" for e in stopped)
         wait_for(lambda: not r.keys(f"budget:{{{user_id}}}:hold:*"), timeout=30, what="every hold settled")
         [budget] = api.get("/api/v1/costs/budget").json()["budgets"]
-        spent = sum(int(r.hget(keys.job(j), "cost_micros") or 0) for j in jobs)
+        spent = sum(int(r.hget(keyspace.job(j), "cost_micros") or 0) for j in jobs)
         assert spent == budget["spent_micros"] <= budget["limit_micros"], (spent, budget)
         assert budget["held_micros"] == 0
     finally:

@@ -13,9 +13,9 @@ import pytest
 import redis
 
 from api.cost_tracker import get_cost_tracker
-from events import keys
 from events.envelope import Event
-from events.ledger import GROUP as LEDGER_GROUP
+from events.process.ledger import GROUP as LEDGER_GROUP
+from events.store import keyspace
 from settings import Settings
 from tests.conftest import create_user
 from tests.stack import ROOT, RedisServer, Stack, base_env, wait_for
@@ -34,12 +34,12 @@ def test_ledger_consumer_killed_mid_batch_loses_and_doubles_nothing(logdir: Path
         for i, cost in enumerate(costs):
             data = {"user_id": "ledger-user", "model": "gpt-4o", "input_tokens": i % 50, "output_tokens": 3,
                     "cost_micros": cost, "agent": "query", "call": 0}
-            pipe.xadd(keys.USAGE_STREAM, Event("usage", f"j{i}", 0, time.time(), 1, data).to_fields())
+            pipe.xadd(keyspace.USAGE_STREAM, Event("usage", f"j{i}", 0, time.time(), 1, data).to_fields())
         pipe.execute()
         events = stack.events()
 
         def applied() -> int:
-            return int(r.hget(keys.ledger_total("ledger-user"), "calls") or 0)
+            return int(r.hget(keyspace.ledger_total("ledger-user"), "calls") or 0)
 
         wait_for(lambda: applied() > 0, timeout=20, what="the ledger to start")
         events.kill()  # SIGKILL, mid-way through the backlog
@@ -47,13 +47,13 @@ def test_ledger_consumer_killed_mid_batch_loses_and_doubles_nothing(logdir: Path
         stack.events()
 
         def drained() -> bool:
-            group = next(g for g in r.xinfo_groups(keys.USAGE_STREAM) if g["name"] == LEDGER_GROUP)
+            group = next(g for g in r.xinfo_groups(keyspace.USAGE_STREAM) if g["name"] == LEDGER_GROUP)
             return group["lag"] == 0 and group["pending"] == 0
 
         wait_for(drained, timeout=60, what="the ledger to drain")
         assert applied() == len(costs)
-        assert int(r.hget(keys.ledger_total("ledger-user"), "cost")) == sum(costs)
-        assert int(r.hget(keys.ledger_total("ledger-user"), "in")) == sum(i % 50 for i in range(len(costs)))
+        assert int(r.hget(keyspace.ledger_total("ledger-user"), "cost")) == sum(costs)
+        assert int(r.hget(keyspace.ledger_total("ledger-user"), "in")) == sum(i % 50 for i in range(len(costs)))
     finally:
         stack.stop()
         r.close()
@@ -71,17 +71,17 @@ def test_killed_worker_leaks_no_hold_and_all_attempts_are_charged(logdir: Path) 
         api = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
         doomed = stack.worker(concurrency=1, name="doomed")
         job = api.post("/api/v1/jobs", json={"agent_type": "query", "query": "Tell me about " + "x " * 80}).json()
-        wait_for(lambda: int(r.hget(keys.job(job["id"]), "cost_micros") or 0) > 0, timeout=30,
+        wait_for(lambda: int(r.hget(keyspace.job(job["id"]), "cost_micros") or 0) > 0, timeout=30,
                  what="the first charge")
-        first_charge = int(r.hget(keys.job(job["id"]), "cost_micros"))
+        first_charge = int(r.hget(keyspace.job(job["id"]), "cost_micros"))
         doomed.kill()
-        assert r.exists(keys.budget_hold(user_id, job["id"]))  # still held while the job is alive
+        assert r.exists(keyspace.budget_hold(user_id, job["id"]))  # still held while the job is alive
         stack.worker(concurrency=1, name="rescuer")
         done = api.get(f"/api/v1/jobs/{job['id']}", params={"wait": 60}).json()
         assert done["status"] == "succeeded" and done["attempts"] == 2
-        total = int(r.hget(keys.job(job["id"]), "cost_micros"))
+        total = int(r.hget(keyspace.job(job["id"]), "cost_micros"))
         assert total > first_charge  # attempt 1's calls stay charged
-        wait_for(lambda: not r.exists(keys.budget_hold(user_id, job["id"])), what="settlement")
+        wait_for(lambda: not r.exists(keyspace.budget_hold(user_id, job["id"])), what="settlement")
         period = r.keys(f"budget:{{{user_id}}}:p:m*")[0]
         assert int(r.hget(period, "spent:user")) == total
         assert int(r.hget(period, "held:user") or 0) == 0

@@ -16,14 +16,17 @@ import pytest
 import redis
 from kombu import Connection
 
-from events import jobs, keys
-from events.consumer import ConsumerGroup, Entry, consumed_floor
+from events import job_record
 from events.envelope import Event
-from events.lifecycle import GROUP as LIFECYCLE_GROUP
-from events.lifecycle import LifecycleCounter, read_counts
+from events.process.consumer import ConsumerGroup, Entry, consumed_floor
+from events.process.lifecycle import GROUP as LIFECYCLE_GROUP
+from events.process.lifecycle import LifecycleCounter, read_counts
+from events.process.sweeper import Sweeper
 from events.publisher import MAX_BATCH, JobPublisher
-from events.sweeper import Sweeper
-from events.taskmsg import RUN_AGENT_TASK
+from events.store import job_scripts, keyspace
+from events.store.job_scripts import Cancelled, Outcome, Started, StartOutcome
+from events.store.scripts import Scripts
+from events.store.taskmsg import RUN_AGENT_TASK
 from tests.stack import RedisServer, wait_for
 
 DB = 13
@@ -47,8 +50,8 @@ def db(db_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def scripts(db: redis.Redis) -> jobs.JobScripts:
-    return jobs.JobScripts.register(db)
+def scripts(db: redis.Redis) -> Scripts:
+    return Scripts(db)
 
 
 @pytest.fixture
@@ -73,38 +76,43 @@ def new_job(db: redis.Redis) -> Iterator[Callable[..., str]]:
 
     def make() -> str:
         job_id = uid("job")
-        db.hset(keys.job(job_id), mapping=jobs.job_record(job_id=job_id, owner="tester", agent="query",
+        db.hset(keyspace.job(job_id), mapping=job_record.job_record(job_id=job_id, owner="tester", agent="query",
                                                           model="offline", query="2+2", max_tokens=64, now=NOW))
         made.append(job_id)
         return job_id
 
     yield make
     for job_id in made:
-        db.delete(keys.job(job_id), keys.job_stream(job_id), keys.job_lease(job_id))
-        db.zrem(keys.RUNNING_JOBS, job_id)
+        db.delete(keyspace.job(job_id), keyspace.job_stream(job_id), keyspace.job_lease(job_id))
+        db.zrem(keyspace.RUNNING_JOBS, job_id)
 
 
-def start(scripts: jobs.JobScripts, job_id: str, attempt: int = 1, token: str = "tok", now: float = NOW) -> Any:
-    return scripts.start(keys=jobs.start_keys(job_id),
-                         args=[job_id, attempt, f"{now:.6f}", token, LEASE_MS, "w1", json.dumps({"attempt": attempt})])
+def start(scripts: Scripts, job_id: str, attempt: int = 1, token: str = "tok", now: float = NOW) -> Started:
+    return scripts.run(job_scripts.start(job_id=job_id, attempt=attempt, now=now, lease_token=token,
+                                         lease_ms=LEASE_MS, worker="w1", data={"attempt": attempt}))
 
 
-def finish(scripts: jobs.JobScripts, job_id: str, token: str, seq: int) -> Any:
-    return scripts.finish(keys=jobs.start_keys(job_id),
-                          args=[job_id, 1, f"{NOW + 5:.6f}", token, "succeeded", "4", "", '{"output_tokens":3}',
-                                "done", '{"result":"4"}', seq, 3600, 7200])
+def finish(scripts: Scripts, job_id: str, token: str, seq: int) -> bool:
+    outcome = Outcome("succeeded", "done", {"result": "4"}, result="4")
+    return scripts.run(job_scripts.finish(job_id=job_id, attempt=1, now=NOW + 5, lease_token=token, outcome=outcome,
+                                          usage={"output_tokens": 3}, seq=seq, job_ttl_s=3600, stream_ttl_s=7200))
 
 
-def cancel(scripts: jobs.JobScripts, job_id: str) -> Any:
-    return scripts.cancel(keys=jobs.cancel_keys(job_id), args=[job_id, f"{NOW + 1:.6f}", 3600, 7200, "{}"])
+def cancel(scripts: Scripts, job_id: str) -> Cancelled:
+    return scripts.run(job_scripts.cancel(job_id=job_id, now=NOW + 1, job_ttl_s=3600, stream_ttl_s=7200, data={}))
+
+
+def heartbeat(scripts: Scripts, job_id: str, token: str) -> tuple[bool, bool]:
+    beat = scripts.run(job_scripts.heartbeat(job_id=job_id, lease_token=token, lease_ms=LEASE_MS))
+    return beat.lease_ours, beat.cancel_requested
 
 
 def job_events(db: redis.Redis, job_id: str) -> list[Event]:
-    return [Event.from_fields(fields) for _, fields in db.xrange(keys.job_stream(job_id))]
+    return [Event.from_fields(fields) for _, fields in db.xrange(keyspace.job_stream(job_id))]
 
 
 def lifecycle_of(db: redis.Redis, job_id: str) -> list[str]:
-    events = [Event.from_fields(f) for _, f in db.xrevrange(keys.LIFECYCLE_STREAM, count=200)]
+    events = [Event.from_fields(f) for _, f in db.xrevrange(keyspace.LIFECYCLE_STREAM, count=200)]
     return [e.data["status"] for e in reversed(events) if e.job_id == job_id]
 
 
@@ -245,7 +253,7 @@ def test_an_entry_that_keeps_failing_is_dead_lettered_after_max_deliveries(db: r
     g = group(db, stream, fail, claim_idle_ms=100, max_deliveries=3)
     wait_for(lambda: g.run_once() == 0 and db.xlen(g.dead_stream) == 1, timeout=10, what="the dead letter")
     [(_, dead)] = db.xrange(g.dead_stream)
-    assert g.dead_stream == keys.dead_letters(g.group)
+    assert g.dead_stream == keyspace.dead_letters(g.group)
     assert (dead["dead_reason"], dead["dead_id"], dead["dead_stream"]) == ("delivered 3 times", entry_id, stream)
     assert Event.from_fields(dead).data == {"i": 0, "poison": True}
     assert db.xpending(stream, g.group)["pending"] == 0 and g.stats.dead == 1
@@ -314,7 +322,7 @@ def test_lifecycle_entries_applied_twice_count_once(db: redis.Redis) -> None:
     counter(entries)
     counter(entries)
     assert delta(db, before) == EXPECTED
-    assert 0 < db.ttl(keys.dedupe(LIFECYCLE_GROUP, entries[0][0])) <= 24 * 3600
+    assert 0 < db.ttl(keyspace.dedupe(LIFECYCLE_GROUP, entries[0][0])) <= 24 * 3600
 
 
 def test_through_a_consumer_group_counts_equal_events_even_when_redelivered(db: redis.Redis) -> None:
@@ -332,75 +340,74 @@ def test_through_a_consumer_group_counts_equal_events_even_when_redelivered(db: 
 
 def test_start_takes_the_lease_of_a_queued_job_and_returns_its_fields(db, scripts, new_job) -> None:
     job_id = new_job()
-    outcome, next_seq, flat = start(scripts, job_id, token="tok-1")
-    fields = dict(zip(flat[::2], flat[1::2], strict=True))
-    assert (outcome, next_seq) == ("ok", 1)
+    started = start(scripts, job_id, token="tok-1")
+    fields = started.job or {}
+    assert (started.outcome, started.next_seq) == (StartOutcome.OK, 1)
     assert (fields["id"], fields["status"], fields["worker"], fields["query"]) == (job_id, "running", "w1", "2+2")
-    assert db.get(keys.job_lease(job_id)) == "tok-1" and 0 < db.pttl(keys.job_lease(job_id)) <= LEASE_MS
-    assert db.zscore(keys.RUNNING_JOBS, job_id) == NOW
+    assert db.get(keyspace.job_lease(job_id)) == "tok-1" and 0 < db.pttl(keyspace.job_lease(job_id)) <= LEASE_MS
+    assert db.zscore(keyspace.RUNNING_JOBS, job_id) == NOW
     [event] = job_events(db, job_id)
     assert (event.type, event.seq, event.attempt, event.data) == ("start", 0, 1, {"attempt": 1})
     assert lifecycle_of(db, job_id) == ["running"]
-    assert start(scripts, job_id) == ["running", 0]
+    assert start(scripts, job_id).outcome is StartOutcome.RUNNING
 
 
 def test_start_refuses_stale_attempts_leased_missing_and_cancelled_jobs(db, scripts, new_job) -> None:
     job_id = new_job()
-    assert start(scripts, job_id, attempt=2) == ["stale", 0]
-    db.set(keys.job_lease(job_id), "someone-else", px=LEASE_MS)
-    assert start(scripts, job_id) == ["leased", 0]
-    assert db.hget(keys.job(job_id), "status") == "queued" and db.xlen(keys.job_stream(job_id)) == 0
-    assert start(scripts, uid("nobody")) == ["missing", 0]
+    assert start(scripts, job_id, attempt=2).outcome is StartOutcome.STALE
+    db.set(keyspace.job_lease(job_id), "someone-else", px=LEASE_MS)
+    assert start(scripts, job_id).outcome is StartOutcome.LEASED
+    assert db.hget(keyspace.job(job_id), "status") == "queued" and db.xlen(keyspace.job_stream(job_id)) == 0
+    assert start(scripts, uid("nobody")).outcome is StartOutcome.MISSING
     cancelled = new_job()
     assert cancel(scripts, cancelled) == "cancelled"
-    assert start(scripts, cancelled) == ["cancelled", 0]
+    assert start(scripts, cancelled).outcome is StartOutcome.CANCELLED
 
 
 def test_heartbeat_renews_our_lease_reports_cancel_and_notices_a_lost_lease(db, scripts, new_job) -> None:
     job_id = new_job()
     start(scripts, job_id, token="mine")
-    lease_keys = [keys.job_lease(job_id), keys.job(job_id)]
-    db.pexpire(keys.job_lease(job_id), 500)
-    assert scripts.heartbeat(keys=lease_keys, args=["mine", LEASE_MS]) == [1, "0"]
-    assert db.pttl(keys.job_lease(job_id)) > 500
-    assert scripts.heartbeat(keys=lease_keys, args=["theirs", LEASE_MS]) == [0, "0"]
+    db.pexpire(keyspace.job_lease(job_id), 500)
+    assert heartbeat(scripts, job_id, "mine") == (True, False)
+    assert db.pttl(keyspace.job_lease(job_id)) > 500
+    assert heartbeat(scripts, job_id, "theirs") == (False, False)
     assert cancel(scripts, job_id) == "cancelling"
-    assert scripts.heartbeat(keys=lease_keys, args=["mine", LEASE_MS]) == [1, "1"]
-    db.delete(keys.job_lease(job_id))
-    assert scripts.heartbeat(keys=lease_keys, args=["mine", LEASE_MS]) == [0, "1"]  # lost
+    assert heartbeat(scripts, job_id, "mine") == (True, True)
+    db.delete(keyspace.job_lease(job_id))
+    assert heartbeat(scripts, job_id, "mine") == (False, True)  # lost
 
 
 def test_finish_writes_only_while_holding_the_lease_and_sets_ttls(db, scripts, new_job) -> None:
     job_id = new_job()
     start(scripts, job_id, token="mine")
-    assert finish(scripts, job_id, "stale-token", 1) == "lost"
-    assert db.hget(keys.job(job_id), "status") == "running" and db.xlen(keys.job_stream(job_id)) == 1
-    assert finish(scripts, job_id, "mine", 1) == "ok"
-    job = db.hgetall(keys.job(job_id))
+    assert finish(scripts, job_id, "stale-token", 1) is False
+    assert db.hget(keyspace.job(job_id), "status") == "running" and db.xlen(keyspace.job_stream(job_id)) == 1
+    assert finish(scripts, job_id, "mine", 1) is True
+    job = db.hgetall(keyspace.job(job_id))
     assert (job["status"], job["result"], job["usage"], job["finished_at"]) == (
-        "succeeded", "4", '{"output_tokens":3}', f"{NOW + 5:.6f}")
-    assert 0 < db.ttl(keys.job(job_id)) <= 3600 and 3600 < db.ttl(keys.job_stream(job_id)) <= 7200
-    assert not db.exists(keys.job_lease(job_id)) and db.zscore(keys.RUNNING_JOBS, job_id) is None
+        "succeeded", "4", json.dumps({"output_tokens": 3}), f"{NOW + 5:.6f}")
+    assert 0 < db.ttl(keyspace.job(job_id)) <= 3600 and 3600 < db.ttl(keyspace.job_stream(job_id)) <= 7200
+    assert not db.exists(keyspace.job_lease(job_id)) and db.zscore(keyspace.RUNNING_JOBS, job_id) is None
     assert [(e.type, e.seq) for e in job_events(db, job_id)] == [("start", 0), ("done", 1)]
     assert lifecycle_of(db, job_id) == ["running", "succeeded"]
-    assert finish(scripts, job_id, "mine", 2) == "lost"
+    assert finish(scripts, job_id, "mine", 2) is False
 
 
 def test_cancel_ends_queued_jobs_flags_running_ones_and_leaves_ended_ones(db, scripts, new_job) -> None:
     queued, running, ended = new_job(), new_job(), new_job()
     assert cancel(scripts, queued) == "cancelled"
-    job = db.hgetall(keys.job(queued))
+    job = db.hgetall(keyspace.job(queued))
     assert (job["status"], job["cancel"], json.loads(job["error"])["code"]) == ("cancelled", "1", "cancelled")
     assert [e.type for e in job_events(db, queued)] == ["cancelled"]
-    assert db.ttl(keys.job(queued)) > 0 and db.ttl(keys.job_stream(queued)) > 0
+    assert db.ttl(keyspace.job(queued)) > 0 and db.ttl(keyspace.job_stream(queued)) > 0
     assert lifecycle_of(db, queued) == ["cancelled"]
     start(scripts, running)
     assert cancel(scripts, running) == "cancelling"
-    assert db.hmget(keys.job(running), "status", "cancel") == ["running", "1"]
+    assert db.hmget(keyspace.job(running), "status", "cancel") == ["running", "1"]
     start(scripts, ended, token="t")
     finish(scripts, ended, "t", 1)
     assert cancel(scripts, ended) == "succeeded"
-    assert db.hget(keys.job(ended), "cancel") == "0"
+    assert db.hget(keyspace.job(ended), "cancel") == "0"
     assert cancel(scripts, uid("nobody")) == "missing"
 
 
@@ -408,17 +415,17 @@ def sweeper(db: redis.Redis, queue: str, **kw: Any) -> Sweeper:
     return Sweeper(db, queue, grace_s=1.0, job_ttl_s=3600, stream_ttl_s=7200, clock=lambda: NOW + 100, **kw)
 
 
-def lose_worker(db: redis.Redis, scripts: jobs.JobScripts, job_id: str, attempt: int) -> None:
-    assert start(scripts, job_id, attempt=attempt)[0] == "ok"
-    db.delete(keys.job_lease(job_id))
+def lose_worker(db: redis.Redis, scripts: Scripts, job_id: str, attempt: int) -> None:
+    assert start(scripts, job_id, attempt=attempt).outcome is StartOutcome.OK
+    db.delete(keyspace.job_lease(job_id))
 
 
 def test_a_job_whose_lease_lapsed_is_requeued_as_the_next_attempt(db, db_url, scripts, new_job) -> None:
     job_id, queue = new_job(), uid("queue")
     lose_worker(db, scripts, job_id, 1)
     assert sweeper(db, queue).sweep() == {"requeued": 1}
-    assert db.hmget(keys.job(job_id), "status", "attempt") == ["queued", "2"]
-    assert db.zscore(keys.RUNNING_JOBS, job_id) is None
+    assert db.hmget(keyspace.job(job_id), "status", "attempt") == ["queued", "2"]
+    assert db.zscore(keyspace.RUNNING_JOBS, job_id) is None
     [raw] = db.lrange(queue, 0, -1)
     message = json.loads(raw)
     assert json.loads(base64.b64decode(message["body"]))[0] == [job_id, 2]
@@ -430,41 +437,42 @@ def test_a_job_whose_lease_lapsed_is_requeued_as_the_next_attempt(db, db_url, sc
     assert (last.type, last.seq, last.attempt) == ("metadata", 1, 1)
     assert last.data == {"event": "attempt_lost", "attempt": 1, "next_attempt": 2}
     assert lifecycle_of(db, job_id) == ["running", "retried"]
-    assert start(scripts, job_id, attempt=1)[0] == "stale"
-    assert start(scripts, job_id, attempt=2)[:2] == ["ok", 3]
+    assert start(scripts, job_id, attempt=1).outcome is StartOutcome.STALE
+    again = start(scripts, job_id, attempt=2)
+    assert (again.outcome, again.next_seq) == (StartOutcome.OK, 3)
 
 
 def test_a_job_that_loses_its_worker_on_every_attempt_ends_failed(db, scripts, new_job) -> None:
     job_id, queue = new_job(), uid("queue")
     outcomes = []
-    for attempt in range(1, jobs.MAX_ATTEMPTS + 1):
+    for attempt in range(1, job_record.MAX_ATTEMPTS + 1):
         lose_worker(db, scripts, job_id, attempt)
         outcomes.append(sweeper(db, queue).sweep())
     assert outcomes == [{"requeued": 1}, {"requeued": 1}, {"failed": 1}]
-    job = db.hgetall(keys.job(job_id))
+    job = db.hgetall(keyspace.job(job_id))
     assert (job["status"], json.loads(job["error"])["code"]) == ("failed", "worker_lost")
     last = job_events(db, job_id)[-1]
     assert last.terminal and last.type == "error" and last.data["code"] == "worker_lost"
-    assert db.llen(queue) == jobs.MAX_ATTEMPTS - 1 and db.ttl(keys.job(job_id)) > 0
+    assert db.llen(queue) == job_record.MAX_ATTEMPTS - 1 and db.ttl(keyspace.job(job_id)) > 0
     assert lifecycle_of(db, job_id)[-1] == "failed"
 
 
 def test_a_cancelled_job_that_lost_its_worker_ends_cancelled(db, scripts, new_job) -> None:
     job_id, queue = new_job(), uid("queue")
-    assert start(scripts, job_id)[0] == "ok"
+    assert start(scripts, job_id).outcome is StartOutcome.OK
     assert cancel(scripts, job_id) == "cancelling"
-    db.delete(keys.job_lease(job_id))
+    db.delete(keyspace.job_lease(job_id))
     assert sweeper(db, queue).sweep() == {"cancelled": 1}
-    job = db.hgetall(keys.job(job_id))
+    job = db.hgetall(keyspace.job(job_id))
     assert (job["status"], json.loads(job["error"])["code"]) == ("cancelled", "cancelled")
     assert job_events(db, job_id)[-1].type == "cancelled" and db.llen(queue) == 0
 
 
 def test_jobs_with_a_live_lease_or_within_the_grace_period_are_left_alone(db, scripts, new_job) -> None:
     alive, fresh, queue = new_job(), new_job(), uid("queue")
-    assert start(scripts, alive)[0] == "ok"
-    assert start(scripts, fresh, now=NOW + 99.5)[0] == "ok"
-    db.delete(keys.job_lease(fresh))
+    assert start(scripts, alive).outcome is StartOutcome.OK
+    assert start(scripts, fresh, now=NOW + 99.5).outcome is StartOutcome.OK
+    db.delete(keyspace.job_lease(fresh))
     assert sweeper(db, queue).sweep() == {}
-    assert db.hget(keys.job(alive), "status") == db.hget(keys.job(fresh), "status") == "running"
-    assert db.zscore(keys.RUNNING_JOBS, alive) is not None and db.llen(queue) == 0
+    assert db.hget(keyspace.job(alive), "status") == db.hget(keyspace.job(fresh), "status") == "running"
+    assert db.zscore(keyspace.RUNNING_JOBS, alive) is not None and db.llen(queue) == 0

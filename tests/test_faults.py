@@ -10,7 +10,7 @@ import httpx
 import pytest
 import redis
 
-from events import keys
+from events.store import keyspace
 from tests.conftest import create_user
 from tests.sse import SSE, parse, read_events
 from tests.stack import RedisServer, Stack, wait_for
@@ -48,7 +48,7 @@ def submit(api: httpx.Client, query: str) -> str:
 
 
 def stream_types(r: redis.Redis, job_id: str) -> list[str]:
-    return [fields["type"] for _, fields in r.xrange(keys.job_stream(job_id))]
+    return [fields["type"] for _, fields in r.xrange(keyspace.job_stream(job_id))]
 
 
 def test_cancelling_a_queued_job_means_it_never_runs(fault_stack, api: httpx.Client) -> None:
@@ -148,6 +148,6 @@ def test_a_job_whose_worker_is_killed_finishes_as_attempt_two(fault_stack, api: 
         assert lost == [{"event": "attempt_lost", "attempt": 1, "next_attempt": 2}]
         assert events[-1].event == "done" and events[-1].data["attempt"] == 2
         assert [e.data["seq"] for e in events] == list(range(len(events)))
-        assert not r.exists(keys.job_lease(job_id))
+        assert not r.exists(keyspace.job_lease(job_id))
     finally:
         rescuer.stop()

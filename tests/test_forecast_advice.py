@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from events import advice
-from events.advice import recommendations
-from events.forecast import forecast
-from events.prices import PriceBook
+from events.money.advice import recommendations
+from events.money import advice
+from events.money.forecast import forecast
+from events.money.prices import PriceBook
 
 TODAY = date(2026, 11, 20)
 BOOK = PriceBook()

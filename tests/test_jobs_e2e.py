@@ -7,8 +7,8 @@ import threading
 import httpx
 import redis
 
-from events import keys
-from events.lifecycle import read_counts
+from events.process.lifecycle import read_counts
+from events.store import keyspace
 from tests.sse import read_events
 from tests.stack import Stack, run_all, wait_for
 
@@ -81,7 +81,7 @@ def test_stream_after_the_terminal_event_or_after_expiry_answers_204(alice: http
     _, events = read_events(alice, f"/api/v1/jobs/{job['id']}/events")
     resp = alice.get(f"/api/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": events[-1].id})
     assert resp.status_code == 204
-    r.delete(keys.job_stream(job["id"]))  # as when the stream's TTL runs out
+    r.delete(keyspace.job_stream(job["id"]))  # as when the stream's TTL runs out
     assert alice.get(f"/api/v1/jobs/{job['id']}/events").status_code == 204
 
 

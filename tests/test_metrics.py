@@ -11,12 +11,12 @@ import pytest
 from prometheus_client import REGISTRY
 
 from api.resources.monitoring import quantile, summarize
-from events import metrics
-from events.metrics import MetricError, check_labels, check_name
-from events.prices import PriceBook
+from events.money.prices import PriceBook
+from events.telemetry import metrics
+from events.telemetry.metrics import MetricError, check_labels, check_name
 from tests.llmsim import SimControl, run_simulator
-from workers.llm.base import ChatRequest, LLMRequestError
 from workers.llm.openai_provider import OpenAIProvider
+from workers.llm.provider import ChatRequest, LLMRequestError
 
 
 def value(name: str, labels: dict[str, str] | None = None) -> float:

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from events.advice import recommendations
-from events.budgets import BudgetError, call_cost_bound, check_budget, job_scopes, scope_name, worst_case_micros
-from events.forecast import forecast
-from events.money import ceil_micros, micros_to_usd, usd_to_micros
-from events.periods import period_bounds, period_id
-from events.prices import PriceBook, PriceFileError, UnknownModelError
+from events.catalog import AgentSpec
+from events.money.advice import recommendations
+from events.money.amounts import ceil_micros, micros_to_usd, usd_to_micros
+from events.money.budgets import BudgetError, call_cost_bound, check_budget, job_scopes, scope_name, worst_case_micros
+from events.money.forecast import forecast
+from events.money.periods import period_bounds, period_id
+from events.money.prices import PriceBook, PriceFileError, UnknownModelError
 
 BOOK = PriceBook()
 
@@ -110,9 +111,10 @@ def test_a_hold_covers_every_call_with_the_conversation_growing() -> None:
     price = BOOK.price("gpt-4o")
     one = call_cost_bound(price, prompt_bytes=1000, max_tokens=100)
     assert one == 2500 + 1000  # 1,000 bytes × $2.5/M + 100 × $10/M
-    three = worst_case_micros(price, input_bytes=1000, max_tokens=100, calls=3)
+    spec = AgentSpec("test", "", max_llm_calls=3, prompt_overhead_bytes=0)
+    three = worst_case_micros(price, spec, query_bytes=1000, max_tokens=100)
     assert three > 3 * one
-    assert worst_case_micros(BOOK.price("offline"), input_bytes=10**6, max_tokens=10**4, calls=3) == 0
+    assert worst_case_micros(BOOK.price("offline"), spec, query_bytes=10**6, max_tokens=10**4) == 0
 
 
 def test_forecast_of_a_steady_spend() -> None:

@@ -393,7 +393,7 @@ def test_consumers_that_stopped_reading_mark_health_degraded(cluster: Cluster) -
 def test_a_worker_given_a_metrics_directory_drops_a_previous_runs_samples(logdir: Path, tmp_path: Path) -> None:
     shared = tmp_path / "metrics"
     shared.mkdir()
-    stale = ("from events.metrics import AGENT_QUERIES; AGENT_QUERIES.labels('query', 'succeeded').inc(1000)")
+    stale = ("from events.telemetry.metrics import AGENT_QUERIES; AGENT_QUERIES.labels('query', 'succeeded').inc(1000)")
     subprocess.run([sys.executable, "-c", stale], cwd=ROOT, check=True, timeout=60,
                    env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)})
     assert list(shared.glob("counter_*.db"))

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import redis
 
-from events import keys
+from events.store import keyspace
 from tests.conftest import create_user
 from tests.llmsim import SimControl, run_simulator
 from tests.sse import read_events
@@ -118,7 +118,7 @@ def test_a_cancel_ends_a_long_retry_after_wait_at_once(sim_stack, api: httpx.Cli
     store = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
     try:
         wait_for(lambda: any(fields.get("type") == "metadata"
-                             for _, fields in store.xrange(keys.job_stream(job["id"]))),
+                             for _, fields in store.xrange(keyspace.job_stream(job["id"]))),
                  timeout=20, what="the retry to be announced")
     finally:
         store.close()

@@ -19,7 +19,8 @@ from tests.llmsim import (
     run_simulator,
     split_tokens,
 )
-from workers.llm.base import (
+from workers.llm.openai_provider import OpenAIProvider, estimate_input_tokens, retry_after_s
+from workers.llm.provider import (
     ChatRequest,
     Completion,
     LLMRateLimitedError,
@@ -32,7 +33,6 @@ from workers.llm.base import (
     Usage,
     backoff_delay,
 )
-from workers.llm.openai_provider import OpenAIProvider, estimate_input_tokens, retry_after_s
 
 pytestmark = pytest.mark.timeout(60)
 

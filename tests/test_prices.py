@@ -10,8 +10,8 @@ from pathlib import Path
 import genai_prices
 import pytest
 
-from events.money import MICROS_PER_USD, ceil_micros, micros_to_usd, usd_to_micros
-from events.prices import DEFAULT_PRICES_FILE, PriceBook, PriceFileError, UnknownModelError
+from events.money.amounts import MICROS_PER_USD, ceil_micros, micros_to_usd, usd_to_micros
+from events.money.prices import DEFAULT_PRICES_FILE, PriceBook, PriceFileError, UnknownModelError
 
 BOOK = PriceBook()
 D = Decimal

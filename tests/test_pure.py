@@ -12,16 +12,15 @@ from pathlib import Path
 import celery
 import pytest
 
-from api import keys as apikeys
+from api import credentials
 from api.permissions import Permission, allowed
 from api.relay import decode_entry, parse_id
-from api.validation import InvalidFieldError, Submission, check_idempotency_key, parse_submission
 from events.envelope import EnvelopeError, Event
-from events.taskmsg import RUN_AGENT_TASK, task_message
+from events.store.taskmsg import RUN_AGENT_TASK, task_message
 from settings import Settings, SettingsError
 from workers.agents.tools import CALCULATOR, TEXT_STATS, calculate, text_stats
-from workers.llm.base import ChatRequest, Completion, TextDelta, Usage, backoff_delay
 from workers.llm.offline import OfflineProvider, compose_answer, plan_tool_calls
+from workers.llm.provider import ChatRequest, Completion, TextDelta, Usage, backoff_delay
 
 SECRET = "s" * 40
 
@@ -103,85 +102,20 @@ def test_task_message_carries_what_the_redis_transport_needs() -> None:
     assert other["properties"]["delivery_tag"] != props["delivery_tag"]
 
 
-LIMITS = {"max_query_chars": 100, "max_tokens_default": 50, "max_tokens_limit": 200}
-
-
-def test_minimal_submission_gets_the_defaults() -> None:
-    assert parse_submission({"agent_type": "query", "query": "hi"}, **LIMITS) == Submission("query", "hi", None, 50)
-
-
-def test_full_submission_keeps_every_field() -> None:
-    body = {"agent_type": "query", "query": "q", "model": "gpt-4o-mini", "max_tokens": 200, "session_id": "s:1",
-            "metadata": {"a": 1}, "attachments": [{"name": "x"}]}
-    assert parse_submission(body, **LIMITS) == Submission("query", "q", "gpt-4o-mini", 200, "s:1", {"a": 1},
-                                                          [{"name": "x"}])
-
-
-@pytest.mark.parametrize(
-    ("change", "name"),
-    [
-        ({"quary": "typo"}, "quary"),
-        ({"agent_type": None}, "agent_type"),
-        ({"agent_type": 7}, "agent_type"),
-        ({"agent_type": "wizard"}, "agent_type"),
-        ({"query": None}, "query"),
-        ({"query": ["hi"]}, "query"),
-        ({"query": " \n\t"}, "query"),
-        ({"query": "a" * 101}, "query"),
-        ({"model": "gpt 4"}, "model"),
-        ({"model": "m" * 129}, "model"),
-        ({"model": 4}, "model"),
-        ({"max_tokens": "9"}, "max_tokens"),
-        ({"max_tokens": True}, "max_tokens"),
-        ({"max_tokens": 1.5}, "max_tokens"),  # 1.0 counts as 1, as JSON Schema says
-        ({"max_tokens": 0}, "max_tokens"),
-        ({"max_tokens": 201}, "max_tokens"),
-        ({"session_id": "a b"}, "session_id"),
-        ({"session_id": 5}, "session_id"),
-        ({"metadata": [1]}, "metadata"),
-        ({"metadata": {"k": "v" * 5000}}, "metadata"),
-        ({"attachments": "x"}, "attachments"),
-        ({"attachments": [1]}, "attachments"),
-        ({"attachments": [{}] * 9}, "attachments"),
-        pytest.param({"session_id": "s1\n"}, "session_id"),
-        pytest.param({"metadata": []}, "metadata"),
-    ],
-)
-def test_invalid_submissions_name_the_field(change: dict, name: str) -> None:
-    body = {"agent_type": "query", "query": "hi", **change}
-    body = {k: v for k, v in body.items() if v is not None}
-    with pytest.raises(InvalidFieldError) as info:
-        parse_submission(body, **LIMITS)
-    assert info.value.field == name
-    assert f"'{name}'" in str(info.value)
-
-
-@pytest.mark.parametrize("key", ["a", "order-42/retry", "~" * 255, "!#$%&'*+.^_`|"])
-def test_visible_ascii_idempotency_keys_are_accepted(key: str) -> None:
-    assert check_idempotency_key(key) == key
-
-
-@pytest.mark.parametrize("key", ["", "x" * 256, "has space", "tab\there", "caf\u00e9", "nul\x00"])
-def test_other_idempotency_keys_are_refused(key: str) -> None:
-    with pytest.raises(InvalidFieldError) as info:
-        check_idempotency_key(key)
-    assert info.value.field == "Idempotency-Key"
-
-
 def test_new_keys_have_the_documented_shape_and_256_bits_of_randomness() -> None:
-    made = {apikeys.new_key() for _ in range(500)}
+    made = {credentials.new_key() for _ in range(500)}
     assert len(made) == 500
     for key in made:
-        assert apikeys.looks_like_key(key) and len(key) == len("sk_live_") + 43
-    assert apikeys.KEY_BODY_LENGTH * math.log2(62) >= 256
+        assert credentials.looks_like_key(key) and len(key) == len("sk_live_") + 43
+    assert credentials.KEY_BODY_LENGTH * math.log2(62) >= 256
     assert len(set("".join(made)[8:])) > 50  # draws from the whole alphabet
 
 
 def test_key_hash_is_a_keyed_hash_that_depends_on_the_secret() -> None:
-    key = apikeys.new_key()
-    assert apikeys.key_hash(SECRET, key) == apikeys.key_hash(SECRET, key)
-    assert apikeys.key_hash(SECRET, key) != apikeys.key_hash(SECRET + "!", key)
-    assert key not in apikeys.key_hash(SECRET, key) and len(apikeys.key_hash(SECRET, key)) == 64
+    key = credentials.new_key()
+    assert credentials.key_hash(SECRET, key) == credentials.key_hash(SECRET, key)
+    assert credentials.key_hash(SECRET, key) != credentials.key_hash(SECRET + "!", key)
+    assert key not in credentials.key_hash(SECRET, key) and len(credentials.key_hash(SECRET, key)) == 64
 
 
 @pytest.mark.parametrize(
@@ -190,29 +124,29 @@ def test_key_hash_is_a_keyed_hash_that_depends_on_the_secret() -> None:
      ("sk_test_" + "a" * 43, False), ("sk_live_" + "a" * 42 + "-", False), ("", False), ("Bearer x", False)],
 )
 def test_looks_like_key(key: str, ok: bool) -> None:
-    assert apikeys.looks_like_key(key) is ok
+    assert credentials.looks_like_key(key) is ok
 
 
 def test_stream_token_is_valid_for_its_job_until_it_expires_and_names_its_key() -> None:
-    token = apikeys.stream_token(SECRET, "job-1", 60, user_id="alice@example.org", key_id="0123456789abcdef",
+    token = credentials.stream_token(SECRET, "job-1", 60, user_id="alice@example.org", key_id="0123456789abcdef",
                                  now=1000.0)
-    assert apikeys.check_stream_token(SECRET, "job-1", token, now=1000.0) == ("alice@example.org", "0123456789abcdef")
-    assert apikeys.check_stream_token(SECRET, "job-1", token, now=1060.0)
-    assert not apikeys.check_stream_token(SECRET, "job-1", token, now=1061.0)
-    assert not apikeys.check_stream_token(SECRET, "job-2", token, now=1000.0)
-    assert not apikeys.check_stream_token(SECRET + "!", "job-1", token, now=1000.0)
+    assert credentials.check_stream_token(SECRET, "job-1", token, now=1000.0) == ("alice@example.org", "0123456789abcdef")
+    assert credentials.check_stream_token(SECRET, "job-1", token, now=1060.0)
+    assert not credentials.check_stream_token(SECRET, "job-1", token, now=1061.0)
+    assert not credentials.check_stream_token(SECRET, "job-2", token, now=1000.0)
+    assert not credentials.check_stream_token(SECRET + "!", "job-1", token, now=1000.0)
 
 
 def test_tampered_or_malformed_stream_tokens_are_refused() -> None:
-    token = apikeys.stream_token(SECRET, "job-1", 60, user_id="alice", key_id="0123456789abcdef", now=1000.0)
+    token = credentials.stream_token(SECRET, "job-1", 60, user_id="alice", key_id="0123456789abcdef", now=1000.0)
     expires, key_id, holder, mac = token.split(".")
     flipped = mac[:-1] + ("A" if mac[-1] != "A" else "B")
-    other_user = apikeys.stream_token(SECRET, "job-1", 60, user_id="mallory", key_id=key_id, now=1000.0)
+    other_user = credentials.stream_token(SECRET, "job-1", 60, user_id="mallory", key_id=key_id, now=1000.0)
     for bad in [f"{int(expires) + 3600}.{key_id}.{holder}.{mac}", f"{expires}.{key_id}.{holder}.{flipped}",
                 f"{expires}.fedcba9876543210.{holder}.{mac}", f"{expires}.{key_id}.{other_user.split('.')[2]}.{mac}",
                 expires, f"{expires}.", f"x.{mac}", "", "1.é", "².x", f"{expires}.{key_id}.{holder}.{mac}\n",
                 "٣" + token[1:]]:
-        assert not apikeys.check_stream_token(SECRET, "job-1", bad, now=1000.0), bad
+        assert not credentials.check_stream_token(SECRET, "job-1", bad, now=1000.0), bad
 
 
 GRANTS = {

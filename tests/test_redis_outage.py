@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from bench.rawhttp import Connection
-from events.clients import async_client, pool_exhausted
+from events.store.clients import async_client, pool_exhausted
 from tests.conftest import create_user
 from tests.sse import SSE, parse
 from tests.stack import RedisServer, Stack, wait_for

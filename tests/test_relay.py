@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from api.relay import Relay
-from events import keys
 from events.envelope import Event
+from events.store import keyspace
 from tests.stack import RedisServer
 
 _ids = itertools.count()
@@ -33,7 +33,7 @@ def new_job() -> str:
 
 async def add(client: aioredis.Redis, job_id: str, seq: int, etype: str = "token") -> str:
     event = Event(etype, job_id, seq, time.time(), 1, {"n": seq})
-    return (await client.xadd(keys.job_stream(job_id), event.to_fields())).decode()
+    return (await client.xadd(keyspace.job_stream(job_id), event.to_fields())).decode()
 
 
 async def test_one_reader_serves_many_streams_and_positions(clients) -> None:
@@ -92,7 +92,7 @@ async def test_a_subscriber_that_falls_behind_is_dropped_and_others_keep_going(c
     await asyncio.wait_for(reading, 10)
     assert received == ids
     assert slow.dropped and slow.queue.full()
-    assert slow not in relay.subs.get(keys.job_stream(job), set())
+    assert slow not in relay.subs.get(keyspace.job_stream(job), set())
     relay.unsubscribe(fast)
     await relay.close()
 

@@ -21,7 +21,7 @@ from api.auth import required_permission
 from api.openapi import route_table
 from api.permissions import PUBLIC, Permission, allowed
 from api.users import UserStore
-from events.clients import async_client
+from events.store.clients import async_client
 from settings import Settings
 from tests.conftest import create_user
 from tests.stack import SECRET, RedisServer, Stack, base_env, wait_for

@@ -13,7 +13,8 @@ import httpx
 import pytest
 import redis
 
-from events import keys, tracing
+from events.store import keyspace
+from events.telemetry import tracing
 from tests.conftest import create_user
 from tests.llmsim import SimControl, run_simulator
 from tests.otlp import Receiver, Span
@@ -48,6 +49,15 @@ def test_a_new_job_keeps_a_valid_incoming_trace_and_otherwise_gets_fresh_ids() -
     assert len(fresh) == 4 and all(HEX32.match(t) for t in fresh)
 
 
+def test_a_new_job_keeps_the_vendor_tracestate_of_a_valid_incoming_trace() -> None:
+    kept = tracing.new_trace_context(TRACEPARENT, "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+    assert kept == {"traceparent": TRACEPARENT, "tracestate": "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"}
+    assert tracing.new_trace_context(TRACEPARENT) == {"traceparent": TRACEPARENT}
+    assert "tracestate" not in tracing.new_trace_context("nonsense", "congo=t61rcWkgMzE")
+    remote = tracing.parse(TRACEPARENT, "congo=t61rcWkgMzE")
+    assert remote is not None and tracing.carrier(remote)["tracestate"] == "congo=t61rcWkgMzE"
+
+
 def json_lines(proc: Proc) -> Iterator[dict[str, Any]]:
     """The JSON log lines a process printed (Celery's banner and the like are skipped)."""
     for line in proc.log().splitlines():
@@ -64,16 +74,16 @@ def lifecycle_watch(redis_url: str) -> Iterator[Callable[[str], list[dict[str, A
     nothing) and gives a function returning a job's entries' data, oldest first."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     group = f"test-watch-{uuid.uuid4().hex[:8]}"
-    client.xgroup_create(keys.LIFECYCLE_STREAM, group, id="$", mkstream=True)
+    client.xgroup_create(keyspace.LIFECYCLE_STREAM, group, id="$", mkstream=True)
 
     def entries(job_id: str) -> list[dict[str, Any]]:
-        return [json.loads(fields["data"]) for _, fields in client.xrange(keys.LIFECYCLE_STREAM)
+        return [json.loads(fields["data"]) for _, fields in client.xrange(keyspace.LIFECYCLE_STREAM)
                 if fields.get("job_id") == job_id]
 
     try:
         yield entries
     finally:
-        client.xgroup_destroy(keys.LIFECYCLE_STREAM, group)
+        client.xgroup_destroy(keyspace.LIFECYCLE_STREAM, group)
         client.close()
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 import redis
 
-from workers.agents.base import Cancelled, LeaseLost
+from events.store import job_scripts
+from events.store.scripts import Scripts
+from workers.agents.agent import Cancelled, LeaseLost
 
 log = logging.getLogger("workers.heartbeat")
 
@@ -16,10 +17,9 @@ log = logging.getLogger("workers.heartbeat")
 class Heartbeat:
     """Renews the lease every `every_s` seconds; `check()` raises once the job is cancelled or the lease is gone."""
 
-    def __init__(self, script: Any, lease_key: str, job_key: str, token: str, lease_ms: int, every_s: float) -> None:
-        self._script = script
-        self._keys = [lease_key, job_key]
-        self._args = [token, lease_ms]
+    def __init__(self, scripts: Scripts, job_id: str, token: str, lease_ms: int, every_s: float) -> None:
+        self._scripts = scripts
+        self._beat = job_scripts.heartbeat(job_id=job_id, lease_token=token, lease_ms=lease_ms)
         self._every_s = every_s
         self._stop = threading.Event()
         self.cancelled = threading.Event()
@@ -43,10 +43,10 @@ class Heartbeat:
 
     def beat(self) -> None:
         """Renew the lease once and read the cancel flag."""
-        ours, cancel = self._script(keys=self._keys, args=self._args)
-        if not ours:
+        beat = self._scripts.run(self._beat)
+        if not beat.lease_ours:
             self.lost.set()
-        if cancel in (b"1", "1"):
+        if beat.cancel_requested:
             self.cancelled.set()
 
     def _loop(self) -> None:

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from celery.exceptions import SoftTimeLimitExceeded
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
-from events import jobs, keys, tracing
-from events.budgets import BudgetScripts, settle_call
 from events.envelope import text
-from events.metrics import AGENT_DURATION, AGENT_QUERIES
-from events.money import micros_to_usd
-from events.prices import PriceBook
+from events.money.amounts import micros_to_usd
+from events.money.prices import PriceBook
 from events.publisher import JobPublisher
-from workers.agents.base import Agent, AgentContext, AgentError, AgentStop, Cancelled, LeaseLost
+from events.store import job_scripts, keyspace
+from events.store.budget_scripts import settle_hold
+from events.store.job_scripts import Outcome, StartOutcome
+from events.store.scripts import Scripts
+from events.telemetry import tracing
+from events.telemetry.metrics import AGENT_DURATION, AGENT_QUERIES
+from workers.agents.agent import Agent, AgentContext, AgentError, AgentStop, Cancelled, LeaseLost
 from workers.heartbeat import Heartbeat
-from workers.llm.base import LLMError, Provider, Usage
+from workers.llm.provider import LLMError, Provider, Usage
 from workers.spending import Spending
 
 log = logging.getLogger("workers.runner")
@@ -63,17 +65,6 @@ class Totals:
         }
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How an attempt ended: the job status, its terminal event, and what the record keeps."""
-
-    status: str
-    event: str
-    data: Mapping[str, Any]
-    result: str = ""
-    error: Mapping[str, str] | None = None
-
-
 def error_outcome(code: str, message: str) -> Outcome:
     """A failed attempt."""
     error = {"code": code, "message": message}
@@ -109,8 +100,7 @@ class JobRunner:
         self.worker = worker
         self.clock = clock
         self.prices = prices
-        self.scripts = jobs.JobScripts.register(client)
-        self.budget_scripts = BudgetScripts.register(client)
+        self.scripts = Scripts(client)
 
     def run(self, job_id: str, attempt: int) -> str:
         """Run attempt `attempt` of the job if it is still due; returns the outcome or why it was skipped.
@@ -118,9 +108,10 @@ class JobRunner:
         The attempt runs in a CONSUMER span whose parent is the job's `traceparent` (made at submit), so its
         model calls and log lines join the trace of the request that submitted it.
         """
-        traceparent, agent = (text(v) if v is not None else ""
-                              for v in self.client.hmget(keys.job(job_id), "traceparent", "agent"))
+        traceparent, tracestate, agent = (text(v) if v is not None else "" for v in self.client.hmget(
+            keyspace.job(job_id), "traceparent", "tracestate", "agent"))
         with tracing.in_span(f"run_agent {agent or 'unknown'}", kind=SpanKind.CONSUMER, parent=traceparent,
+                             parent_state=tracestate or None,
                              attributes={"agentic.job.id": job_id, "agentic.job.attempt": attempt,
                                          "agentic.agent": agent}) as span:
             ids = {"job_id": job_id, "trace_id": tracing.trace_id(traceparent) or tracing.span_trace_id(span)}
@@ -132,21 +123,18 @@ class JobRunner:
         token = f"{attempt}:{uuid.uuid4().hex}"
         start = {"attempt": attempt, "worker": self.worker, "provider": self.provider.name,
                  "trace_id": ids["trace_id"]}
-        reply = self.scripts.start(
-            keys=jobs.start_keys(job_id),
-            args=[job_id, attempt, f"{self.clock():.6f}", token, self.lease_ms, self.worker, json.dumps(start)],
-        )
-        outcome = text(reply[0])
-        if outcome != "ok":
-            log.info("skipped job %s attempt %d: %s", job_id, attempt, outcome, extra=ids)
-            return f"skipped:{outcome}"
-        job = jobs.decode(dict(zip(reply[2][::2], reply[2][1::2], strict=True)))
-        publisher = JobPublisher(self.client, keys.job_stream(job_id), job_id, attempt, int(reply[1]),
+        started = self.scripts.run(job_scripts.start(job_id=job_id, attempt=attempt, now=self.clock(),
+                                                     lease_token=token, lease_ms=self.lease_ms, worker=self.worker,
+                                                     data=start))
+        if started.outcome is not StartOutcome.OK or started.job is None:
+            log.info("skipped job %s attempt %d: %s", job_id, attempt, started.outcome.value, extra=ids)
+            return f"skipped:{started.outcome.value}"
+        job = started.job
+        publisher = JobPublisher(self.client, keyspace.job_stream(job_id), job_id, attempt, started.next_seq,
                                  flush_ms=self.flush_ms, clock=self.clock)
-        heartbeat = Heartbeat(self.scripts.heartbeat, keys.job_lease(job_id), keys.job(job_id), token,
-                              self.lease_ms, self.heartbeat_s)
+        heartbeat = Heartbeat(self.scripts, job_id, token, self.lease_ms, self.heartbeat_s)
         totals = Totals()
-        started = time.perf_counter()
+        began = time.perf_counter()
         with heartbeat:
             result = self._outcome(job, attempt, publisher, heartbeat, totals, ids)
         if result is None:  # lease lost: the next attempt owns the job's stream now
@@ -159,7 +147,7 @@ class JobRunner:
             status = self._finish(job_id, job.get("owner", ""), attempt, token, publisher, result, totals, ids)
         agent = job.get("agent", "") if job.get("agent", "") in self.agents else "unknown"
         AGENT_QUERIES.labels(agent, status).inc()
-        AGENT_DURATION.labels(agent).observe(time.perf_counter() - started)
+        AGENT_DURATION.labels(agent).observe(time.perf_counter() - began)
         return status
 
     def _outcome(self, job: Mapping[str, str], attempt: int, publisher: JobPublisher,
@@ -168,8 +156,7 @@ class JobRunner:
         if agent is None:
             return error_outcome("unknown_agent", f"This worker has no agent named {job.get('agent')!r}.")
 
-        spending = Spending(self.client, self.budget_scripts, self.prices, job, attempt, self.provider.name,
-                            self.clock)
+        spending = Spending(self.client, self.prices, job, attempt, self.provider.name, self.clock)
 
         def on_usage(usage: Usage, call: int) -> None:
             data = spending.charge(usage, call)
@@ -206,23 +193,21 @@ class JobRunner:
         data = dict(outcome.data)
         if outcome.status == "failed":
             data["usage"] = totals.as_dict()
-        done = self.scripts.finish(
-            keys=jobs.start_keys(job_id),
-            args=[job_id, attempt, f"{self.clock():.6f}", token, outcome.status, outcome.result,
-                  json.dumps(outcome.error) if outcome.error else "", json.dumps(totals.as_dict()),
-                  outcome.event, json.dumps(data), seq, self.job_ttl_s, self.stream_ttl_s],
-        )
+        finished = self.scripts.run(job_scripts.finish(
+            job_id=job_id, attempt=attempt, now=self.clock(), lease_token=token,
+            outcome=replace(outcome, data=data), usage=totals.as_dict(), seq=seq, job_ttl_s=self.job_ttl_s,
+            stream_ttl_s=self.stream_ttl_s))
         log.info("job %s attempt %d %s", job_id, attempt, outcome.status,
-                 extra={**ids, "attempt": attempt, "status": outcome.status, "finish": text(done)})
-        if text(done) != "ok":
+                 extra={**ids, "attempt": attempt, "status": outcome.status, "finished": finished})
+        if not finished:
             return "lease_lost"
         self.settle(owner, job_id, trace_id=ids["trace_id"])
         return outcome.status
 
     def settle(self, owner: str, job_id: str, *, trace_id: str = "") -> None:
         """Swap the job's hold for its actual spend (once; the sweeper does it if we die first)."""
-        keys_, args = settle_call(owner, job_id, self.clock())
-        reply = self.budget_scripts.settle(keys=keys_, args=args)
-        for scope, spent, limit in (reply[3] if len(reply) > 3 else []):
-            log.warning("budget alert for %s scope %s: spent %s of %s micros", owner, text(scope), text(spent),
-                        text(limit), extra={"job_id": job_id, "user_id": owner, "trace_id": trace_id})
+        reply = settle_hold(self.scripts, user_id=owner, job_id=job_id, now=self.clock())
+        for alert in reply.alerts:
+            log.warning("budget alert for %s scope %s: spent %s of %s micros", owner, alert.scope,
+                        alert.spent_micros, alert.limit_micros,
+                        extra={"job_id": job_id, "user_id": owner, "trace_id": trace_id})

@@ -6,14 +6,17 @@ import hashlib
 import json
 from typing import Any, Callable, Mapping
 
-from events import keys
-from events.budgets import BudgetScripts, call_cost_bound
-from events.envelope import Event, text
-from events.metrics import LLM_CALLS, count_usage
-from events.money import micros_to_usd
-from events.prices import PriceBook, UnknownModelError
-from workers.agents.base import AgentError, BudgetExhausted
-from workers.llm.base import ChatRequest, Usage
+from events.envelope import text
+from events.money.amounts import micros_to_usd
+from events.money.budgets import call_cost_bound
+from events.money.prices import PriceBook, UnknownModelError
+from events.money.usage import public, usage_data
+from events.store import budget_scripts, keyspace
+from events.store.budget_scripts import Held
+from events.store.scripts import Scripts
+from events.telemetry.metrics import LLM_CALLS, count_usage
+from workers.agents.agent import AgentError, BudgetExhausted
+from workers.llm.provider import ChatRequest, Usage
 
 
 def query_hash(job: Mapping[str, str]) -> str:
@@ -30,23 +33,21 @@ class Spending:
     never starts.
     """
 
-    def __init__(self, client: Any, scripts: BudgetScripts, prices: PriceBook, job: Mapping[str, str],
-                 attempt: int, provider: str, clock: Callable[[], float]) -> None:
-        self.client = client
-        self.scripts = scripts
+    def __init__(self, client: Any, prices: PriceBook, job: Mapping[str, str], attempt: int, provider: str,
+                 clock: Callable[[], float]) -> None:
+        self.scripts = Scripts(client)
         self.prices = prices
         self.job = job
         self.attempt = attempt
         self.provider = provider
         self.clock = clock
         self.owner = job.get("owner", "")
-        self.hold_key = keys.budget_hold(self.owner, job["id"])
-        amount, spent, periods, scopes = client.hmget(self.hold_key, "amount", "spent", "periods", "scopes")
+        amount, spent, period_ids = client.hmget(keyspace.budget_hold(self.owner, job["id"]), "amount", "spent",
+                                                 "period_ids")
         # No hold (it was settled, or swept while the job waited) means nothing may be spent.
         self.amount = int(amount) if amount is not None else 0
         self.spent = int(spent or 0)
-        self.periods: list[str] = json.loads(periods) if periods else []
-        self.scopes: list[str] = json.loads(scopes) if scopes else []
+        self.period_ids = text(period_ids) if period_ids else ""
         self.charges = 0
         self.query_hash = query_hash(job)
 
@@ -63,43 +64,38 @@ class Spending:
         needed = self.spent + bound
         if needed == 0:
             return  # a free model: nothing to hold
-        if not self.periods:
-            raise BudgetExhausted(f"The next model call could cost up to ${micros_to_usd(bound)}, but this job has "
-                                  "no budget hold left; it stopped there.")
-        reply = self.scripts.extend(keys=[keys.budget_config(self.owner), self.hold_key, *self.periods],
-                                    args=[needed, *self.scopes])
-        outcome = text(reply[0])
-        if outcome == "held":
-            self.amount = int(text(reply[1]))
+        reply = None
+        if self.period_ids:
+            reply = self.scripts.run(budget_scripts.extend(user_id=self.owner, job_id=self.job["id"],
+                                                           needed_micros=needed, period_ids=self.period_ids))
+        if reply is not None and reply.outcome is Held.HELD:
+            self.amount = reply.amount_micros
             return
-        if outcome == "rejected":
-            scope, remaining, limit, period = (text(v) for v in reply[1:5])
+        if reply is not None and reply.rejection is not None:
+            no = reply.rejection
             raise BudgetExhausted(
-                f"The next model call could cost up to ${micros_to_usd(bound)}, but the {period} budget for scope "
-                f"'{scope}' has ${micros_to_usd(max(int(remaining), 0))} left of ${micros_to_usd(int(limit))}; "
-                "the job stopped there.")
+                f"The next model call could cost up to ${micros_to_usd(bound)}, but the {no.period} budget for scope "
+                f"'{no.scope}' has ${micros_to_usd(max(no.remaining_micros, 0))} left of "
+                f"${micros_to_usd(no.limit_micros)}; the job stopped there.")
         raise BudgetExhausted(f"The next model call could cost up to ${micros_to_usd(bound)}, but this job has no "
                               "budget hold left; it stopped there.")
 
     def charge(self, usage: Usage, call: int) -> dict[str, Any]:
-        """Price one call and record it on the hold, the job and the usage stream at once; returns its figures."""
+        """Price one call and record it on the hold, the job and the usage stream at once; returns its public
+        figures (the job's own `usage` event)."""
         price = self._price(usage.model)
         cost = self.prices.cost_micros(usage.model, usage.input_tokens, usage.output_tokens,
                                        usage.cached_input_tokens)
-        data = {"model": usage.model, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-                "cached_input_tokens": usage.cached_input_tokens, "estimated": usage.estimated, "call": call,
-                "cost_micros": cost, "cost_usd": micros_to_usd(cost), "price_source": price.source}
-        shared = {**data, "user_id": self.owner, "session_id": self.job.get("session_id", ""),
-                  "agent": self.job.get("agent", ""), "provider": self.provider, "query_hash": self.query_hash}
-        event = Event("usage", self.job["id"], 0, self.clock(), self.attempt, shared)
-        fields = [part for pair in event.to_fields().items() for part in pair]
+        data = usage_data(model=usage.model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                          cached_input_tokens=usage.cached_input_tokens, cost_micros=cost,
+                          price_source=price.source, user_id=self.owner, session_id=self.job.get("session_id", ""),
+                          agent=self.job.get("agent", ""), provider=self.provider, estimated=usage.estimated,
+                          call=call, query_hash=self.query_hash)
         self.charges += 1
-        spent = self.scripts.charge(keys=[self.hold_key, keys.job(self.job["id"]), keys.USAGE_STREAM],
-                                    args=[cost, f"{self.attempt}:{self.charges}", *fields])
-        if int(spent) >= 0:
-            self.spent = int(spent)
-        else:
-            self.spent += cost
+        spent = self.scripts.run(budget_scripts.charge(
+            user_id=self.owner, job_id=self.job["id"], attempt=self.attempt, charge_id=f"{self.attempt}:{self.charges}",
+            cost_micros=cost, now=self.clock(), usage=data))
+        self.spent = spent if spent >= 0 else self.spent + cost
         LLM_CALLS.labels(self.provider, usage.model).inc()
         count_usage(usage.model, usage.input_tokens, usage.output_tokens, cost)
-        return data
+        return public(data)

@@ -9,14 +9,14 @@ from pathlib import Path
 
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
-from events import logs, tracing
-from events.clients import sync_client
-from events.prices import PriceBook
-from events.taskmsg import RUN_AGENT_TASK
+from events.money.prices import PriceBook
+from events.store.clients import sync_client
+from events.store.taskmsg import RUN_AGENT_TASK
+from events.telemetry import logs, tracing
 from settings import Settings
 from workers import app
 from workers.agents import AGENTS
-from workers.llm.base import Provider
+from workers.llm.provider import Provider
 from workers.runner import JobRunner
 
 

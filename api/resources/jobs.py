@@ -7,31 +7,31 @@ from typing import Any, Mapping
 
 import falcon
 
-from api import keys as apikeys
-from api import params
+from api import credentials
 from api.address import client_ip
 from api.audit import AuditLog
 from api.auth import principal_of
-from api.body import read_json
-from api.errors import bad_request, budget_exceeded, not_found
-from api.jobs import MAX_WAIT_S, BudgetExceededError, IdempotencyConflictError, JobService, body_hash, parse_cursor
+from api.errors import ConflictError, ForbiddenError, not_found
+from api.job_service import (
+    JobService,
+    Submission,
+    body_hash,
+    parse_cursor,
+)
+from api.models import check_idempotency_key
 from api.permissions import Permission, allowed
 from api.users import Principal
-from api.validation import InvalidFieldError, check_idempotency_key, parse_submission
-from events import jobs
-from events.envelope import Event
-from events.prices import UnknownModelError
+from events import job_record
 from settings import Settings
 
-MAX_PAGE = 100
-log = logging.getLogger("api.jobs")
+log = logging.getLogger("api.job_service")
 
 
 def public_job(job: dict[str, str], settings: Settings, principal: Principal) -> dict[str, Any]:
     """The job as clients see it, with its trace id and a stream URL whose token acts for the caller's key."""
-    view = jobs.view(job)
+    view = job_record.view(job)
     view["trace_id"] = job.get("trace_id") or None
-    token = apikeys.stream_token(settings.secret_key, job["id"], settings.stream_token_ttl_s,
+    token = credentials.stream_token(settings.secret_key, job["id"], settings.stream_token_ttl_s,
                                  user_id=principal.user_id, key_id=principal.key_id)
     view["stream_url"] = f"/api/v1/jobs/{job['id']}/events?token={token}"
     return view
@@ -62,41 +62,28 @@ async def visible_job(req: falcon.asgi.Request, service: JobService, audit: Audi
     raise not_found(f"There is no job {job_id!r} that you can see.", code="job_not_found")
 
 
-async def submit_job(req: falcon.asgi.Request, service: JobService, settings: Settings, audit: AuditLog,
-                     body: dict[str, Any], *, agent: str | None = None,
+async def submit_job(req: falcon.asgi.Request, service: JobService, audit: AuditLog, *, agent: str | None = None,
                      idempotency_key: str | None = None) -> tuple[dict[str, str], bool]:
-    """The one submit path of POST /jobs and POST /stream/{agent}: validate, check the caller's agent allow list,
-    hold and enqueue, audit; domain errors become 400, 402, 403 and 422. Returns (job, created)."""
-    try:
-        submission = parse_submission({**body, "agent_type": agent} if agent else body,
-                                      max_query_chars=settings.max_query_chars,
-                                      max_tokens_default=settings.max_tokens_default,
-                                      max_tokens_limit=settings.max_tokens_limit)
-        if idempotency_key is not None:
-            check_idempotency_key(idempotency_key)
-    except InvalidFieldError as ex:
-        raise bad_request(str(ex), code="invalid_field") from ex
+    """The one submit path of POST /jobs and POST /stream/{agent}: check the caller's agent allow list, hold and
+    enqueue, audit (the body was checked against its model already). Returns (job, created)."""
+    body = req.context.body
+    submission = Submission(agent_type=agent or body.agent_type, query=body.query, model=body.model,
+                            max_tokens=body.max_tokens, session_id=body.session_id or "",
+                            metadata=body.metadata or {}, attachments=body.attachments or [])
+    if idempotency_key is not None:
+        check_idempotency_key(idempotency_key)
     principal = principal_of(req)
     if not principal.may_use(submission.agent_type):
-        raise falcon.HTTPForbidden(title="Forbidden", code="agent_not_allowed",
-                                   description=f"Your account may not use the {submission.agent_type!r} agent.")
-    def audited(job: Mapping[str, str]) -> Event:
+        raise ForbiddenError(f"Your account may not use the {submission.agent_type!r} agent.",
+                             code="agent_not_allowed")
+    def audited(job: Mapping[str, str]) -> Mapping[str, Any]:
         return audit.event(principal.user_id, "job.submit", resource=job["id"], ip=client_ip(req),
                            details={"agent": job["agent"], "model": job["model"],
-                                    "hold_micros": int(job.get("hold_micros") or 0)})
+                                    "hold_micros": int(job.get("hold_micros") or 0)}).data
 
-    try:
-        job, created = await service.submit(principal.user_id, submission, idempotency_key=idempotency_key,
-                                            digest=body_hash(body), traceparent=req.get_header("traceparent"),
-                                            audit=audited)
-    except IdempotencyConflictError as ex:
-        raise falcon.HTTPUnprocessableEntity(title="Idempotency-Key reused", description=str(ex),
-                                             code="idempotency_conflict") from ex
-    except UnknownModelError as ex:
-        raise bad_request(str(ex), code="unpriced_model") from ex
-    except BudgetExceededError as ex:
-        raise budget_exceeded(ex) from ex
-    return job, created
+    return await service.submit(principal.user_id, submission, idempotency_key=idempotency_key,
+                                digest=body_hash(req.context.json), traceparent=req.get_header("traceparent"),
+                                tracestate=req.get_header("tracestate"), audit=audited)
 
 
 class JobsResource:
@@ -111,8 +98,7 @@ class JobsResource:
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Submit a job: 202 with its id, status and stream URL."""
-        body = await read_json(req, self.settings.max_body_bytes)
-        job, created = await submit_job(req, self.service, self.settings, self.audit, body,
+        job, created = await submit_job(req, self.service, self.audit,
                                         idempotency_key=req.get_header("Idempotency-Key"))
         resp.status = falcon.HTTP_202 if created else falcon.HTTP_200
         if not created:
@@ -122,21 +108,11 @@ class JobsResource:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """List jobs, newest first: ?status=, ?limit= (1-100), ?cursor= from the previous page."""
-        principal = principal_of(req)
-        status = req.get_param("status")
-        if status is not None and status not in jobs.STATUSES:
-            raise bad_request(f"Unknown status {status!r}; use one of: {', '.join(jobs.STATUSES)}.",
-                              code="invalid_field")
-        limit = params.integer(req, "limit", low=1, high=MAX_PAGE, default=20)
-        raw_cursor = req.get_param("cursor")
-        try:
-            cursor = parse_cursor(raw_cursor) if raw_cursor else None
-        except ValueError as ex:
-            raise bad_request(str(ex), code="invalid_cursor") from ex
-        wants_all = req.get_param_as_bool("all", default=True)  # parsed for everyone: a bad value is a 400
-        every = wants_all and allowed(principal.role, Permission.JOBS_READ_ALL)
-        found, after = await self.service.list(None if every else principal.user_id, status=status,
-                                               limit=limit, cursor=cursor)
+        principal, query = principal_of(req), req.context.query
+        cursor = parse_cursor(query.cursor) if query.cursor else None
+        every = query.all and allowed(principal.role, Permission.JOBS_READ_ALL)
+        found, after = await self.service.list(None if every else principal.user_id, status=query.status,
+                                               limit=query.limit, cursor=cursor)
         resp.media = {"jobs": [listed_job(j, self.settings, principal) for j in found], "next_cursor": after}
 
 
@@ -152,9 +128,9 @@ class JobResource:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str) -> None:
         """The job's status, result, error, usage and timestamps."""
-        wait = params.number(req, "wait", low=0, high=MAX_WAIT_S, default=0)
+        wait = req.context.query.wait
         job = await visible_job(req, self.service, self.audit, job_id)
-        if wait and job["status"] not in jobs.TERMINAL_STATUSES:
+        if wait and job["status"] not in job_record.TERMINAL_STATUSES:
             job = await self.service.wait(job_id, wait) or job
         resp.media = public_job(job, self.settings, principal_of(req))
 
@@ -178,8 +154,7 @@ class CancelResource:
         if outcome == "missing":
             raise not_found(f"There is no job {job_id!r} that you can see.", code="job_not_found")
         if outcome in ("succeeded", "failed"):
-            raise falcon.HTTPConflict(title="Conflict", code="job_finished",
-                                      description=f"The job already {outcome}; there is nothing to cancel.")
+            raise ConflictError(f"The job already {outcome}; there is nothing to cancel.", code="job_finished")
         job = await self.service.load(job_id)
         resp.status = falcon.HTTP_202 if outcome == "cancelling" else falcon.HTTP_200
         resp.media = public_job(job, self.settings, principal_of(req)) if job else {"id": job_id, "status": outcome}

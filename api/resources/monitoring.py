@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import platform
@@ -19,13 +18,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.address import client_ip
 from api.audit import AuditLog
 from api.auth import principal_of
-from api.body import read_json
-from api.errors import bad_request
-from api.monitoring import SystemCollector, system_state
+from api.errors import ConflictError
+from api.models import MetricRecord
 from api.permissions import PUBLIC, Permission
 from api.resources.health import VERSION, redis_check, unavailable
-from events import keys, metrics
-from events.envelope import text
+from api.system_state import SystemCollector, system_state
+from events.store import keyspace, metric_scripts
+from events.store.metric_scripts import Registered
+from events.store.scripts import AsyncScripts
+from events.telemetry import metrics, multiprocess
 from settings import Settings, mask_password
 
 LAG_DEGRADED = 10_000  # consumer lag above this marks the consumers degraded
@@ -135,7 +136,7 @@ class MonitoringHealthResource(_Monitoring):
             "broker": {"status": "ok", "latency_ms": latency, "queue": state["queue"]["name"],
                        "depth": state["queue"]["depth"], "unacked": state["queue"]["unacked"]},
             "workers": {"status": "ok" if state["workers_up"] else "down", "latency_ms": latency,
-                        "seen": state["workers_up"], "window_s": keys.WORKER_GONE_S},
+                        "seen": state["workers_up"], "window_s": keyspace.WORKER_GONE_S},
             "consumers": {"status": consumer_status(state["consumers"], self.settings.consumer_stall_s),
                           "latency_ms": latency, "stall_s": self.settings.consumer_stall_s,
                           "groups": state["consumers"]},
@@ -156,24 +157,6 @@ def consumer_status(groups: dict[str, Any], stall_s: float) -> str:
     return "ok"
 
 
-# KEYS: families hash, the family's series set; ARGV: family, definition JSON, series JSON, max families,
-# max series. Registers the family (or checks it matches) and the label set, within bounds, atomically.
-_REGISTER = """
-local known = redis.call('HGET', KEYS[1], ARGV[1])
-if not known then
-  if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return {'too_many_metrics'} end
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-elseif known ~= ARGV[2] then
-  return {'conflict', known}
-end
-if redis.call('SISMEMBER', KEYS[2], ARGV[3]) == 0 then
-  if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[5]) then return {'too_many_series'} end
-  redis.call('SADD', KEYS[2], ARGV[3])
-end
-return {'ok'}
-"""
-
-
 class RecordResource(_Monitoring):
     """POST /monitoring/record (admins): add to a custom counter, set a gauge or observe a histogram."""
 
@@ -182,45 +165,28 @@ class RecordResource(_Monitoring):
     def __init__(self, client: Any, settings: Settings, audit: AuditLog) -> None:
         super().__init__(client, settings)
         self.audit = audit
-        self.register = client.register_script(_REGISTER)
+        self.scripts = AsyncScripts(client)
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Body: {name, kind?: counter|gauge|histogram, value?: number, labels?: {name: value}}."""
-        body = await read_json(req, self.settings.max_body_bytes)
-        name, kind = body.get("name"), body.get("kind", "counter")
-        value = body.get("value", 1)
-        if kind not in metrics.KINDS:
-            raise bad_request(f"Field 'kind': use one of {', '.join(metrics.KINDS)}.", code="invalid_field")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise bad_request("Field 'value': send a finite number.", code="invalid_field")
-        if not isinstance(body.get("labels", {}), dict):
-            raise bad_request("Field 'labels': send an object of label names to values.", code="invalid_field")
-        try:
-            family = metrics.check_name(name if isinstance(name, str) else "", kind)
-            labels = metrics.check_labels(body.get("labels"))
-            if kind == "counter" and value < 0:
-                raise metrics.MetricError("A counter only goes up; send a value of 0 or more.")
-        except metrics.MetricError as ex:
-            raise bad_request(str(ex), code="invalid_metric") from ex
-        definition = json.dumps({"kind": kind, "labels": sorted(labels)})
-        series = json.dumps([labels[k] for k in sorted(labels)])
-        reply = await self.register(keys=[keys.CUSTOM_METRICS, keys.custom_metric_series(family)],
-                                    args=[family, definition, series, metrics.MAX_FAMILIES, metrics.MAX_SERIES])
-        outcome = text(reply[0])
-        if outcome == "conflict":
-            raise falcon.HTTPConflict(title="Conflict", code="metric_conflict",
-                                      description=f"Metric {family!r} is already defined as {text(reply[1])}; "
-                                                  "use the same kind and label names, or another name.")
-        if outcome != "ok":
-            limit = (f"at most {metrics.MAX_FAMILIES} custom metrics" if outcome == "too_many_metrics"
+        body: MetricRecord = req.context.body
+        name, kind, value = body.name, body.kind, body.value
+        family = metrics.check_name(name, kind)  # beyond its shape: names the system keeps for itself
+        labels = metrics.check_labels(body.labels)
+        if kind == "counter" and value < 0:
+            raise metrics.MetricError("A counter only goes up; send a value of 0 or more.")
+        names = sorted(labels)
+        reply = await self.scripts.run(metric_scripts.register(
+            family=family, kind=kind, label_names=names, label_values=[labels[k] for k in names],
+            max_families=metrics.MAX_FAMILIES, max_series=metrics.MAX_SERIES))
+        if reply.outcome is Registered.CONFLICT:
+            raise ConflictError(f"Metric {family!r} is already defined as {reply.registered}; use the same kind and "
+                                "label names, or another name.", code="metric_conflict")
+        if reply.outcome is not Registered.OK:
+            limit = (f"at most {metrics.MAX_FAMILIES} custom metrics" if reply.outcome is Registered.TOO_MANY_METRICS
                      else f"at most {metrics.MAX_SERIES} label sets per metric")
-            raise falcon.HTTPUnprocessableEntity(title="Unprocessable Entity", code=outcome,
-                                                 description=f"There may be {limit}; this one would exceed it.")
-        try:
-            record(kind, str(name), float(value), labels)
-        except metrics.MetricError as ex:  # this process's own bound (another process set the shared one)
-            raise falcon.HTTPUnprocessableEntity(title="Unprocessable Entity", code="metric_limit",
-                                                 description=str(ex)) from ex
+            raise metrics.MetricLimitError(f"There may be {limit}; this one would exceed it.", code=reply.outcome.value)
+        record(kind, str(name), float(value), labels)  # this process has bounds of its own too (422 metric_limit)
         await self.audit.record(principal_of(req).user_id, "metrics.record", resource=family, ip=client_ip(req),
                                 details={"kind": kind, "labels": labels})
         resp.status = falcon.HTTP_201
@@ -260,7 +226,7 @@ class InfoResource:
             "packages": {p: version(p) for p in ("falcon", "celery", "redis", "prometheus-client", "openai")},
             "provider": {"mode": s.provider_mode, "base_url": mask_password(s.openai_base_url) or None,
                          "default_model": s.default_model, "api_key_set": bool(s.openai_api_key)},
-            "metrics": {"multiprocess": metrics.multiprocess_dir() is not None,
+            "metrics": {"multiprocess": multiprocess.in_use() is not None,
                         "worker_metrics_port": s.worker_metrics_port},
             "tracing": {"enabled": bool(s.otlp_endpoint), "otlp_endpoint": mask_password(s.otlp_endpoint) or None},
             "settings": s.public(),

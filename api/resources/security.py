@@ -6,47 +6,19 @@ import asyncio
 from typing import Any
 
 import falcon
-import redis
 
-from api import keys as apikeys
-from api import params
+from api import credentials
 from api.address import client_ip
 from api.audit import AuditLog
 from api.auth import principal_of
-from api.body import printable, read_json
-from api.errors import bad_request, not_found
+from api.body import printable
+from api.errors import not_found
+from api.models import AuditQuery, KeyCreate, PermissionCheck, RoleChange, UserCreate
 from api.permissions import DESCRIPTIONS, ROLE_PERMISSIONS, Permission, Role, allowed
-from api.users import USER_ID, Principal, UnknownUserError, UserError, UserExistsError, UserStore
-from events import audit as chain
-from events.catalog import AGENT_TYPES
-from events.clients import sync_client
+from api.users import KEEP, USER_ID, Principal, UserStore
+from events.process import audit_chain
+from events.store.clients import sync_client
 from settings import Settings
-
-EPOCH_MAX = 1e11  # seconds: far beyond any real timestamp, and within what Redis stream ids can hold
-AUDIT_PAGE_MAX = 500
-ROTATION_GRACE_MAX_S = 30 * 86400
-
-
-def _agents(body: dict[str, Any]) -> list[str] | None:
-    agents = body.get("agents")
-    if agents is None:
-        return None
-    if not isinstance(agents, list) or not all(isinstance(a, str) for a in agents):
-        raise bad_request("Field 'agents': must be a list of agent names, or null for all.", code="invalid_field")
-    unknown = sorted(set(agents) - set(AGENT_TYPES))
-    if unknown:
-        raise bad_request(f"Field 'agents': unknown agents {unknown}; use: {', '.join(sorted(AGENT_TYPES))}.",
-                          code="invalid_field")
-    return list(agents)
-
-
-def _days(body: dict[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3650:
-        raise bad_request(f"Field '{name}': must be a whole number of days from 1 to 3650.", code="invalid_field")
-    return value
 
 
 class _Security:
@@ -80,17 +52,8 @@ class UsersResource(_Security):
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Body: {user_id, role, metadata?, agents?}; 201 with the user (create a key separately)."""
-        body = await read_json(req, self.settings.max_body_bytes)
-        metadata = body.get("metadata") or {}
-        if not isinstance(metadata, dict):
-            raise bad_request("Field 'metadata': must be a JSON object.", code="invalid_field")
-        try:
-            user = await self.users.create_user(str(body.get("user_id") or ""), str(body.get("role") or "user"),
-                                                metadata, _agents(body))
-        except UserExistsError as ex:
-            raise falcon.HTTPConflict(title="Conflict", description=str(ex), code="user_exists") from ex
-        except UserError as ex:
-            raise bad_request(str(ex), code="invalid_field") from ex
+        body: UserCreate = req.context.body
+        user = await self.users.create_user(body.user_id, body.role, body.metadata or {}, body.agents)
         await self.note(req, "user.create", user["user_id"], role=user["role"], agents=user["agents"])
         resp.status = falcon.HTTP_201
         resp.location = f"/api/v1/security/users/{user['user_id']}"
@@ -110,10 +73,7 @@ class UserResource(_Security):
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str) -> None:
         """The user's profile and permissions."""
         await self.self_or_admin(req, user_id)
-        try:
-            user = await self.users.get_user(user_id)
-        except UnknownUserError as ex:
-            raise not_found(str(ex), code="user_not_found") from ex
+        user = await self.users.get_user(user_id)
         user["permissions"] = sorted(p.value for p in ROLE_PERMISSIONS.get(Role(user["role"]), frozenset()))
         resp.media = user
 
@@ -125,15 +85,9 @@ class RoleResource(_Security):
 
     async def on_put(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str) -> None:
         """Body: {role, agents?}."""
-        body = await read_json(req, self.settings.max_body_bytes)
-        try:
-            user = await self.users.set_role(user_id, str(body.get("role") or ""))
-            if "agents" in body:
-                user = await self.users.set_agents(user_id, _agents(body))
-        except UnknownUserError as ex:
-            raise not_found(str(ex), code="user_not_found") from ex
-        except UserError as ex:
-            raise bad_request(str(ex), code="invalid_field") from ex
+        body: RoleChange = req.context.body
+        agents = body.agents if "agents" in body.model_fields_set else KEEP
+        user = await self.users.update(user_id, role=body.role, agents=agents)
         await self.note(req, "user.role", user_id, role=user["role"], agents=user["agents"])
         resp.media = user
 
@@ -146,13 +100,10 @@ class KeysResource(_Security):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str) -> None:
         """Body (optional): {name?, expires_in_days?}."""
         await self.self_or_admin(req, user_id)
-        body = await read_json(req, self.settings.max_body_bytes) if req.content_length else {}
-        days = _days(body, "expires_in_days")
-        try:
-            key, info = await self.users.create_key(user_id, name=str(body.get("name") or "")[:64],
-                                                    expires_in_s=days * 86400 if days else None)
-        except UnknownUserError as ex:
-            raise not_found(str(ex), code="user_not_found") from ex
+        body: KeyCreate = req.context.body
+        days = body.expires_in_days
+        key, info = await self.users.create_key(user_id, name=body.name,
+                                                expires_in_s=days * 86400 if days else None)
         await self.note(req, "key.create", user_id, key_id=info["key_id"], prefix=info["prefix"])
         resp.status = falcon.HTTP_201
         resp.media = {"api_key": key, "key": info, "note": "Store this key now; it is not shown again."}
@@ -181,14 +132,9 @@ class KeyResource(_Security):
                              key_id: str) -> None:
         """A new key; the old one keeps working for KEY_ROTATION_GRACE_S (or ?grace_s=) seconds."""
         await self.self_or_admin(req, user_id)
-        grace = params.integer(req, "grace_s", low=0, high=ROTATION_GRACE_MAX_S,
-                               default=self.settings.key_rotation_grace_s)
-        try:
-            key, info = await self.users.rotate_key(user_id, key_id, grace)
-        except UnknownUserError as ex:
-            raise not_found(str(ex), code="key_not_found") from ex
-        except UserError as ex:
-            raise falcon.HTTPConflict(title="Conflict", description=str(ex), code="key_revoked") from ex
+        given = req.context.query.grace_s
+        grace = self.settings.key_rotation_grace_s if given is None else given
+        key, info = await self.users.rotate_key(user_id, key_id, grace)
         await self.note(req, "key.rotate", user_id, old_key_id=key_id, new_key_id=info["key_id"], grace_s=grace)
         resp.status = falcon.HTTP_201
         resp.media = {"api_key": key, "key": info, "old_key_id": key_id, "old_key_valid_for_s": grace}
@@ -201,22 +147,11 @@ class CheckPermissionResource(_Security):
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Body: {permission, user_id?, agent?}."""
-        body = await read_json(req, self.settings.max_body_bytes)
-        user_id = str(body.get("user_id") or principal_of(req).user_id)
+        body: PermissionCheck = req.context.body
+        user_id = body.user_id or principal_of(req).user_id
         await self.self_or_admin(req, user_id)
-        agent = body.get("agent")
-        if agent is not None and agent not in AGENT_TYPES:
-            raise bad_request(f"Field 'agent': unknown agent {printable(str(agent))!r}; use one of: "
-                              f"{', '.join(sorted(AGENT_TYPES))}.", code="invalid_field")
-        try:
-            permission = Permission(str(body.get("permission")))
-        except ValueError:
-            raise bad_request(f"Unknown permission {body.get('permission')!r}; GET /api/v1/security/permissions "
-                              "lists them.", code="invalid_field") from None
-        try:
-            user = await self.users.get_user(user_id)
-        except UnknownUserError as ex:
-            raise not_found(str(ex), code="user_not_found") from ex
+        agent, permission = body.agent, Permission(body.permission)
+        user = await self.users.get_user(user_id)
         ok = allowed(user["role"], permission)
         if ok and agent is not None:
             ok = user["agents"] is None or agent in user["agents"]
@@ -231,10 +166,7 @@ class AuthenticateResource(_Security):
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Body: {api_key}; never echoes the key."""
-        body = await read_json(req, self.settings.max_body_bytes)
-        key = body.get("api_key")
-        if not isinstance(key, str):
-            raise bad_request("Field 'api_key': is required.", code="invalid_field")
+        key = req.context.body.api_key
         principal = await self.users.authenticate(key)
         caller = principal_of(req)
         if principal is not None and principal.user_id != caller.user_id and \
@@ -242,8 +174,8 @@ class AuthenticateResource(_Security):
             principal = None  # a user learns nothing about other users' keys
         if principal is None:
             await self.audit.record(caller.user_id, "auth.check", result="failure", ip=client_ip(req),
-                                    details={"key_prefix": apikeys.display_prefix(key)
-                                             if apikeys.looks_like_key(key) else "malformed"})
+                                    details={"key_prefix": credentials.display_prefix(key)
+                                             if credentials.looks_like_key(key) else "malformed"})
             resp.media = {"valid": False}
             return
         resp.media = {"valid": True, "user_id": principal.user_id, "role": principal.role,
@@ -279,17 +211,12 @@ class AuditResource(_Chain):
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """A page of audit records."""
-        try:
-            resp.media = await self._query(req)
-        except (chain.AuditQueryError, redis.ResponseError) as ex:  # a malformed cursor, or one Redis refuses
-            raise bad_request(f"The cursor is not one this API gave out ({ex}).", code="invalid_cursor") from ex
+        resp.media = await self._query(req)
 
     async def _query(self, req: falcon.asgi.Request) -> dict[str, Any]:
-        return await asyncio.to_thread(
-            chain.query, self.sync, actor=req.get_param("actor") or req.get_param("user_id"),
-            action=req.get_param("action"), since=params.number(req, "since", low=0, high=EPOCH_MAX),
-            until=params.number(req, "until", low=0, high=EPOCH_MAX), cursor=req.get_param("cursor"),
-            limit=params.integer(req, "limit", low=1, high=AUDIT_PAGE_MAX, default=50))
+        q: AuditQuery = req.context.query
+        return await asyncio.to_thread(audit_chain.query, self.sync, actor=q.actor or q.user_id, action=q.action,
+                                       since=q.since, until=q.until, cursor=q.cursor, limit=q.limit)
 
 
 class AuditVerifyResource(_Chain):
@@ -299,7 +226,7 @@ class AuditVerifyResource(_Chain):
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """The verification result."""
-        resp.media = await asyncio.to_thread(chain.verify, self.sync)
+        resp.media = await asyncio.to_thread(audit_chain.verify, self.sync)
 
 
 class SecurityStatsResource(_Security):

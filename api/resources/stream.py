@@ -10,12 +10,11 @@ from falcon.asgi import SSEvent
 
 from api.audit import AuditLog
 from api.auth import principal_of
-from api.body import read_json
 from api.errors import not_found
-from api.jobs import JobService
+from api.job_service import JobService
 from api.permissions import PUBLIC, Permission
 from api.relay import Relay, Subscription
-from api.resources.events import sse_events
+from api.resources.job_events import sse_events
 from api.resources.jobs import public_job, submit_job
 from events.catalog import AGENT_TYPES
 from settings import Settings
@@ -44,9 +43,7 @@ class StreamSubmitResource:
         if agent not in AGENT_TYPES:
             raise not_found(f"There is no agent {agent!r}; use one of: {', '.join(sorted(AGENT_TYPES))}.",
                             code="unknown_agent")
-        body = await read_json(req, self.settings.max_body_bytes)
-        body.pop("agent_type", None)  # the path names the agent
-        job, _ = await submit_job(req, self.service, self.settings, self.audit, body, agent=agent)
+        job, _ = await submit_job(req, self.service, self.audit, agent=agent)  # the path names the agent
         view = public_job(job, self.settings, principal_of(req))
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")

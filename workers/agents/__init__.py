@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.agents.base import Agent
+from workers.agents.agent import Agent
 from workers.agents.query import QueryAgent
 
 AGENTS: dict[str, Agent] = {agent.name: agent for agent in (QueryAgent(),)}

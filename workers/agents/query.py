@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from workers.agents.base import AgentContext, tool_loop
+from events.catalog import AGENT_TYPES
+from workers.agents.agent import AgentContext, tool_loop
 from workers.agents.tools import CALCULATOR, TEXT_STATS
 
 SYSTEM = (
@@ -12,11 +13,11 @@ SYSTEM = (
 
 
 class QueryAgent:
-    """General questions; up to three model calls (tool use, then the answer)."""
+    """General questions: tool use, then the answer, within the limits of its catalog entry."""
 
-    name = "query"
-    max_llm_calls = 3
+    spec = AGENT_TYPES["query"]
+    name = spec.name
 
     def run(self, ctx: AgentContext) -> str:
         """Answer `ctx.query`."""
-        return tool_loop(ctx, SYSTEM, [CALCULATOR, TEXT_STATS], self.max_llm_calls)
+        return tool_loop(ctx, SYSTEM, [CALCULATOR, TEXT_STATS], self.spec)

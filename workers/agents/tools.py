@@ -8,7 +8,7 @@ import re
 from collections import Counter
 from typing import Any, Callable, Mapping
 
-from workers.agents.base import Tool
+from workers.agents.agent import Tool
 
 _BINARY: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,

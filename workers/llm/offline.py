@@ -12,7 +12,7 @@ import re
 import time
 from typing import Any, Callable, Generator
 
-from workers.llm.base import ChatRequest, Completion, StreamItem, TextDelta, ToolCall, Usage
+from workers.llm.provider import ChatRequest, Completion, StreamItem, TextDelta, ToolCall, Usage
 
 MODEL = "offline"
 _TOKEN = re.compile(r"\s*\S+")

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import openai
 from opentelemetry.trace import SpanKind, StatusCode
 
-from events import tracing
-from events.metrics import LLM_ERRORS
-from workers.llm.base import (
+from events.telemetry import tracing
+from events.telemetry.metrics import LLM_ERRORS
+from workers.llm.provider import (
     ChatRequest,
     Completion,
     LLMRateLimitedError,

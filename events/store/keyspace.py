@@ -1,0 +1,142 @@
+"""Every Redis key and stream name, in one place.
+
+One logical database, names by prefix. Keys that one Lua script touches together share a hash tag
+(the part in braces), so the same scripts run on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+USAGE_STREAM = "stream:usage"
+AUDIT_STREAM = "stream:audit"
+AUDIT_STREAM_MAXLEN = 1_000_000  # a buffer before the chain; the chain itself is trimmed by retention
+LIFECYCLE_STREAM = "stream:lifecycle"
+JOBS_ALL = "jobs:all"
+JOB_COUNTS = "stats:jobs"
+
+
+def job(job_id: str) -> str:
+    """Hash holding a job's state."""
+    return f"job:{{{job_id}}}"
+
+
+def job_stream(job_id: str) -> str:
+    """The job's own event stream, read by the SSE relay."""
+    return f"stream:job:{{{job_id}}}"
+
+
+def job_lease(job_id: str) -> str:
+    """Held by the worker running an attempt; it lapses when that worker dies."""
+    return f"lease:job:{{{job_id}}}"
+
+
+def user(user_id: str) -> str:
+    """Hash of a user's profile (role, created_at, disabled)."""
+    return f"user:{user_id}"
+
+
+def user_keys(user_id: str) -> str:
+    """Set of the key hashes that belong to a user."""
+    return f"user:{user_id}:keys"
+
+
+def user_jobs(user_id: str) -> str:
+    """Sorted set of a user's job ids by submit time."""
+    return f"user:{user_id}:jobs"
+
+
+USERS = "users"
+
+
+def apikey(key_hash: str) -> str:
+    """Hash describing one API key, found by the keyed hash of the key."""
+    return f"apikey:{key_hash}"
+
+
+def rate_limit(key_id: str, window: int) -> str:
+    """Requests made with one API key in one rate-limit window."""
+    return f"ratelimit:{key_id}:{window}"
+
+
+def idempotency(user_id: str, key: str) -> str:
+    """What an Idempotency-Key of one user maps to."""
+    return f"idem:{user_id}:{key}"
+
+
+RUNNING_JOBS = "jobs:running"
+WORKERS_SEEN = "workers:seen"  # zset: Celery worker hostname -> last heartbeat (epoch seconds)
+WORKER_BEAT_S = 5  # how often a worker marks itself seen
+WORKER_GONE_S = 15  # a worker not seen for this long counts as gone
+ACTIVE_USERS = "metrics:active_users"  # zset: user id -> last authenticated request (epoch seconds)
+CUSTOM_METRICS = "metrics:custom"  # hash: custom metric family -> JSON {kind, labels}
+
+
+def custom_metric_series(family: str) -> str:
+    """Set of the label sets recorded for a custom metric family (bounds them across instances)."""
+    return f"metrics:custom:series:{family}"
+
+
+def dead_letters(group: str) -> str:
+    """Entries a consumer group gave up on."""
+    return f"stream:dead:{group}"
+
+
+def dedupe(group: str, entry_id: str) -> str:
+    """Marks an entry as applied by a group, so a redelivery changes nothing."""
+    return f"seen:{group}:{entry_id}"
+
+
+def relay_wake(instance: str) -> str:
+    """Written to wake one API process's relay reader when a new subscriber arrives."""
+    return f"relay:wake:{instance}"
+
+
+# Budgets: every key of one user shares the hash tag {user}, so the budget scripts stay in one slot.
+HOLDS_INDEX = "budget:holds"
+ALERTS_STREAM = "stream:alerts"
+
+
+def budget_config(user_id: str) -> str:
+    """Hash of a user's budgets: scope ('user', 'session:…', 'agent:…') → JSON limit, period, alert_pct."""
+    return f"budget:{{{user_id}}}:cfg"
+
+
+def budget_period(user_id: str, period_id: str) -> str:
+    """Hash of spent:/held:/alerted: counters per scope for one period (d20261126, w2026-48, m202611, total)."""
+    return f"budget:{{{user_id}}}:p:{period_id}"
+
+
+def budget_hold(user_id: str, job_id: str) -> str:
+    """Hash of one job's hold: amount, spent so far, the scopes and periods it counts against."""
+    return f"budget:{{{user_id}}}:hold:{job_id}"
+
+
+def ledger_hour(owner: str, bucket: str) -> str:
+    """Hash of one hour's spend and tokens, for a user or for 'all' users."""
+    return f"ledger:{owner}:h:{bucket}"
+
+
+def ledger_total(owner: str) -> str:
+    """Hash of all-time spend and tokens, for a user or for 'all' users."""
+    return f"ledger:{owner}:total"
+
+
+def ledger_queries(user_id: str) -> str:
+    """Hash of a user's runs and cost per identical query (n:/c: + query hash)."""
+    return f"ledger:{user_id}:queries"
+
+
+# Failed authentications per client address, counted per window (see api/lockout.py and the sweeper).
+AUTH_FAILURE_WINDOWS = "authfail:windows"  # sorted set of the windows that have counts (window number as score)
+
+
+def auth_failures(window: int) -> str:
+    """Hash of one window's failed authentications: client address -> count."""
+    return f"authfail:{window}"
+
+
+# The audit chain (events/process/audit_chain.py): records chained by hash, the newest one's seq and hash,
+# the stream:audit entries appended (dedupe), and the seq and hash of the last record trimmed.
+AUDIT_LOG = "audit:log"
+AUDIT_HEAD = "audit:head"
+AUDIT_SEEN = "audit:seen"
+AUDIT_CHECKPOINT = "audit:checkpoint"

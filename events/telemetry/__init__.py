@@ -1,0 +1,1 @@
+"""What the processes tell operators: Prometheus metrics, OpenTelemetry tracing, JSON logs."""
