@@ -18,10 +18,12 @@ run: install  ## set up and run the whole system (Ctrl-C stops it)
 test:  ## set up and run lint and the whole test suite
 	@bash ops/install.sh test
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -p no:cacheprovider
 
-lint: install  ## ruff and mypy
+lint: install  ## ruff (lint and format) and mypy
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy api events workers settings.py
 
 bench: install  ## run the benchmarks (prints figures beside same-run baselines)

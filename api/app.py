@@ -85,15 +85,29 @@ class Lifespan:
 def redis_clients(settings: Settings) -> tuple[Any, Any]:
     """The request client (short timeouts: fail fast to 503; a burst queues for a connection) and the relay's
     reader (outlives its block)."""
-    client = async_client(settings.redis_url, socket_timeout=2, max_connections=settings.redis_max_connections,
-                          pool_timeout=settings.redis_pool_timeout_s)
-    reader = async_client(settings.redis_url, socket_timeout=RELAY_BLOCK_MS / 1000 + 5, max_connections=4,
-                          pool_timeout=settings.redis_pool_timeout_s)
+    client = async_client(
+        settings.redis_url,
+        socket_timeout=2,
+        max_connections=settings.redis_max_connections,
+        pool_timeout=settings.redis_pool_timeout_s,
+    )
+    reader = async_client(
+        settings.redis_url,
+        socket_timeout=RELAY_BLOCK_MS / 1000 + 5,
+        max_connections=4,
+        pool_timeout=settings.redis_pool_timeout_s,
+    )
     return client, reader
 
 
-def create_app(settings: Settings | None = None, *, redis: Any = None, reader: Any = None,
-               clock: Callable[[], float] = time.time, new_id: Callable[[], str] = new_job_id) -> falcon.asgi.App:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    redis: Any = None,
+    reader: Any = None,
+    clock: Callable[[], float] = time.time,
+    new_id: Callable[[], str] = new_job_id,
+) -> falcon.asgi.App:
     """Build the ASGI app; tests pass their own settings, Redis clients, clock and id maker."""
     settings = settings or Settings.from_env()
     logs.setup(settings.log_level)
@@ -104,23 +118,39 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
     users = UserStore(redis, settings.secret_key, clock)
     prices = PriceBook(Path(settings.prices_file))
     service = JobService(redis, relay, settings, prices, clock=clock, new_id=new_id)
-    costs = CostService(redis, prices, hold_ttl_s=settings.hold_ttl_s, alert_pct=settings.budget_alert_pct,
-                        clock=clock)
+    costs = CostService(redis, prices, hold_ttl_s=settings.hold_ttl_s, alert_pct=settings.budget_alert_pct, clock=clock)
 
     audit = AuditLog(redis, clock)
     models = RequestModels(settings)
-    lockout = Lockout(redis, limit=settings.auth_failures_per_window, window_s=settings.auth_failure_window_s,
-                      clock=clock)
-    auth = AuthMiddleware(users, settings.secret_key, audit, lockout, rate_limit_per_min=settings.rate_limit_per_min,
-                          admin_networks=settings.admin_ip_allowlist, clock=clock,
-                          activity=ActivityTracker(redis, clock))
-    middleware: list[Any] = [MetricsMiddleware(), TextMiddleware(),
-                             ClientAddressMiddleware(networks(settings.trusted_proxies)),
-                             Lifespan(relay, redis, reader), auth, ModelsMiddleware(models, settings.max_body_bytes)]
+    lockout = Lockout(
+        redis, limit=settings.auth_failures_per_window, window_s=settings.auth_failure_window_s, clock=clock
+    )
+    auth = AuthMiddleware(
+        users,
+        settings.secret_key,
+        audit,
+        lockout,
+        rate_limit_per_min=settings.rate_limit_per_min,
+        admin_networks=settings.admin_ip_allowlist,
+        clock=clock,
+        activity=ActivityTracker(redis, clock),
+    )
+    middleware: list[Any] = [
+        MetricsMiddleware(),
+        TextMiddleware(),
+        ClientAddressMiddleware(networks(settings.trusted_proxies)),
+        Lifespan(relay, redis, reader),
+        auth,
+        ModelsMiddleware(models, settings.max_body_bytes),
+    ]
     if settings.cors_origins:
-        middleware.insert(1, falcon.CORSMiddleware(allow_origins=list(settings.cors_origins),
-                                                   expose_headers=["Location", "RateLimit-Limit",
-                                                                   "RateLimit-Remaining", "RateLimit-Reset"]))
+        middleware.insert(
+            1,
+            falcon.CORSMiddleware(
+                allow_origins=list(settings.cors_origins),
+                expose_headers=["Location", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"],
+            ),
+        )
     if tracing.configure(settings, "api"):
         middleware.insert(1, TracingMiddleware())  # right after the metrics: the span covers every other step
     app = falcon.asgi.App(middleware=middleware)
@@ -138,21 +168,33 @@ def create_app(settings: Settings | None = None, *, redis: Any = None, reader: A
     app.add_route("/api/v1/jobs/{job_id}", JobResource(service, settings, audit))
     app.add_route("/api/v1/jobs/{job_id}/cancel", CancelResource(service, settings, audit))
     app.add_route("/api/v1/jobs/{job_id}/events", EventsResource(service, relay, settings, audit))
-    for path, resource in (("stats", StatsResource), ("budget", BudgetResource), ("forecast", ForecastResource),
-                           ("recommendations", RecommendationsResource), ("models", ModelsResource),
-                           ("track", TrackResource), ("health", CostsHealthResource)):
+    for path, resource in (
+        ("stats", StatsResource),
+        ("budget", BudgetResource),
+        ("forecast", ForecastResource),
+        ("recommendations", RecommendationsResource),
+        ("models", ModelsResource),
+        ("track", TrackResource),
+        ("health", CostsHealthResource),
+    ):
         app.add_route(f"/api/v1/costs/{path}", resource(costs, users, settings.max_body_bytes, audit))
     app.add_route("/api/v1/costs/usage/{user_id}", UsageResource(costs, users, settings.max_body_bytes, audit))
     security = (users, audit, settings)
     keys_resource, key_resource = KeysResource(*security), KeyResource(*security)
     for path, handler in (
-        ("users", UsersResource(*security)), ("users/{user_id}", UserResource(*security)),
-        ("users/{user_id}/role", RoleResource(*security)), ("users/{user_id}/api-key", keys_resource),
-        ("users/{user_id}/api-keys", keys_resource), ("users/{user_id}/api-keys/{key_id}", key_resource),
+        ("users", UsersResource(*security)),
+        ("users/{user_id}", UserResource(*security)),
+        ("users/{user_id}/role", RoleResource(*security)),
+        ("users/{user_id}/api-key", keys_resource),
+        ("users/{user_id}/api-keys", keys_resource),
+        ("users/{user_id}/api-keys/{key_id}", key_resource),
         ("check-permission", CheckPermissionResource(*security)),
-        ("authenticate", AuthenticateResource(*security)), ("audit", AuditResource(*security)),
-        ("audit/verify", AuditVerifyResource(*security)), ("stats", SecurityStatsResource(*security)),
-        ("permissions", PermissionsResource(*security)), ("health", SecurityHealthResource(*security)),
+        ("authenticate", AuthenticateResource(*security)),
+        ("audit", AuditResource(*security)),
+        ("audit/verify", AuditVerifyResource(*security)),
+        ("stats", SecurityStatsResource(*security)),
+        ("permissions", PermissionsResource(*security)),
+        ("health", SecurityHealthResource(*security)),
     ):
         app.add_route(f"/api/v1/security/{path}", handler)
     app.add_route("/api/v1/security/users/{user_id}/api-keys/{key_id}/rotate", key_resource, suffix="rotate")

@@ -20,15 +20,39 @@ class AuditLog:
         self.client = client
         self.clock = clock
 
-    def event(self, actor: str, action: str, *, resource: str = "", result: str = "success", ip: str = "",
-              details: Mapping[str, Any] | None = None) -> Event:
+    def event(
+        self,
+        actor: str,
+        action: str,
+        *,
+        resource: str = "",
+        result: str = "success",
+        ip: str = "",
+        details: Mapping[str, Any] | None = None,
+    ) -> Event:
         """The audit event for one action."""
-        data = {"actor": actor, "action": action, "resource": resource, "result": result, "ip": ip,
-                "details": dict(details or {})}
+        data = {
+            "actor": actor,
+            "action": action,
+            "resource": resource,
+            "result": result,
+            "ip": ip,
+            "details": dict(details or {}),
+        }
         return Event("audit", "", 0, self.clock(), 0, data)
 
-    async def record(self, actor: str, action: str, *, resource: str = "", result: str = "success", ip: str = "",
-                     details: Mapping[str, Any] | None = None) -> None:
+    async def record(
+        self,
+        actor: str,
+        action: str,
+        *,
+        resource: str = "",
+        result: str = "success",
+        ip: str = "",
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         """Append one record."""
         event = self.event(actor, action, resource=resource, result=result, ip=ip, details=details)
-        await self.client.xadd(keyspace.AUDIT_STREAM, event.to_fields(), maxlen=keyspace.AUDIT_STREAM_MAXLEN, approximate=True)
+        await self.client.xadd(
+            keyspace.AUDIT_STREAM, event.to_fields(), maxlen=keyspace.AUDIT_STREAM_MAXLEN, approximate=True
+        )

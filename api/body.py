@@ -38,8 +38,10 @@ def _check_string(value: str, where: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as ex:
-        raise BadTextError(f"{printable(where)} holds a lone surrogate (\\u{ord(value[ex.start]):04x}), which is not "
-                           "Unicode text; send valid UTF-8") from None
+        raise BadTextError(
+            f"{printable(where)} holds a lone surrogate (\\u{ord(value[ex.start]):04x}), which is not "
+            "Unicode text; send valid UTF-8"
+        ) from None
 
 
 def check_json(value: Any) -> None:
@@ -90,14 +92,17 @@ async def read_json(req: falcon.asgi.Request, max_bytes: int) -> dict[str, Any]:
     try:
         body = parse_json(raw)
     except BadTextError as ex:
-        raise falcon.HTTPBadRequest(title="Bad Request", description=f"The body is refused: {ex}.",
-                                    code="invalid_field") from ex
+        raise falcon.HTTPBadRequest(
+            title="Bad Request", description=f"The body is refused: {ex}.", code="invalid_field"
+        ) from ex
     except (ValueError, UnicodeDecodeError) as ex:
-        raise falcon.HTTPBadRequest(title="Malformed JSON", description=f"The body is not valid JSON: {ex}.",
-                                    code="malformed_json") from ex
+        raise falcon.HTTPBadRequest(
+            title="Malformed JSON", description=f"The body is not valid JSON: {ex}.", code="malformed_json"
+        ) from ex
     if not isinstance(body, dict):
-        raise falcon.HTTPBadRequest(title="Bad Request", description="The body must be a JSON object.",
-                                    code="invalid_request")
+        raise falcon.HTTPBadRequest(
+            title="Bad Request", description="The body must be a JSON object.", code="invalid_request"
+        )
     req.context.json = body
     return body
 
@@ -119,6 +124,6 @@ class TextMiddleware:
 
 
 def _too_large(max_bytes: int) -> falcon.HTTPError:
-    return falcon.HTTPContentTooLarge(title="Content Too Large",
-                                      description=f"The body must be at most {max_bytes} bytes.",
-                                      code="body_too_large")
+    return falcon.HTTPContentTooLarge(
+        title="Content Too Large", description=f"The body must be at most {max_bytes} bytes.", code="body_too_large"
+    )

@@ -52,8 +52,14 @@ def parser() -> argparse.ArgumentParser:
     prom.add_argument("--out", required=True, type=Path, help="directory to write (e.g. var/prometheus)")
     for job in ("api", "workers", "flower"):
         prom.add_argument(f"--{job}", action="append", default=[], metavar="HOST:PORT", help=f"a {job} target")
-    prom.add_argument("--self", dest="prometheus", action="append", default=[], metavar="HOST:PORT",
-                      help="where Prometheus itself listens")
+    prom.add_argument(
+        "--self",
+        dest="prometheus",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="where Prometheus itself listens",
+    )
     prom.add_argument("--flower-user", default="admin", help="the user of Flower's basic auth")
     prom.add_argument("--flower-password", default="", help="the password of Flower's basic auth")
     prom.add_argument("--interval", default=None, help="scrape and evaluation interval (default: the file's)")
@@ -64,8 +70,14 @@ async def run(args: argparse.Namespace, store: UserStore, audit: AuditLog) -> An
     """Carry out one command (changes are audited, actor 'cli'); returns what to print."""
     if args.noun == "prometheus-config":
         targets = {job: getattr(args, job) for job in promconfig.JOBS}
-        path = await promconfig.write(args.out, store, targets, flower_user=args.flower_user,
-                                      flower_password=args.flower_password, interval=args.interval)
+        path = await promconfig.write(
+            args.out,
+            store,
+            targets,
+            flower_user=args.flower_user,
+            flower_password=args.flower_password,
+            interval=args.interval,
+        )
         return {"config": str(path), "targets": {job: hosts for job, hosts in targets.items() if hosts}}
     expires = args.expires_days * 86400 if getattr(args, "expires_days", None) else None
     if args.noun == "users" and args.verb == "create":

@@ -24,6 +24,8 @@ from events.store.scripts import AsyncScripts
 from events.telemetry.metrics import count_usage
 
 WINDOWS = {"day": 86400, "week": 7 * 86400, "month": 30 * 86400}
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
@@ -41,8 +43,15 @@ def sum_buckets(rows: list[dict[Any, Any]], group: str | None) -> tuple[dict[str
 class CostService:
     """Reads the ledger and the budgets; `client` is a redis.asyncio client."""
 
-    def __init__(self, client: Any, prices: PriceBook, *, hold_ttl_s: int = 600, alert_pct: int = 80,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prices: PriceBook,
+        *,
+        hold_ttl_s: int = 600,
+        alert_pct: int = 80,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.client = client
         self.prices = prices
         self.alert_pct = alert_pct
@@ -71,8 +80,15 @@ class CostService:
             totals, groups = sum_buckets(rows, group_by)
             since = _iso(now - WINDOWS[period])
         listed = sorted(({"key": k, **money(v)} for k, v in groups.items()), key=lambda g: -g["cost_micros"])
-        return {"user_id": owner, "period": period, "since": since, "until": _iso(now), "group_by": group_by,
-                **money(totals), "groups": listed if group_by else None}
+        return {
+            "user_id": owner,
+            "period": period,
+            "since": since,
+            "until": _iso(now),
+            "group_by": group_by,
+            **money(totals),
+            "groups": listed if group_by else None,
+        }
 
     async def daily(self, owner: str, days: int) -> list[tuple[date, int]]:
         """Spend per UTC day for the last `days` days, today included."""
@@ -95,14 +111,21 @@ class CostService:
         totals, _ = sum_buckets([await self.client.hgetall(keyspace.ledger_total(user_id))], None)
         month = await self.stats(user_id, "month", "model")
         agents = await self.stats(user_id, "month", "agent")
-        return {"user_id": user_id, "all_time": money(totals), "last_30_days": {
-            **{k: v for k, v in month.items() if k not in ("groups", "group_by", "user_id", "period")},
-            "by_model": month["groups"], "by_agent": agents["groups"]},
+        return {
+            "user_id": user_id,
+            "all_time": money(totals),
+            "last_30_days": {
+                **{k: v for k, v in month.items() if k not in ("groups", "group_by", "user_id", "period")},
+                "by_model": month["groups"],
+                "by_agent": agents["groups"],
+            },
             "daily": [{"date": d.isoformat(), **money({"cost_micros": c})} for d, c in await self.daily(user_id, 30)],
-            "budgets": await self.budgets(user_id)}
+            "budgets": await self.budgets(user_id),
+        }
 
-    async def set_budget(self, user_id: str, scope: str, limit_micros: int | None, period: str,
-                         alert_pct: int | None) -> dict[str, Any] | None:
+    async def set_budget(
+        self, user_id: str, scope: str, limit_micros: int | None, period: str, alert_pct: int | None
+    ) -> dict[str, Any] | None:
         """Create, change or (limit None) remove one budget; returns its state."""
         if limit_micros is None:
             await self.client.hdel(keyspace.budget_config(user_id), scope)
@@ -118,22 +141,32 @@ class CostService:
         found = [Budget.from_json(text(scope), raw) for scope, raw in config.items()]
         pipe = self.client.pipeline(transaction=False)
         for budget in found:
-            pipe.hmget(keyspace.budget_period(user_id, period_id(budget.period, now)),
-                       f"spent:{budget.scope}", f"held:{budget.scope}")
+            pipe.hmget(
+                keyspace.budget_period(user_id, period_id(budget.period, now)),
+                f"spent:{budget.scope}",
+                f"held:{budget.scope}",
+            )
         out = []
         for budget, (spent, held) in zip(found, await pipe.execute(), strict=True):
             spent_m, held_m = int(spent or 0), int(held or 0)
             start, end = period_bounds(budget.period, now)
-            out.append({
-                "scope": budget.scope, "period": budget.period, "alert_pct": budget.alert_pct,
-                "limit_usd": micros_to_usd(budget.limit_micros), "spent_usd": micros_to_usd(spent_m),
-                "held_usd": micros_to_usd(held_m),
-                "remaining_usd": micros_to_usd(max(budget.limit_micros - spent_m - held_m, 0)),
-                "used_pct": round(100 * spent_m / budget.limit_micros, 2) if budget.limit_micros else None,
-                "period_start": start.isoformat() if budget.period != "total" else None,
-                "period_end": end.isoformat() if budget.period != "total" else None,
-                "limit_micros": budget.limit_micros, "spent_micros": spent_m, "held_micros": held_m,
-            })
+            out.append(
+                {
+                    "scope": budget.scope,
+                    "period": budget.period,
+                    "alert_pct": budget.alert_pct,
+                    "limit_usd": micros_to_usd(budget.limit_micros),
+                    "spent_usd": micros_to_usd(spent_m),
+                    "held_usd": micros_to_usd(held_m),
+                    "remaining_usd": micros_to_usd(max(budget.limit_micros - spent_m - held_m, 0)),
+                    "used_pct": round(100 * spent_m / budget.limit_micros, 2) if budget.limit_micros else None,
+                    "period_start": start.isoformat() if budget.period != "total" else None,
+                    "period_end": end.isoformat() if budget.period != "total" else None,
+                    "limit_micros": budget.limit_micros,
+                    "spent_micros": spent_m,
+                    "held_micros": held_m,
+                }
+            )
         return sorted(out, key=lambda b: b["scope"])
 
     async def check(self, user_id: str, amount_micros: int, scopes: list[str] | None = None) -> dict[str, Any]:
@@ -142,9 +175,12 @@ class CostService:
         budgets = [b for b in await self.budgets(user_id) if b["scope"] in scopes]
         left = [b["limit_micros"] - b["spent_micros"] - b["held_micros"] for b in budgets]
         remaining = min(left) if left else None
-        return {"allowed": remaining is None or amount_micros <= remaining, "amount_usd": micros_to_usd(amount_micros),
-                "remaining_usd": micros_to_usd(max(remaining, 0)) if remaining is not None else None,
-                "budgets": budgets}
+        return {
+            "allowed": remaining is None or amount_micros <= remaining,
+            "amount_usd": micros_to_usd(amount_micros),
+            "remaining_usd": micros_to_usd(max(remaining, 0)) if remaining is not None else None,
+            "budgets": budgets,
+        }
 
     async def forecast(self, user_id: str) -> dict[str, Any]:
         """End-of-period spend and when the user's budget runs out, from the last 14 days' trend."""
@@ -158,12 +194,22 @@ class CostService:
             spent, limit = user_budget["spent_micros"], user_budget["limit_micros"]
         else:
             spent, limit = sum(c for d, c in history if d >= start), None
-        result = forecast(history, today=today, period_end=end - timedelta(days=1) if period != "total"
-                          else today + timedelta(days=30), limit_micros=limit, spent_micros=spent)
-        shown = {k: (micros_to_usd(v) if k.endswith("_micros") and isinstance(v, int) else v)
-                 for k, v in result.items()}
-        return {"user_id": user_id, "period": period, "budget": user_budget, **{
-            (k[: -len("_micros")] + "_usd" if k.endswith("_micros") else k): v for k, v in shown.items()}}
+        result = forecast(
+            history,
+            today=today,
+            period_end=end - timedelta(days=1) if period != "total" else today + timedelta(days=30),
+            limit_micros=limit,
+            spent_micros=spent,
+        )
+        shown = {
+            k: (micros_to_usd(v) if k.endswith("_micros") and isinstance(v, int) else v) for k, v in result.items()
+        }
+        return {
+            "user_id": user_id,
+            "period": period,
+            "budget": user_budget,
+            **{(k[: -len("_micros")] + "_usd" if k.endswith("_micros") else k): v for k, v in shown.items()},
+        }
 
     async def recommendations(self, user_id: str) -> dict[str, Any]:
         """Ways to spend less, computed from the user's last 30 days."""
@@ -174,20 +220,45 @@ class CostService:
         items = recommendations(by_model, repeated, self.prices)
         for item in items:
             item["savings_usd"] = micros_to_usd(item["savings_micros"])
-        return {"user_id": user_id, "window_days": 30, "recommendations": items,
-                "total_savings_usd": micros_to_usd(sum(i["savings_micros"] for i in items))}
+        return {
+            "user_id": user_id,
+            "window_days": 30,
+            "recommendations": items,
+            "total_savings_usd": micros_to_usd(sum(i["savings_micros"] for i in items)),
+        }
 
-    async def track(self, user_id: str, model: str, input_tokens: int, output_tokens: int, *,
-                    cached_input_tokens: int = 0, session_id: str = "", agent: str = "") -> dict[str, Any]:
+    async def track(
+        self,
+        user_id: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        cached_input_tokens: int = 0,
+        session_id: str = "",
+        agent: str = "",
+    ) -> dict[str, Any]:
         """Record usage that happened outside a job: priced, counted against budgets, put in the ledger."""
         now = self.clock()
         price = self.prices.price(model)
         cost = self.prices.cost_micros(model, input_tokens, output_tokens, cached_input_tokens)
-        data = usage_data(model=model, input_tokens=input_tokens, output_tokens=output_tokens,
-                          cached_input_tokens=cached_input_tokens, cost_micros=cost, price_source=price.source,
-                          user_id=user_id, session_id=session_id, agent=agent, provider="manual")
-        await self.scripts.run(budget_scripts.spend(user_id=user_id, cost_micros=cost, now=now, usage=data,
-                                                    scopes=job_scopes(session_id, agent)))
+        data = usage_data(
+            model=model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_input_tokens=cached_input_tokens,
+            cost_micros=cost,
+            price_source=price.source,
+            user_id=user_id,
+            session_id=session_id,
+            agent=agent,
+            provider="manual",
+        )
+        await self.scripts.run(
+            budget_scripts.spend(
+                user_id=user_id, cost_micros=cost, now=now, usage=data, scopes=job_scopes(session_id, agent)
+            )
+        )
         count_usage(model, input_tokens, output_tokens, cost)
         return {k: v for k, v in data.items() if k not in ("provider", "call", "estimated", "query_hash")}
 
@@ -202,8 +273,11 @@ class CostService:
                 pending = groups[LEDGER_GROUP].get("pending")
         except redis.ResponseError:  # the stream does not exist before the first usage event
             lag = 0
-        return {"status": "ok", "prices": {"genai_prices": self.prices.version, "models_listed":
-                                           len(self.prices.listing())},
-                "ledger": {"group": LEDGER_GROUP, "lag": lag, "pending": pending},
-                "holds_outstanding": await self.client.zcard(keyspace.HOLDS_INDEX),
-                "agents": {name: info.max_llm_calls for name, info in AGENT_TYPES.items()}, "periods": PERIODS}
+        return {
+            "status": "ok",
+            "prices": {"genai_prices": self.prices.version, "models_listed": len(self.prices.listing())},
+            "ledger": {"group": LEDGER_GROUP, "lag": lag, "pending": pending},
+            "holds_outstanding": await self.client.zcard(keyspace.HOLDS_INDEX),
+            "agents": {name: info.max_llm_calls for name, info in AGENT_TYPES.items()},
+            "periods": PERIODS,
+        }

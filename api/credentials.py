@@ -58,8 +58,7 @@ def _stream_mac(secret: str, job_id: str, expires: str, key_id: str, holder: str
     return _b64(hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest()[:18])
 
 
-def stream_token(secret: str, job_id: str, ttl_s: int, *, user_id: str, key_id: str,
-                 now: float | None = None) -> str:
+def stream_token(secret: str, job_id: str, ttl_s: int, *, user_id: str, key_id: str, now: float | None = None) -> str:
     """A short-lived token that lets a browser's EventSource read one job's events (it cannot send headers).
 
     It acts for the key that asked for it (`user_id`'s key `key_id`): when that key is revoked or expires, or the

@@ -52,11 +52,17 @@ def not_found(description: str = "There is no such resource.", code: str = "not_
 class Answer(falcon.HTTPError):
     """An error answer whose body may carry more than title, description and code (a 402's figures)."""
 
-    def __init__(self, status: str, title: str, description: str, code: str, figures: dict[str, Any],
-                 headers: dict[str, str]) -> None:
+    def __init__(
+        self, status: str, title: str, description: str, code: str, figures: dict[str, Any], headers: dict[str, str]
+    ) -> None:
         # Falcon types `code` as int, but it is any JSON value; ours are strings everywhere.
-        super().__init__(status, title=title, description=description, code=code,  # type: ignore[arg-type]
-                         headers=headers or None)
+        super().__init__(
+            status,
+            title=title,
+            description=description,
+            code=code,  # type: ignore[arg-type]
+            headers=headers or None,
+        )
         self.figures = figures
 
     def to_dict(self, obj_type: Any = dict) -> Any:
@@ -79,8 +85,12 @@ async def unavailable(req: falcon.Request, resp: falcon.Response, ex: Exception,
     """
     if pool_exhausted(ex):
         log.warning("shed %s %s: no Redis connection free within the wait", req.method, req.path)
-        raise falcon.HTTPServiceUnavailable(title="Service Unavailable", code="overloaded", retry_after=RETRY_AFTER_S,
-                                            description="The API is busy right now; retry shortly.")
+        raise falcon.HTTPServiceUnavailable(
+            title="Service Unavailable",
+            code="overloaded",
+            retry_after=RETRY_AFTER_S,
+            description="The API is busy right now; retry shortly.",
+        )
     log.warning("dependency unavailable on %s %s: %s", req.method, req.path, type(ex).__name__)
     raise falcon.HTTPServiceUnavailable(
         title="Service Unavailable",
@@ -96,7 +106,8 @@ async def internal(req: falcon.Request, resp: falcon.Response, ex: Exception, pa
         raise ex
     log.exception("unhandled error on %s %s", req.method, req.path)
     raise falcon.HTTPInternalServerError(
-        title="Internal Server Error", description="Something went wrong on our side; it has been logged.",
+        title="Internal Server Error",
+        description="Something went wrong on our side; it has been logged.",
         code="internal_error",
     )
 

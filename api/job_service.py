@@ -74,16 +74,30 @@ class BudgetExceededError(DomainError):
             f"The {period} budget for scope '{scope}' has ${micros_to_usd(max(remaining, 0))} left of "
             f"${micros_to_usd(limit)}; this job needs a hold of ${micros_to_usd(hold)} (its worst case). "
             "Lower max_tokens, use a cheaper model, or ask an admin to raise the budget.",
-            figures={"scope": scope, "period": period, "limit_usd": micros_to_usd(limit),
-                     "remaining_usd": micros_to_usd(max(remaining, 0)), "hold_usd": micros_to_usd(hold)})
+            figures={
+                "scope": scope,
+                "period": period,
+                "limit_usd": micros_to_usd(limit),
+                "remaining_usd": micros_to_usd(max(remaining, 0)),
+                "hold_usd": micros_to_usd(hold),
+            },
+        )
         self.scope, self.remaining, self.limit, self.period, self.hold = scope, remaining, limit, period, hold
 
 
 class JobService:
     """Jobs in Redis, as the API sees them; `client` is a redis.asyncio client."""
 
-    def __init__(self, client: Any, relay: Relay, settings: Settings, prices: PriceBook, *,
-                 clock: Callable[[], float] = time.time, new_id: Callable[[], str] = new_job_id) -> None:
+    def __init__(
+        self,
+        client: Any,
+        relay: Relay,
+        settings: Settings,
+        prices: PriceBook,
+        *,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = new_job_id,
+    ) -> None:
         self.client = client
         self.relay = relay
         self.settings = settings
@@ -92,10 +106,17 @@ class JobService:
         self.prices = prices
         self.scripts = AsyncScripts(client)
 
-    async def submit(self, owner: str, sub: Submission, *, idempotency_key: str | None = None,
-                     digest: str = "", traceparent: str | None = None, tracestate: str | None = None,
-                     audit: Callable[[Mapping[str, str]], Mapping[str, Any]] | None = None,
-                     ) -> tuple[dict[str, str], bool]:
+    async def submit(
+        self,
+        owner: str,
+        sub: Submission,
+        *,
+        idempotency_key: str | None = None,
+        digest: str = "",
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+        audit: Callable[[Mapping[str, str]], Mapping[str, Any]] | None = None,
+    ) -> tuple[dict[str, str], bool]:
         """Hold the worst-case cost, then save and enqueue the job; returns (job, created).
 
         `audit` makes the job's audit record (its data) from the job; it is written in the same script as the job.
@@ -111,22 +132,41 @@ class JobService:
         offline = self.settings.provider_mode == "offline"
         model = "offline" if offline else (sub.model or self.settings.default_model)
         amount = await self._hold(owner, job_id, sub, model, now)
-        record = job_record.job_record(job_id=job_id, owner=owner, agent=sub.agent_type, model=model, query=sub.query,
-                                 max_tokens=sub.max_tokens, now=now, session_id=sub.session_id,
-                                 metadata=sub.metadata, attachments=sub.attachments,
-                                 provider=self.settings.provider_mode)
+        record = job_record.job_record(
+            job_id=job_id,
+            owner=owner,
+            agent=sub.agent_type,
+            model=model,
+            query=sub.query,
+            max_tokens=sub.max_tokens,
+            now=now,
+            session_id=sub.session_id,
+            metadata=sub.metadata,
+            attachments=sub.attachments,
+            provider=self.settings.provider_mode,
+        )
         record["hold_micros"] = str(amount)
         if sub.model and sub.model != model:
             record["requested_model"] = sub.model
         record.update(tracing.new_trace_context(traceparent, tracestate))
         record["trace_id"] = tracing.trace_id(record["traceparent"])
-        reply = await self.scripts.run(job_scripts.submit(
-            job_id=job_id, owner=owner, fields=record, now=now, job_ttl_s=self.settings.job_ttl_s,
-            queue=self.settings.queue,
-            message=task_message(RUN_AGENT_TASK, [job_id, 1], self.settings.queue, task_id=job_id),
-            idempotency_key=idempotency_key, digest=digest, idempotency_ttl_s=IDEMPOTENCY_TTL_S,
-            lifecycle={"status": "queued", "agent": sub.agent_type, "model": model, "trace_id": record["trace_id"]},
-            audit=audit(record) if audit else None, audit_max_len=keyspace.AUDIT_STREAM_MAXLEN))
+        reply = await self.scripts.run(
+            job_scripts.submit(
+                job_id=job_id,
+                owner=owner,
+                fields=record,
+                now=now,
+                job_ttl_s=self.settings.job_ttl_s,
+                queue=self.settings.queue,
+                message=task_message(RUN_AGENT_TASK, [job_id, 1], self.settings.queue, task_id=job_id),
+                idempotency_key=idempotency_key,
+                digest=digest,
+                idempotency_ttl_s=IDEMPOTENCY_TTL_S,
+                lifecycle={"status": "queued", "agent": sub.agent_type, "model": model, "trace_id": record["trace_id"]},
+                audit=audit(record) if audit else None,
+                audit_max_len=keyspace.AUDIT_STREAM_MAXLEN,
+            )
+        )
         if reply.outcome is Submitted.CREATED:
             return record, True
         await self.settle(owner, job_id)  # a concurrent request with the same key won: return our hold
@@ -143,7 +183,8 @@ class JobService:
         first_id, _, first_digest = text(raw).partition(":")
         if first_digest != digest:
             raise IdempotencyConflictError(
-                "This Idempotency-Key was already used with a different body; use a new key for a new job.")
+                "This Idempotency-Key was already used with a different body; use a new key for a new job."
+            )
         first = await self.load(first_id)
         if first is None:
             raise IdempotencyConflictError("This Idempotency-Key belongs to a job that has expired; use a new key.")
@@ -152,11 +193,19 @@ class JobService:
     async def _hold(self, owner: str, job_id: str, sub: Submission, model: str, now: float) -> int:
         """Reserve the job's worst-case cost against every budget scope; returns the amount held."""
         info = AGENT_TYPES[sub.agent_type]
-        amount = worst_case_micros(self.prices.price(model), info, max_tokens=sub.max_tokens,
-                                   query_bytes=len(sub.query.encode()))
-        reply = await self.scripts.run(budget_scripts.hold(
-            user_id=owner, job_id=job_id, amount_micros=amount, scopes=job_scopes(sub.session_id, sub.agent_type),
-            now=now, expires_at=now + self.settings.hold_ttl_s))
+        amount = worst_case_micros(
+            self.prices.price(model), info, max_tokens=sub.max_tokens, query_bytes=len(sub.query.encode())
+        )
+        reply = await self.scripts.run(
+            budget_scripts.hold(
+                user_id=owner,
+                job_id=job_id,
+                amount_micros=amount,
+                scopes=job_scopes(sub.session_id, sub.agent_type),
+                now=now,
+                expires_at=now + self.settings.hold_ttl_s,
+            )
+        )
         if reply.rejection is not None:
             no = reply.rejection
             raise BudgetExceededError(no.scope, no.remaining_micros, no.limit_micros, no.period, amount)
@@ -167,8 +216,9 @@ class JobService:
         now = self.clock()
         reply = await self.scripts.run(budget_scripts.settle(user_id=owner, job_id=job_id, now=now))
         if reply.outcome is Settled.MOVED:
-            await self.scripts.run(budget_scripts.settle(user_id=owner, job_id=job_id, now=now,
-                                                         period_ids=reply.period_ids))
+            await self.scripts.run(
+                budget_scripts.settle(user_id=owner, job_id=job_id, now=now, period_ids=reply.period_ids)
+            )
 
     async def load(self, job_id: str) -> dict[str, str] | None:
         """The job's record, or None if the id is malformed or unknown."""
@@ -177,8 +227,9 @@ class JobService:
         record = job_record.decode(await self.client.hgetall(keyspace.job(job_id)))
         return record or None
 
-    async def list(self, owner: str | None, *, status: str | None, limit: int,
-                   cursor: tuple[float, str] | None) -> tuple[list[dict[str, str]], str | None]:
+    async def list(
+        self, owner: str | None, *, status: str | None, limit: int, cursor: tuple[float, str] | None
+    ) -> tuple[list[dict[str, str]], str | None]:
         """A page of jobs, newest first (one user's, or everyone's when `owner` is None); returns (jobs, next)."""
         index = keyspace.user_jobs(owner) if owner else keyspace.JOBS_ALL
         top: float | str = cursor[0] if cursor else "+inf"
@@ -209,9 +260,15 @@ class JobService:
 
     async def cancel(self, job: dict[str, str]) -> Cancelled:
         """Cancel a job: a queued one ends now (its whole hold goes back), a running one stops within a second."""
-        outcome = await self.scripts.run(job_scripts.cancel(
-            job_id=job["id"], now=self.clock(), job_ttl_s=self.settings.job_ttl_s,
-            stream_ttl_s=self.settings.stream_ttl_s, data={"reason": "cancelled by request before it started"}))
+        outcome = await self.scripts.run(
+            job_scripts.cancel(
+                job_id=job["id"],
+                now=self.clock(),
+                job_ttl_s=self.settings.job_ttl_s,
+                stream_ttl_s=self.settings.stream_ttl_s,
+                data={"reason": "cancelled by request before it started"},
+            )
+        )
         if outcome is Cancelled.CANCELLED:
             await self.settle(job.get("owner", ""), job["id"])
         return outcome
@@ -258,6 +315,8 @@ def parse_cursor(raw: str) -> tuple[float, str]:
 def check_event_id(raw: str) -> str:
     """Validate a Last-Event-ID; raises InvalidFieldError saying what one looks like."""
     if not STREAM_ID.fullmatch(raw):
-        raise DomainError(f"Field 'Last-Event-ID': {printable(raw)!r} is not a stream id like 1700000000000-0.",
-                          code="invalid_last_event_id")
+        raise DomainError(
+            f"Field 'Last-Event-ID': {printable(raw)!r} is not a stream id like 1700000000000-0.",
+            code="invalid_last_event_id",
+        )
     return raw

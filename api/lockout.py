@@ -42,14 +42,24 @@ class Lockout:
 
     async def note(self, ip: str, event: Event) -> int:
         """Count one failure from `ip` (auditing `event` if it is the window's first); returns the count."""
-        return await self.scripts.run(user_scripts.note_auth_failure(
-            ip=ip, window=int(self.clock() // self.window_s), ttl_s=max(MIN_TTL_S, 10 * self.window_s),
-            now=event.ts, audit=event.data, audit_max_len=keyspace.AUDIT_STREAM_MAXLEN))
+        return await self.scripts.run(
+            user_scripts.note_auth_failure(
+                ip=ip,
+                window=int(self.clock() // self.window_s),
+                ttl_s=max(MIN_TTL_S, 10 * self.window_s),
+                now=event.ts,
+                audit=event.data,
+                audit_max_len=keyspace.AUDIT_STREAM_MAXLEN,
+            )
+        )
 
     def refusal(self) -> falcon.HTTPError:
         """The 429 for an address past its limit, with the seconds left in the window."""
         RATE_LIMITED.inc()
         wait = max(1, int(self.window_s - self.clock() % self.window_s + 0.999))
         return falcon.HTTPTooManyRequests(
-            title="Too Many Requests", code="too_many_auth_failures", retry_after=wait,
-            description=f"Too many failed authentications from this address; retry in {wait} s.")
+            title="Too Many Requests",
+            code="too_many_auth_failures",
+            retry_after=wait,
+            description=f"Too many failed authentications from this address; retry in {wait} s.",
+        )

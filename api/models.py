@@ -83,8 +83,20 @@ def _query_number(value: Any) -> Any:
 def _query_bool(value: Any) -> Any:
     """A query string's yes or no, as Falcon reads them."""
     if isinstance(value, str):
-        words = {"true": True, "t": True, "yes": True, "y": True, "1": True, "on": True,
-                 "false": False, "f": False, "no": False, "n": False, "0": False, "off": False}
+        words = {
+            "true": True,
+            "t": True,
+            "yes": True,
+            "y": True,
+            "1": True,
+            "on": True,
+            "false": False,
+            "f": False,
+            "no": False,
+            "n": False,
+            "0": False,
+            "off": False,
+        }
         if value.lower() not in words:
             raise ValueError("must be true or false")
         return words[value.lower()]
@@ -103,8 +115,10 @@ Epoch = Annotated[float, Field(ge=0, le=EPOCH_MAX), BeforeValidator(_query_numbe
 QueryBool = Annotated[bool, Strict(), BeforeValidator(_query_bool)]
 UserId = Annotated[str, Field(pattern=USER_ID.pattern)]
 SessionId = Annotated[str, Field(pattern=SESSION_ID.pattern)]
-Agent = Annotated[Literal[AGENT_NAMES],  # type: ignore[valid-type]
-                  WithJsonSchema({"type": "string", "enum": list(AGENT_NAMES)})]
+Agent = Annotated[
+    Literal[AGENT_NAMES],  # type: ignore[valid-type]
+    WithJsonSchema({"type": "string", "enum": list(AGENT_NAMES)}),
+]
 
 
 class Body(BaseModel):
@@ -153,33 +167,49 @@ def job_models(settings: Settings) -> tuple[type[Body], type[Body]]:
 def _usd(value: Any) -> Any:
     """Dollars as a number (25, 25.5) or decimal text ("25.50"), to integer micro-dollars."""
     if isinstance(value, bool):
-        raise ValueError(f"must be a number of US dollars from 0 to {MAX_USD:,}, e.g. 25 or \"25.50\"")
+        raise ValueError(f'must be a number of US dollars from 0 to {MAX_USD:,}, e.g. 25 or "25.50"')
     if value is None or not isinstance(value, (int, float, str)):
         return value
     if isinstance(value, str) and not re.fullmatch(MONEY_TEXT, value):
-        raise ValueError(f"must be a number of US dollars from 0 to {MAX_USD:,}, e.g. 25 or \"25.50\"")
+        raise ValueError(f'must be a number of US dollars from 0 to {MAX_USD:,}, e.g. 25 or "25.50"')
     try:
         micros = usd_to_micros(Decimal(str(value)))
     except (InvalidOperation, ValueError) as ex:
-        raise ValueError(f"must be a number of US dollars from 0 to {MAX_USD:,}, e.g. 25 or \"25.50\"") from ex
+        raise ValueError(f'must be a number of US dollars from 0 to {MAX_USD:,}, e.g. 25 or "25.50"') from ex
     if micros > MAX_USD * 1_000_000:
         raise ValueError(f"must be at most {MAX_USD:,} US dollars")
     return micros
 
 
-Usd = Annotated[int, BeforeValidator(_usd), Strict(), WithJsonSchema(
-    {"anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_USD}, {"type": "string", "pattern": MONEY_TEXT}]})]
+Usd = Annotated[
+    int,
+    BeforeValidator(_usd),
+    Strict(),
+    WithJsonSchema(
+        {"anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_USD}, {"type": "string", "pattern": MONEY_TEXT}]}
+    ),
+]
 
 
 class BudgetSet(Body):
     """POST /api/v1/costs/budget: set (or with limit_usd null, remove) one budget of a user."""
 
     # What _named_scope checks, said in the schema too.
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [
-        {"if": {"properties": {"scope": {"const": "session"}}, "required": ["scope"]},
-         "then": {"required": ["session_id"], "properties": {"session_id": {"type": "string"}}}},
-        {"if": {"properties": {"scope": {"const": "agent"}}, "required": ["scope"]},
-         "then": {"required": ["agent"], "properties": {"agent": {"type": "string"}}}}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"scope": {"const": "session"}}, "required": ["scope"]},
+                    "then": {"required": ["session_id"], "properties": {"session_id": {"type": "string"}}},
+                },
+                {
+                    "if": {"properties": {"scope": {"const": "agent"}}, "required": ["scope"]},
+                    "then": {"required": ["agent"], "properties": {"agent": {"type": "string"}}},
+                },
+            ]
+        },
+    )
 
     user_id: UserId
     scope: Literal["user", "session", "agent"] = "user"
@@ -259,13 +289,21 @@ class MetricRecord(Body):
     name: Annotated[str, Field(pattern=metrics.NAME.pattern)]
     kind: Literal[metrics.KINDS] = "counter"  # type: ignore[valid-type]
     value: Annotated[float, Strict(), Field(ge=-1e300, le=1e300, allow_inf_nan=False)] = 1.0
-    labels: Annotated[dict[Annotated[str, Field(pattern=metrics.LABEL.pattern)],
-                           Annotated[str, Field(max_length=metrics.MAX_LABEL_VALUE)]],
-                      Field(max_length=metrics.MAX_LABELS),
-                      WithJsonSchema({"type": "object", "maxProperties": metrics.MAX_LABELS,
-                                      "propertyNames": {"pattern": metrics.LABEL.pattern},
-                                      "additionalProperties": {"type": "string",
-                                                               "maxLength": metrics.MAX_LABEL_VALUE}})] = {}
+    labels: Annotated[
+        dict[
+            Annotated[str, Field(pattern=metrics.LABEL.pattern)],
+            Annotated[str, Field(max_length=metrics.MAX_LABEL_VALUE)],
+        ],
+        Field(max_length=metrics.MAX_LABELS),
+        WithJsonSchema(
+            {
+                "type": "object",
+                "maxProperties": metrics.MAX_LABELS,
+                "propertyNames": {"pattern": metrics.LABEL.pattern},
+                "additionalProperties": {"type": "string", "maxLength": metrics.MAX_LABEL_VALUE},
+            }
+        ),
+    ] = {}
 
 
 # ---- query strings ----------------------------------------------------------------------------------------------
@@ -283,7 +321,8 @@ class JobsQuery(Query):
     status: Literal[STATUSES] | None = Field(None, description="Only jobs in this state.")  # type: ignore[valid-type]
     limit: PageSize = Field(20, description="Page size.")
     cursor: Annotated[str, Field(pattern=r"^[0-9]{1,15}(\.[0-9]{1,20})?:j_[0-9a-f]{32}$")] | None = Field(
-        None, description="next_cursor of the previous page.")
+        None, description="next_cursor of the previous page."
+    )
     all: QueryBool = Field(True, description="Admins: false for only your own jobs.")
 
 
@@ -297,9 +336,11 @@ class EventsQuery(Query):
     """GET /api/v1/jobs/{job_id}/events."""
 
     last_event_id: Annotated[str, Field(pattern=STREAM_ID.pattern)] | None = Field(
-        None, description="Resume after this event id (as the Last-Event-ID header).")
+        None, description="Resume after this event id (as the Last-Event-ID header)."
+    )
     token: Annotated[str, Field(max_length=200)] | None = Field(
-        None, description="The job-scoped token from stream_url (for EventSource, which cannot send headers).")
+        None, description="The job-scoped token from stream_url (for EventSource, which cannot send headers)."
+    )
 
 
 class CostsQuery(Query):
@@ -322,19 +363,22 @@ class AuditQuery(Query):
     actor: Annotated[str, Field(max_length=200)] | None = Field(None, description="Only this actor's records.")
     user_id: Annotated[str, Field(max_length=200)] | None = Field(None, description="The same as actor.")
     action: Annotated[str, Field(max_length=200)] | None = Field(
-        None, description="Only this action (e.g. auth.failure).")
+        None, description="Only this action (e.g. auth.failure)."
+    )
     since: Epoch | None = Field(None, description="From this time (epoch seconds).")
     until: Epoch | None = Field(None, description="Up to this time (epoch seconds).")
     cursor: Annotated[str, Field(pattern=STREAM_ID.pattern)] | None = Field(
-        None, description="next_cursor of the previous page.")
+        None, description="next_cursor of the previous page."
+    )
     limit: AuditPageSize = Field(50, description="Page size.")
 
 
 class RotateQuery(Query):
     """POST /api/v1/security/users/{user_id}/api-keys/{key_id}/rotate."""
 
-    grace_s: GraceSeconds | None = Field(None, description="How long the old key keeps working (default "
-                                                              "KEY_ROTATION_GRACE_S).")
+    grace_s: GraceSeconds | None = Field(
+        None, description="How long the old key keeps working (default KEY_ROTATION_GRACE_S)."
+    )
 
 
 class RequestModels:
@@ -355,8 +399,10 @@ class RequestModels:
             ("/api/v1/security/authenticate", "POST"): KeyCheck,
             ("/api/v1/monitoring/record", "POST"): MetricRecord,
         }
-        self.optional_bodies = {("/api/v1/security/users/{user_id}/api-key", "POST"),
-                                ("/api/v1/security/users/{user_id}/api-keys", "POST")}
+        self.optional_bodies = {
+            ("/api/v1/security/users/{user_id}/api-key", "POST"),
+            ("/api/v1/security/users/{user_id}/api-keys", "POST"),
+        }
         self.queries: dict[tuple[str, str], type[Query]] = {
             ("/api/v1/jobs", "GET"): JobsQuery,
             ("/api/v1/jobs/{job_id}", "GET"): JobQuery,
@@ -388,8 +434,11 @@ def explain(error: ValidationError, model: type[BaseModel]) -> str:
     known = list(model.model_fields)
     first = error.errors(include_url=False)[0]
     kind, ctx = first["type"], first.get("ctx") or {}
-    loc = [str(part) for part in first["loc"]
-           if not str(part).startswith(("function-", "literal", "list[", "dict[", "[key]"))]
+    loc = [
+        str(part)
+        for part in first["loc"]
+        if not str(part).startswith(("function-", "literal", "list[", "dict[", "[key]"))
+    ]
     field = printable("/".join(loc)) or "(body)"
     if kind == "missing":
         return f"Field '{field}': is required."
@@ -402,9 +451,15 @@ def explain(error: ValidationError, model: type[BaseModel]) -> str:
     if kind == "literal_error":
         return f"Field '{field}': {printable(repr(first['input']))} is not allowed; use one of: {ctx.get('expected')}."
     if kind in ("string_type", "int_type", "float_type", "dict_type", "list_type", "bool_type", "int_from_float"):
-        want = {"string_type": "a string", "int_type": "an integer", "float_type": "a number",
-                "dict_type": "a JSON object", "list_type": "a list", "bool_type": "true or false",
-                "int_from_float": "an integer"}[kind]
+        want = {
+            "string_type": "a string",
+            "int_type": "an integer",
+            "float_type": "a number",
+            "dict_type": "a JSON object",
+            "list_type": "a list",
+            "bool_type": "true or false",
+            "int_from_float": "an integer",
+        }[kind]
         return f"Field '{field}': must be {want}, not {type(first['input']).__name__}."
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         low, high = _bounds(model, loc[0] if loc else "")
@@ -429,8 +484,9 @@ class ModelsMiddleware:
         self.models = models
         self.max_body_bytes = max_body_bytes
 
-    async def process_resource(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, resource: Any,
-                               params: dict[str, Any]) -> None:
+    async def process_resource(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, resource: Any, params: dict[str, Any]
+    ) -> None:
         """Leave the parsed models in req.context.body and req.context.query; 400 naming the field otherwise."""
         if resource is None:
             return
@@ -444,13 +500,17 @@ class ModelsMiddleware:
             try:
                 req.context.query = query.model_validate(values)
             except ValidationError as ex:
-                raise bad_request(explain(ex, query).replace("Field '", "Query parameter '", 1),
-                                  code="invalid_field") from None
+                raise bad_request(
+                    explain(ex, query).replace("Field '", "Query parameter '", 1), code="invalid_field"
+                ) from None
         body = self.models.bodies.get(route)
         if body is None:
             return
-        raw = {} if route in self.models.optional_bodies and not req.content_length else \
-            await read_json(req, self.max_body_bytes)
+        raw = (
+            {}
+            if route in self.models.optional_bodies and not req.content_length
+            else await read_json(req, self.max_body_bytes)
+        )
         try:
             req.context.body = body.model_validate(raw)
         except ValidationError as ex:

@@ -19,26 +19,43 @@ from api.users import USER_ID
 from events.catalog import AGENT_TYPES
 
 SKIP = {"OPTIONS", "HEAD", "CONNECT", "TRACE"}
-ASSETS = {"swagger-ui-bundle.js": "application/javascript", "swagger-ui.css": "text/css",
-          "redoc.standalone.js": "application/javascript"}
+ASSETS = {
+    "swagger-ui-bundle.js": "application/javascript",
+    "swagger-ui.css": "text/css",
+    "redoc.standalone.js": "application/javascript",
+}
 SSE_PATHS = {"/api/v1/jobs/{job_id}/events", "/api/v1/stream/{agent}"}
 HTML_PATHS = {"/docs", "/redoc", "/api/v1/stream/demo"}
 # One event of a stream, as SSE clients see it: `data` is the event envelope as JSON text.
-SSE_EVENT = {"type": "object", "properties": {"data": {"type": "string"}, "event": {"type": "string"},
-                                             "id": {"type": "string"}, "retry": {"type": "integer"}}}
-ERROR = {"type": "object", "required": ["title"],
-         "properties": {"title": {"type": "string"}, "description": {"type": "string"}, "code": {"type": "string"}}}
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "data": {"type": "string"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+ERROR = {
+    "type": "object",
+    "required": ["title"],
+    "properties": {"title": {"type": "string"}, "description": {"type": "string"}, "code": {"type": "string"}},
+}
 
 
 def path_params(path: str) -> list[dict[str, Any]]:
     """Path parameters with the same shapes the handlers accept."""
-    shapes = {"user_id": {"type": "string", "pattern": USER_ID.pattern},
-              "job_id": {"type": "string", "pattern": JOB_ID.pattern},
-              "key_id": {"type": "string", "pattern": r"^[0-9a-f]{16}$"},
-              "agent": {"type": "string", "enum": sorted(AGENT_TYPES)},
-              "name": {"type": "string", "enum": sorted(ASSETS)}}
-    return [{"name": name, "in": "path", "required": True, "schema": shapes.get(name, {"type": "string"})}
-            for name in re.findall(r"\{([a-z_]+)\}", path)]
+    shapes = {
+        "user_id": {"type": "string", "pattern": USER_ID.pattern},
+        "job_id": {"type": "string", "pattern": JOB_ID.pattern},
+        "key_id": {"type": "string", "pattern": r"^[0-9a-f]{16}$"},
+        "agent": {"type": "string", "enum": sorted(AGENT_TYPES)},
+        "name": {"type": "string", "enum": sorted(ASSETS)},
+    }
+    return [
+        {"name": name, "in": "path", "required": True, "schema": shapes.get(name, {"type": "string"})}
+        for name in re.findall(r"\{([a-z_]+)\}", path)
+    ]
 
 
 def _inline(schema: dict[str, Any]) -> dict[str, Any]:
@@ -58,8 +75,13 @@ def query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
     params = []
     for name, info in model.model_fields.items():
         schema = _inline(props[name])
-        param: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schema,
-                                 "description": info.description or ""}
+        param: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": schema,
+            "description": info.description or "",
+        }
         if schema.get("type") in ("string", "boolean") or "enum" in schema:
             param.update(schema={"anyOf": [schema, {"type": "string", "maxLength": 0}]}, allowEmptyValue=True)
         params.append(param)
@@ -105,12 +127,24 @@ def _summary(text: str | None) -> str:
     return (text or "").strip().split("\n")[0]
 
 
-def _operation(path: str, method: str, resource: Any, responder: Any, models: RequestModels,
-               components: dict[str, Any]) -> dict[str, Any]:
+def _operation(
+    path: str, method: str, resource: Any, responder: Any, models: RequestModels, components: dict[str, Any]
+) -> dict[str, Any]:
     permission = (getattr(resource, "permissions", {}) or {}).get(method)
-    codes = {"200": "OK", "400": "Bad request", "401": "No valid API key", "403": "Not permitted",
-             "404": "Not found", "405": "Method not allowed", "409": "Conflict", "413": "Body too large",
-             "415": "Not JSON", "422": "Unprocessable", "429": "Rate limited", "503": "Redis unavailable"}
+    codes = {
+        "200": "OK",
+        "400": "Bad request",
+        "401": "No valid API key",
+        "403": "Not permitted",
+        "404": "Not found",
+        "405": "Method not allowed",
+        "409": "Conflict",
+        "413": "Body too large",
+        "415": "Not JSON",
+        "422": "Unprocessable",
+        "429": "Rate limited",
+        "503": "Redis unavailable",
+    }
     if method == "POST":
         codes.update({"201": "Created", "202": "Accepted", "402": "Budget exceeded"})
     if path.endswith("/events"):
@@ -138,8 +172,10 @@ def _operation(path: str, method: str, resource: Any, responder: Any, models: Re
         op["parameters"] = params
     body = models.bodies.get((path, method))
     if body is not None:
-        op["requestBody"] = {"required": (path, method) not in models.optional_bodies,
-                             "content": {"application/json": {"schema": body_schema(body, components)}}}
+        op["requestBody"] = {
+            "required": (path, method) not in models.optional_bodies,
+            "content": {"application/json": {"schema": body_schema(body, components)}},
+        }
     return op
 
 
@@ -148,16 +184,22 @@ def document(app: falcon.asgi.App, models: RequestModels) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     components: dict[str, Any] = {}
     for path, method, resource, responder in route_table(app):
-        paths.setdefault(path, {})[method.lower()] = _operation(path, method, resource, responder, models,
-                                                                components)
+        paths.setdefault(path, {})[method.lower()] = _operation(path, method, resource, responder, models, components)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Agentic job backend", "version": VERSION,
-                 "description": "LLM agent jobs over HTTP, streamed over SSE, with budgets, keys and audit."},
+        "info": {
+            "title": "Agentic job backend",
+            "version": VERSION,
+            "description": "LLM agent jobs over HTTP, streamed over SSE, with budgets, keys and audit.",
+        },
         "servers": [{"url": "/"}],
         "paths": paths,
-        "components": {"schemas": components, "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer", "description": "sk_live_… API key"},
-            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "sk_live_… API key"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+        },
         "security": [{"bearer": []}, {"apiKey": []}],
     }

@@ -34,23 +34,34 @@ class Permission(StrEnum):
 
 # The seed's table: admins everything; users query agents, view costs, cache and metrics, upload documents
 # (and manage their own keys); read-only users view costs, cache and metrics and modify nothing.
-_VIEW = {Permission.JOBS_READ, Permission.COSTS_READ, Permission.CACHE_READ, Permission.METRICS_READ,
-         Permission.SECURITY_READ}
+_VIEW = {
+    Permission.JOBS_READ,
+    Permission.COSTS_READ,
+    Permission.CACHE_READ,
+    Permission.METRICS_READ,
+    Permission.SECURITY_READ,
+}
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.USER: frozenset(_VIEW | {Permission.JOBS_SUBMIT, Permission.JOBS_CANCEL, Permission.DOCS_UPLOAD,
-                                  Permission.KEYS_OWN}),
+    Role.USER: frozenset(
+        _VIEW | {Permission.JOBS_SUBMIT, Permission.JOBS_CANCEL, Permission.DOCS_UPLOAD, Permission.KEYS_OWN}
+    ),
     Role.READONLY: frozenset(_VIEW),
 }
 DESCRIPTIONS = {
-    Permission.JOBS_SUBMIT: "submit agent jobs (query agents)", Permission.JOBS_READ: "read your jobs and streams",
-    Permission.JOBS_CANCEL: "cancel your jobs", Permission.JOBS_READ_ALL: "read every user's jobs",
+    Permission.JOBS_SUBMIT: "submit agent jobs (query agents)",
+    Permission.JOBS_READ: "read your jobs and streams",
+    Permission.JOBS_CANCEL: "cancel your jobs",
+    Permission.JOBS_READ_ALL: "read every user's jobs",
     Permission.COSTS_READ: "view your costs, budgets and forecasts",
     Permission.COSTS_ADMIN: "set budgets, track usage, view anyone's costs",
-    Permission.CACHE_READ: "view cache statistics", Permission.METRICS_READ: "view metrics",
+    Permission.CACHE_READ: "view cache statistics",
+    Permission.METRICS_READ: "view metrics",
     Permission.METRICS_WRITE: "record custom metrics",
-    Permission.DOCS_UPLOAD: "upload documents for RAG", Permission.KEYS_OWN: "create, rotate and revoke your keys",
-    Permission.SECURITY_READ: "see your profile and the permission table", Permission.AUDIT_READ: "read the audit log",
+    Permission.DOCS_UPLOAD: "upload documents for RAG",
+    Permission.KEYS_OWN: "create, rotate and revoke your keys",
+    Permission.SECURITY_READ: "see your profile and the permission table",
+    Permission.AUDIT_READ: "read the audit log",
     Permission.USERS_ADMIN: "manage users, roles and anyone's keys",
 }
 

@@ -23,16 +23,16 @@ SCRAPER = "prometheus"
 JOBS = ("api", "workers", "flower", "prometheus")
 
 
-def with_targets(template: Mapping[str, Any], targets: Mapping[str, list[str]],
-                 interval: str | None = None) -> dict[str, Any]:
+def with_targets(
+    template: Mapping[str, Any], targets: Mapping[str, list[str]], interval: str | None = None
+) -> dict[str, Any]:
     """The template with each job's static targets replaced (a job without targets is dropped)."""
     unknown = set(targets) - set(JOBS)
     if unknown:
         raise ValueError(f"Unknown scrape jobs {sorted(unknown)}; use {', '.join(JOBS)}.")
     config = copy.deepcopy(dict(template))
     if interval:
-        config["global"].update(scrape_interval=interval, evaluation_interval=interval,
-                                scrape_timeout=interval)
+        config["global"].update(scrape_interval=interval, evaluation_interval=interval, scrape_timeout=interval)
     jobs = []
     for job in config["scrape_configs"]:
         if targets.get(job["job_name"]):
@@ -53,14 +53,23 @@ async def scrape_key(store: UserStore, existing: str | None) -> str:
     except UnknownUserError:
         user = await store.create_user(SCRAPER, Role.READONLY.value)
     if user["role"] != Role.READONLY.value:
-        raise UserError(f"User {SCRAPER!r} exists with role {user['role']!r}; the scrape key must come from a "
-                        "readonly user. Rename that user or remove its role first.")
+        raise UserError(
+            f"User {SCRAPER!r} exists with role {user['role']!r}; the scrape key must come from a "
+            "readonly user. Rename that user or remove its role first."
+        )
     key, _ = await store.create_key(SCRAPER, name="prometheus scrape")
     return key
 
 
-async def write(out: Path, store: UserStore, targets: Mapping[str, list[str]], *, flower_user: str = "admin",
-                flower_password: str = "", interval: str | None = None) -> Path:
+async def write(
+    out: Path,
+    store: UserStore,
+    targets: Mapping[str, list[str]],
+    *,
+    flower_user: str = "admin",
+    flower_password: str = "",
+    interval: str | None = None,
+) -> Path:
     """Write prometheus.yml, its rule files and secrets/ under `out`; returns the config's path."""
     template = yaml.safe_load(TEMPLATE.read_text())
     config = with_targets(template, targets, interval)
@@ -78,8 +87,10 @@ async def write(out: Path, store: UserStore, targets: Mapping[str, list[str]], *
     for rules in config.get("rule_files", []):
         shutil.copy(TEMPLATE.parent / rules, out / rules)
     path = out / "prometheus.yml"
-    path.write_text("# Written by `agentic prometheus-config` from ops/prometheus/prometheus.yml.\n"
-                    + yaml.safe_dump(config, sort_keys=False))
+    path.write_text(
+        "# Written by `agentic prometheus-config` from ops/prometheus/prometheus.yml.\n"
+        + yaml.safe_dump(config, sort_keys=False)
+    )
     return path
 
 

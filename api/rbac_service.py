@@ -1,10 +1,10 @@
 """The seed's Python API for users, keys, permissions and audit, backed by the same Redis as the HTTP API.
 
-    rbac = get_rbac_service()
-    user = await rbac.create_user(user_id="user_123", role=Role.USER, metadata={"email": "user@example.com"})
-    api_key = await rbac.generate_api_key("user_123")            # "sk_live_…", shown once
-    allowed = await rbac.check_permission(user_id="user_123", permission=Permission.JOBS_SUBMIT)
-    await rbac.log_audit(user_id="user_123", action="query", resource="math_agent", result="success")
+rbac = get_rbac_service()
+user = await rbac.create_user(user_id="user_123", role=Role.USER, metadata={"email": "user@example.com"})
+api_key = await rbac.generate_api_key("user_123")            # "sk_live_…", shown once
+allowed = await rbac.check_permission(user_id="user_123", permission=Permission.JOBS_SUBMIT)
+await rbac.log_audit(user_id="user_123", action="query", resource="math_agent", result="success")
 """
 
 from __future__ import annotations
@@ -28,8 +28,13 @@ class RBACService:
         self.users = users
         self.audit = audit
 
-    async def create_user(self, user_id: str, role: Role | str = Role.USER, metadata: dict[str, Any] | None = None,
-                          agents: list[str] | None = None) -> dict[str, Any]:
+    async def create_user(
+        self,
+        user_id: str,
+        role: Role | str = Role.USER,
+        metadata: dict[str, Any] | None = None,
+        agents: list[str] | None = None,
+    ) -> dict[str, Any]:
         """Create a user (audited); raises UserExistsError if the id is taken."""
         user = await self.users.create_user(user_id, Role(role).value, metadata, agents)
         await self.audit.record("python-api", "user.create", resource=user_id, details={"role": user["role"]})
@@ -38,8 +43,9 @@ class RBACService:
     async def generate_api_key(self, user_id: str, *, name: str = "", expires_in_s: int | None = None) -> str:
         """A new key for the user (audited by id and prefix, never the key); returns the key, once."""
         key, info = await self.users.create_key(user_id, name=name, expires_in_s=expires_in_s)
-        await self.audit.record("python-api", "key.create", resource=user_id,
-                                details={"key_id": info["key_id"], "prefix": info["prefix"]})
+        await self.audit.record(
+            "python-api", "key.create", resource=user_id, details={"key_id": info["key_id"], "prefix": info["prefix"]}
+        )
         return key
 
     async def check_permission(self, user_id: str, permission: Permission | str, agent: str | None = None) -> bool:
@@ -52,8 +58,14 @@ class RBACService:
             return False
         return agent is None or user["agents"] is None or agent in user["agents"]
 
-    async def log_audit(self, user_id: str, action: str, resource: str = "", result: str = "success",
-                        details: dict[str, Any] | None = None) -> None:
+    async def log_audit(
+        self,
+        user_id: str,
+        action: str,
+        resource: str = "",
+        result: str = "success",
+        details: dict[str, Any] | None = None,
+    ) -> None:
         """Append an audit record (chained by the audit consumer)."""
         await self.audit.record(user_id, action, resource=resource, result=result, details=details)
 

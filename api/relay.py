@@ -64,7 +64,6 @@ class Subscription:
             return None
 
 
-
 def decode_entry(entry_id: str, fields: Any) -> Delivery | None:
     """Turn a stream entry into what SSE sends; None for an entry that is not an event."""
     try:
@@ -79,8 +78,9 @@ def decode_entry(entry_id: str, fields: Any) -> Delivery | None:
 class Relay:
     """Multiplexes every subscribed job stream of this process over one reader connection."""
 
-    def __init__(self, reader: Any, waker: Any, instance: str, *, block_ms: int = 5000, count: int = 256,
-                 buffer: int = 2048) -> None:
+    def __init__(
+        self, reader: Any, waker: Any, instance: str, *, block_ms: int = 5000, count: int = 256, buffer: int = 2048
+    ) -> None:
         self.reader = reader  # a client whose socket timeout exceeds block_ms
         self.waker = waker
         self.wake_key = keyspace.relay_wake(instance)

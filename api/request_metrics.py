@@ -15,6 +15,7 @@ from events.telemetry.metrics import ACTIVE_REQUESTS, HTTP_DURATION, HTTP_REQUES
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
+
 class MetricsMiddleware:
     """Counts requests (`http_requests_total`), times them and keeps `active_requests`; first in the chain."""
 
@@ -23,8 +24,9 @@ class MetricsMiddleware:
         req.context.started = time.perf_counter()
         ACTIVE_REQUESTS.inc()
 
-    async def process_response(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, resource: Any,
-                               req_succeeded: bool) -> None:
+    async def process_response(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, resource: Any, req_succeeded: bool
+    ) -> None:
         """Count the answer by route template (unmatched paths share one label) and status."""
         started = getattr(req.context, "started", None)
         if started is None:
@@ -66,5 +68,3 @@ class ActivityTracker:
         except redis.RedisError:
             for user, ts in batch.items():
                 self.pending.setdefault(user, ts)
-
-

@@ -20,8 +20,11 @@ from events.process.lifecycle import GROUP as LIFECYCLE_GROUP
 from events.store import keyspace
 
 ACTIVE_WINDOW_S = 300  # a user counts as active for five minutes after an authenticated request
-GROUPS = {LIFECYCLE_GROUP: keyspace.LIFECYCLE_STREAM, LEDGER_GROUP: keyspace.USAGE_STREAM,
-          AUDIT_GROUP: keyspace.AUDIT_STREAM}
+GROUPS = {
+    LIFECYCLE_GROUP: keyspace.LIFECYCLE_STREAM,
+    LEDGER_GROUP: keyspace.USAGE_STREAM,
+    AUDIT_GROUP: keyspace.AUDIT_STREAM,
+}
 
 
 def _decode_group(raw: Mapping[Any, Any]) -> dict[str, Any]:
@@ -59,8 +62,11 @@ async def system_state(client: Any, queue: str, clock: Callable[[], float] = tim
     for group, stream in GROUPS.items():
         groups = next(r)
         found = {} if isinstance(groups, Exception) else {text(g["name"]): g for g in groups}
-        consumers[group] = ({**_decode_group(found[group]), "stream": stream} if group in found
-                            else {"lag": None, "pending": 0, "stream": stream, "missing": True})
+        consumers[group] = (
+            {**_decode_group(found[group]), "stream": stream}
+            if group in found
+            else {"lag": None, "pending": 0, "stream": stream, "missing": True}
+        )
     for group in GROUPS:
         members = next(r)
         idle = [] if isinstance(members, Exception) else [int(m["idle"]) for m in members]
@@ -91,27 +97,33 @@ class SystemCollector:
     def collect(self) -> Iterable[Any]:
         """One family per system figure."""
         s = self.state
-        yield _gauge("active_sessions", "Users with an authenticated request in the last 5 minutes.",
-                     s["active_sessions"])
+        yield _gauge(
+            "active_sessions", "Users with an authenticated request in the last 5 minutes.", s["active_sessions"]
+        )
         depth = GaugeMetricFamily("agentic_queue_depth", "Celery messages waiting in a queue.", labels=["queue"])
         depth.add_metric([s["queue"]["name"]], s["queue"]["depth"])
         yield depth
-        yield _gauge("agentic_queue_unacked", "Messages delivered to workers and not yet acknowledged.",
-                     s["queue"]["unacked"])
-        jobs = CounterMetricFamily("agentic_jobs", "Job transitions counted by the lifecycle consumer.",
-                                   labels=["status"])
+        yield _gauge(
+            "agentic_queue_unacked", "Messages delivered to workers and not yet acknowledged.", s["queue"]["unacked"]
+        )
+        jobs = CounterMetricFamily(
+            "agentic_jobs", "Job transitions counted by the lifecycle consumer.", labels=["status"]
+        )
         for status, count in sorted(s["jobs"]["counts"].items()):
             jobs.add_metric([status], count)
         yield jobs
         yield _gauge("agentic_jobs_running", "Jobs a worker is running now.", s["jobs"]["running"])
-        lag = GaugeMetricFamily("agentic_consumer_lag", "Entries a consumer group has not read yet.",
-                                labels=["group"])
-        pending = GaugeMetricFamily("agentic_consumer_pending", "Entries read but not yet acknowledged.",
-                                    labels=["group"])
+        lag = GaugeMetricFamily("agentic_consumer_lag", "Entries a consumer group has not read yet.", labels=["group"])
+        pending = GaugeMetricFamily(
+            "agentic_consumer_pending", "Entries read but not yet acknowledged.", labels=["group"]
+        )
         dead = GaugeMetricFamily("agentic_dead_letters", "Entries a consumer group gave up on.", labels=["group"])
         members = GaugeMetricFamily("agentic_consumers", "Consumers a group has (live or not).", labels=["group"])
-        idle = GaugeMetricFamily("agentic_consumer_idle_seconds", "Time since the group's most recently active "
-                                 "consumer read or acknowledged.", labels=["group"])
+        idle = GaugeMetricFamily(
+            "agentic_consumer_idle_seconds",
+            "Time since the group's most recently active consumer read or acknowledged.",
+            labels=["group"],
+        )
         for group, info in sorted(s["consumers"].items()):
             if info["lag"] is not None:
                 lag.add_metric([group], info["lag"])
@@ -121,14 +133,17 @@ class SystemCollector:
             if info["idle_ms"] is not None:
                 idle.add_metric([group], info["idle_ms"] / 1000)
         yield from (lag, pending, dead, members, idle)
-        yield _gauge("agentic_budget_holds", "Budget holds outstanding (jobs queued or running).",
-                     s["budget"]["holds_outstanding"])
-        alerts = CounterMetricFamily("agentic_budget_alerts", "Soft budget alerts raised (a budget crossed its "
-                                     "alert percentage).")
+        yield _gauge(
+            "agentic_budget_holds",
+            "Budget holds outstanding (jobs queued or running).",
+            s["budget"]["holds_outstanding"],
+        )
+        alerts = CounterMetricFamily(
+            "agentic_budget_alerts", "Soft budget alerts raised (a budget crossed its alert percentage)."
+        )
         alerts.add_metric([], s["budget"]["alerts_total"])
         yield alerts
-        yield _gauge("agentic_workers_up", "Celery workers with a heartbeat in the last 15 seconds.",
-                     s["workers_up"])
+        yield _gauge("agentic_workers_up", "Celery workers with a heartbeat in the last 15 seconds.", s["workers_up"])
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -21,15 +21,19 @@ class TracingMiddleware:
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Start the request's span and make it current."""
-        span = tracing.start_span(req.method, kind=SpanKind.SERVER, parent=req.get_header("traceparent") or "",
-                                  parent_state=req.get_header("tracestate"),
-                                  attributes={"http.request.method": req.method, "url.path": req.path,
-                                              "url.scheme": req.scheme})
+        span = tracing.start_span(
+            req.method,
+            kind=SpanKind.SERVER,
+            parent=req.get_header("traceparent") or "",
+            parent_state=req.get_header("tracestate"),
+            attributes={"http.request.method": req.method, "url.path": req.path, "url.scheme": req.scheme},
+        )
         req.context.trace_span = span
         req.context.trace_token = context.attach(trace.set_span_in_context(span))
 
-    async def process_response(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, resource: Any,
-                               req_succeeded: bool) -> None:
+    async def process_response(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, resource: Any, req_succeeded: bool
+    ) -> None:
         """Name the span by route template, note the status, and end it."""
         span = getattr(req.context, "trace_span", None)
         if span is None:  # an earlier middleware answered before ours ran

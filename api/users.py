@@ -82,7 +82,6 @@ def _agents(raw: str | None) -> tuple[str, ...] | None:
     return tuple(str(a) for a in found) if isinstance(found, list) else ()
 
 
-
 def check_user_id(user_id: str) -> str:
     """Return `user_id` if well formed, else raise UserError saying what is allowed."""
     if not USER_ID.fullmatch(user_id):
@@ -120,14 +119,20 @@ class UserStore:
         self.clock = clock
         self.scripts = AsyncScripts(client)
 
-    async def create_user(self, user_id: str, role: str, metadata: dict[str, Any] | None = None,
-                          agents: list[str] | None = None) -> dict[str, Any]:
+    async def create_user(
+        self, user_id: str, role: str, metadata: dict[str, Any] | None = None, agents: list[str] | None = None
+    ) -> dict[str, Any]:
         """Create a user (`agents`: an allow list, None for all); raises UserExistsError if the id is taken."""
         check_user_id(user_id)
         role = check_role(role)
-        record = {"user_id": user_id, "role": role, "created_at": f"{self.clock():.6f}",
-                  "metadata": json.dumps(metadata or {}), "disabled": "0",
-                  "agents": json.dumps(sorted(agents)) if agents is not None else ""}
+        record = {
+            "user_id": user_id,
+            "role": role,
+            "created_at": f"{self.clock():.6f}",
+            "metadata": json.dumps(metadata or {}),
+            "disabled": "0",
+            "agents": json.dumps(sorted(agents)) if agents is not None else "",
+        }
         if not await self.client.hsetnx(keyspace.user(user_id), "user_id", user_id):
             raise UserExistsError(f"User {user_id!r} already exists.")
         pipe = self.client.pipeline(transaction=True)
@@ -164,12 +169,17 @@ class UserStore:
         hashed = credentials.key_hash(self.secret, key)
         now = self.clock()
         record = {
-            "key_id": credentials.key_id(hashed), "user_id": user_id, "name": name,
-            "prefix": credentials.display_prefix(key), "created_at": f"{now:.6f}",
-            "expires_at": f"{now + expires_in_s:.6f}" if expires_in_s else "", "revoked": "0",
+            "key_id": credentials.key_id(hashed),
+            "user_id": user_id,
+            "name": name,
+            "prefix": credentials.display_prefix(key),
+            "created_at": f"{now:.6f}",
+            "expires_at": f"{now + expires_in_s:.6f}" if expires_in_s else "",
+            "revoked": "0",
         }
-        made = await self.scripts.run(user_scripts.create_key(user_id=user_id, key_hash=hashed,
-                                                              key_id=record["key_id"], record=record))
+        made = await self.scripts.run(
+            user_scripts.create_key(user_id=user_id, key_hash=hashed, key_id=record["key_id"], record=record)
+        )
         if not made:
             raise UnknownUserError(f"There is no user {user_id!r}.")
         return key, self._key_view(record)
@@ -188,8 +198,9 @@ class UserStore:
         hashed = await self.client.hget(keyspace.user_keys(user_id), key_id)
         if hashed is None:
             return False
-        await self.client.hset(keyspace.apikey(text(hashed)), mapping={"revoked": "1",
-                                                                     "revoked_at": f"{self.clock():.6f}"})
+        await self.client.hset(
+            keyspace.apikey(text(hashed)), mapping={"revoked": "1", "revoked_at": f"{self.clock():.6f}"}
+        )
         return True
 
     async def authenticate(self, key: str) -> Principal | None:
@@ -232,11 +243,13 @@ class UserStore:
         expires = record.get("expires_at")
         if expires and (float_field(expires) or 0) <= self.clock():  # a damaged expiry fails closed
             return None
-        return Principal(record["user_id"], record["role"], record["key_id"], _agents(record.get("agents")),
-                         window_count)
+        return Principal(
+            record["user_id"], record["role"], record["key_id"], _agents(record.get("agents")), window_count
+        )
 
-    async def update(self, user_id: str, *, role: str | None = None,
-                     agents: list[str] | object | None = KEEP) -> dict[str, Any]:
+    async def update(
+        self, user_id: str, *, role: str | None = None, agents: list[str] | object | None = KEEP
+    ) -> dict[str, Any]:
         """Change a user's role and their agent allow list (a list, or None for every agent), at once; every key
         of theirs carries the change from the next request on."""
         fields: dict[str, str] = {}
@@ -262,8 +275,9 @@ class UserStore:
         key, info = await self.create_key(user_id, name=name or old.get("name", ""), expires_in_s=None)
         ends = self.clock() + grace_s
         if not old.get("expires_at") or float(old["expires_at"]) > ends:
-            await self.client.hset(keyspace.apikey(text(hashed)), mapping={"expires_at": f"{ends:.6f}",
-                                                                         "rotated_to": info["key_id"]})
+            await self.client.hset(
+                keyspace.apikey(text(hashed)), mapping={"expires_at": f"{ends:.6f}", "rotated_to": info["key_id"]}
+            )
         return key, info
 
     async def _rewrite(self, user_id: str, fields: dict[str, str]) -> None:
@@ -271,8 +285,9 @@ class UserStore:
         read the keys again while new ones keep appearing."""
         for _ in range(UPDATE_ATTEMPTS):
             hashes = [text(h) for h in await self.client.hvals(keyspace.user_keys(user_id))]
-            outcome = await self.scripts.run(user_scripts.update_user(user_id=user_id, key_hashes=hashes,
-                                                                      fields=fields))
+            outcome = await self.scripts.run(
+                user_scripts.update_user(user_id=user_id, key_hashes=hashes, fields=fields)
+            )
             if outcome is Updated.MISSING:
                 raise UnknownUserError(f"There is no user {user_id!r}.")
             if outcome is Updated.OK:
@@ -282,15 +297,24 @@ class UserStore:
     @staticmethod
     def _user_view(record: dict[str, str]) -> dict[str, Any]:
         agents = _agents(record.get("agents"))
-        return {"user_id": record.get("user_id", ""), "role": record.get("role", ""),
-                "created_at": float_field(record.get("created_at")) or 0.0,
-                "agents": list(agents) if agents is not None else None,
-                "metadata": json_field(record.get("metadata"), {}), "disabled": record.get("disabled") == "1"}
+        return {
+            "user_id": record.get("user_id", ""),
+            "role": record.get("role", ""),
+            "created_at": float_field(record.get("created_at")) or 0.0,
+            "agents": list(agents) if agents is not None else None,
+            "metadata": json_field(record.get("metadata"), {}),
+            "disabled": record.get("disabled") == "1",
+        }
 
     @staticmethod
     def _key_view(record: dict[str, str]) -> dict[str, Any]:
-        return {"key_id": record.get("key_id", ""), "user_id": record.get("user_id", ""),
-                "name": record.get("name", ""), "prefix": record.get("prefix", ""),
-                "created_at": float_field(record.get("created_at")) or 0.0,
-                "expires_at": float_field(record.get("expires_at")),
-                "revoked": record.get("revoked") == "1", "rotated_to": record.get("rotated_to") or None}
+        return {
+            "key_id": record.get("key_id", ""),
+            "user_id": record.get("user_id", ""),
+            "name": record.get("name", ""),
+            "prefix": record.get("prefix", ""),
+            "created_at": float_field(record.get("created_at")) or 0.0,
+            "expires_at": float_field(record.get("expires_at")),
+            "revoked": record.get("revoked") == "1",
+            "rotated_to": record.get("rotated_to") or None,
+        }

@@ -7,15 +7,24 @@ import sys
 
 from bench import auth, latency, metrics, money, streams, submit
 
-BENCHES = {"submit": submit.run, "latency": latency.run, "streams": streams.run, "money": money.run, "auth": auth.run,
-           "metrics": metrics.run}
+BENCHES = {
+    "submit": submit.run,
+    "latency": latency.run,
+    "streams": streams.run,
+    "money": money.run,
+    "auth": auth.run,
+    "metrics": metrics.run,
+}
 
 
 def main() -> None:
     """Run the benchmarks named on the command line, or all of them."""
     chosen = sys.argv[1:] or list(BENCHES)
-    print(f"benchmarks on {platform.node()}: {platform.processor() or platform.machine()}, "
-          f"python {platform.python_version()}", flush=True)
+    print(
+        f"benchmarks on {platform.node()}: {platform.processor() or platform.machine()}, "
+        f"python {platform.python_version()}",
+        flush=True,
+    )
     for name in chosen:
         BENCHES[name]()
 

@@ -44,7 +44,15 @@ def run() -> None:
     with fresh_stack() as (_, server):
         ours, raw = asyncio.run(_measure(server.url))
     p50, r50 = percentile(ours, 50) * 1e6, percentile(raw, 50) * 1e6
-    line("authenticate + permission check, p50", f"{p50:.0f} µs", f"{r50:.0f} µs redis GET",
-         f"{p50 / r50:.2f}x (seed claims < 5 ms)")
-    line("authenticate + permission check, p99", f"{percentile(ours, 99) * 1e6:.0f} µs",
-         f"{percentile(raw, 99) * 1e6:.0f} µs redis GET", "")
+    line(
+        "authenticate + permission check, p50",
+        f"{p50:.0f} µs",
+        f"{r50:.0f} µs redis GET",
+        f"{p50 / r50:.2f}x (seed claims < 5 ms)",
+    )
+    line(
+        "authenticate + permission check, p99",
+        f"{percentile(ours, 99) * 1e6:.0f} µs",
+        f"{percentile(raw, 99) * 1e6:.0f} µs redis GET",
+        "",
+    )

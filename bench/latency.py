@@ -66,9 +66,17 @@ def run() -> None:
         ours = asyncio.run(_first_event_latencies(stack.port, key, SAMPLES, token_lags))
     p50, p99 = percentile(ours, 50) * 1000, percentile(ours, 99) * 1000
     r50, r99 = percentile(raw, 50) * 1000, percentile(raw, 99) * 1000
-    line("(b) submit -> first SSE event, p50", f"{p50:.2f} ms", f"{r50:.2f} ms celery rtt",
-         f"{p50 / r50:.2f}x (target <= 3x)")
+    line(
+        "(b) submit -> first SSE event, p50",
+        f"{p50:.2f} ms",
+        f"{r50:.2f} ms celery rtt",
+        f"{p50 / r50:.2f}x (target <= 3x)",
+    )
     line("(b) submit -> first SSE event, p99", f"{p99:.2f} ms", f"{r99:.2f} ms celery rtt", f"{p99 / r99:.2f}x")
     t50, t99, tmax = (percentile(token_lags, q) * 1000 for q in (50, 99, 100))
-    line("(b) token emitted -> received by client", f"p50 {t50:.1f} / p99 {t99:.1f} ms",
-         "bound 50 ms", f"max {tmax:.1f} ms, {len(token_lags):,} tokens")
+    line(
+        "(b) token emitted -> received by client",
+        f"p50 {t50:.1f} / p99 {t99:.1f} ms",
+        "bound 50 ms",
+        f"max {tmax:.1f} ms, {len(token_lags):,} tokens",
+    )

@@ -28,8 +28,9 @@ def run() -> None:
         key = user_key(stack, "admin")
         with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
             for i in range(SERIES):
-                client.post("/api/v1/monitoring/record",
-                            json={"name": "bench_events_total", "labels": {"tenant": f"t{i}"}}).raise_for_status()
+                client.post(
+                    "/api/v1/monitoring/record", json={"name": "bench_events_total", "labels": {"tenant": f"t{i}"}}
+                ).raise_for_status()
             for _ in range(20):  # warm up both gunicorn workers
                 _timed(client, "/api/v1/monitoring/metrics")
                 _timed(client, "/api/v1/monitoring/live")
@@ -40,7 +41,15 @@ def run() -> None:
                 live.append(_timed(client, "/api/v1/monitoring/live"))
     series = sum(1 for row in body.splitlines() if row and not row.startswith("#"))
     p50, l50 = percentile(scrape, 50) * 1e3, percentile(live, 50) * 1e3
-    line(f"/metrics scrape p50 ({series} series, {len(body) // 1024} KB)", f"{p50:.2f} ms",
-         f"{l50:.2f} ms GET /live", f"{p50 / l50:.1f}x (seed claims < 100 ms)")
-    line("/metrics scrape p99", f"{percentile(scrape, 99) * 1e3:.2f} ms",
-         f"{percentile(live, 99) * 1e3:.2f} ms GET /live", "")
+    line(
+        f"/metrics scrape p50 ({series} series, {len(body) // 1024} KB)",
+        f"{p50:.2f} ms",
+        f"{l50:.2f} ms GET /live",
+        f"{p50 / l50:.1f}x (seed claims < 100 ms)",
+    )
+    line(
+        "/metrics scrape p99",
+        f"{percentile(scrape, 99) * 1e3:.2f} ms",
+        f"{percentile(live, 99) * 1e3:.2f} ms GET /live",
+        "",
+    )

@@ -31,13 +31,22 @@ def _cost_per_call() -> tuple[float, float]:
 def _holds_per_second(client: redis.Redis) -> tuple[float, float]:
     scripts = Scripts(client)
     user = "bench-holds"
-    client.hset(keyspace.budget_config(user), "user", '{"limit_micros": 1000000000000, "period": "monthly", '
-                                                       '"alert_pct": 80}')
+    client.hset(
+        keyspace.budget_config(user), "user", '{"limit_micros": 1000000000000, "period": "monthly", "alert_pct": 80}'
+    )
     now = time.time()
     started = time.perf_counter()
     for i in range(HOLDS):
-        scripts.run(budget_scripts.hold(user_id=user, job_id=f"j{i}", amount_micros=1000,
-                                        scopes=["user", "session:s", "agent:query"], now=now, expires_at=now + 600))
+        scripts.run(
+            budget_scripts.hold(
+                user_id=user,
+                job_id=f"j{i}",
+                amount_micros=1000,
+                scopes=["user", "session:s", "agent:query"],
+                now=now,
+                expires_at=now + 600,
+            )
+        )
     ours = HOLDS / (time.perf_counter() - started)
     noop = client.register_script("return 1")
     noop()
@@ -51,8 +60,16 @@ def _holds_per_second(client: redis.Redis) -> tuple[float, float]:
 def _fill(client: redis.Redis, stream: str) -> None:
     pipe = client.pipeline(transaction=False)
     for i in range(EVENTS):
-        data = {"user_id": f"u{i % 50}", "model": "gpt-4o", "input_tokens": 100, "output_tokens": 20,
-                "cost_micros": 450, "agent": "query", "session_id": f"s{i % 7}", "call": 0}
+        data = {
+            "user_id": f"u{i % 50}",
+            "model": "gpt-4o",
+            "input_tokens": 100,
+            "output_tokens": 20,
+            "cost_micros": 450,
+            "agent": "query",
+            "session_id": f"s{i % 7}",
+            "call": 0,
+        }
         pipe.xadd(stream, Event("usage", f"j{i}", 0, time.time(), 1, data).to_fields())
         if i % 1000 == 999:
             pipe.execute()
@@ -82,14 +99,21 @@ def _ledger_rate(client: redis.Redis) -> tuple[float, float]:
 def run() -> None:
     """Measure and print."""
     ours, raw = _cost_per_call()
-    line("cost of one call (PriceBook.cost_micros)", f"{ours:.2f} µs", f"{raw:.3f} µs float math",
-         "(seed claims < 10 ms)")
+    line(
+        "cost of one call (PriceBook.cost_micros)",
+        f"{ours:.2f} µs",
+        f"{raw:.3f} µs float math",
+        "(seed claims < 10 ms)",
+    )
     with fresh_stack() as (_, server):
         client = redis.Redis.from_url(server.url)
         held, noop = _holds_per_second(client)
-        line("budget holds/s (hold.lua, 3 scopes)", f"{held:,.0f}/s", f"{noop:,.0f}/s EVALSHA no-op",
-             f"{held / noop:.2f}x")
+        line(
+            "budget holds/s (hold.lua, 3 scopes)",
+            f"{held:,.0f}/s",
+            f"{noop:,.0f}/s EVALSHA no-op",
+            f"{held / noop:.2f}x",
+        )
         ledger, raw = _ledger_rate(client)
-        line("ledger consumer events/s", f"{ledger:,.0f}/s", f"{raw:,.0f}/s XREADGROUP+XACK",
-             f"{ledger / raw:.2f}x")
+        line("ledger consumer events/s", f"{ledger:,.0f}/s", f"{raw:,.0f}/s XREADGROUP+XACK", f"{ledger / raw:.2f}x")
         client.close()

@@ -21,8 +21,9 @@ class Connection:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
         return self
 
-    async def request(self, method: str, path: str, headers: dict[str, str] | None = None,
-                      body: Any = None) -> tuple[int, dict[str, str], bytes]:
+    async def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None, body: Any = None
+    ) -> tuple[int, dict[str, str], bytes]:
         """Send one request and read the whole response (Content-Length framed)."""
         assert self.reader is not None and self.writer is not None
         payload = json.dumps(body).encode() if body is not None else b""

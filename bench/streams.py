@@ -43,8 +43,9 @@ def make_jobs(client: redis.Redis, owner: str, count: int) -> list[str]:
     ids = [f"j_{i:032x}" for i in range(1, count + 1)]
     pipe = client.pipeline(transaction=False)
     for job_id in ids:
-        record = job_record.job_record(job_id=job_id, owner=owner, agent="query", model="offline", query="bench",
-                                 max_tokens=16, now=time.time())
+        record = job_record.job_record(
+            job_id=job_id, owner=owner, agent="query", model="offline", query="bench", max_tokens=16, now=time.time()
+        )
         record["status"] = "running"
         pipe.hset(keyspace.job(job_id), mapping=record)
     pipe.execute()
@@ -55,7 +56,7 @@ def publish_rounds(client: redis.Redis, ids: list[str], rounds: int, stop: threa
     """Each round gives every stream one token event, spread evenly over ROUND_EVERY_S in small batches."""
     slices = 100
     size = max(1, len(ids) // slices)
-    batches = [ids[i:i + size] for i in range(0, len(ids), size)]
+    batches = [ids[i : i + size] for i in range(0, len(ids), size)]
     tick = ROUND_EVERY_S / len(batches)
     next_at = time.monotonic()
     for n in range(rounds):
@@ -70,8 +71,9 @@ def publish_rounds(client: redis.Redis, ids: list[str], rounds: int, stop: threa
             pipe.execute()
 
 
-async def _hold(port: int, key: str, ids: list[str], received: dict[str, int], lags: list[float],
-                opened: threading.Event) -> None:
+async def _hold(
+    port: int, key: str, ids: list[str], received: dict[str, int], lags: list[float], opened: threading.Event
+) -> None:
     headers = {"Authorization": f"Bearer {key}"}
 
     async def follow(job_id: str) -> Connection:
@@ -81,7 +83,7 @@ async def _hold(port: int, key: str, ids: list[str], received: dict[str, int], l
 
     conns: list[Connection] = []
     for start in range(0, len(ids), 250):
-        conns += await asyncio.gather(*(follow(j) for j in ids[start:start + 250]))
+        conns += await asyncio.gather(*(follow(j) for j in ids[start : start + 250]))
 
     async def count(job_id: str, conn: Connection) -> None:
         assert conn.reader is not None
@@ -125,13 +127,25 @@ def run() -> None:
         after = _peak["rss"]
     complete = sum(1 for n in received.values() if n >= ROUNDS)
     per_stream = (after - before) * 1024 / STREAMS
-    line("(c) SSE streams held by 1 worker, all fed", f"{complete:,}/{STREAMS:,}", "target 5,000",
-         "ok" if complete >= 5000 else "below target")
-    line("(c) memory per stream", f"{per_stream / 1024:.1f} KB", f"{before / 1024:.0f} MB idle worker",
-         "(target <= 30 KB)")
+    line(
+        "(c) SSE streams held by 1 worker, all fed",
+        f"{complete:,}/{STREAMS:,}",
+        "target 5,000",
+        "ok" if complete >= 5000 else "below target",
+    )
+    line(
+        "(c) memory per stream",
+        f"{per_stream / 1024:.1f} KB",
+        f"{before / 1024:.0f} MB idle worker",
+        "(target <= 30 KB)",
+    )
     if lags:
-        line("(c) event lag p50 / p99", f"{percentile(lags, 50) * 1000:.0f} / {percentile(lags, 99) * 1000:.0f} ms",
-             f"{STREAMS / ROUND_EVERY_S:,.0f} events/s", "")
+        line(
+            "(c) event lag p50 / p99",
+            f"{percentile(lags, 50) * 1000:.0f} / {percentile(lags, 99) * 1000:.0f} ms",
+            f"{STREAMS / ROUND_EVERY_S:,.0f} events/s",
+            "",
+        )
 
 
 _peak = {"rss": 0}
@@ -152,8 +166,9 @@ async def _warm(stack: Stack, key: str, job_id: str) -> None:
     await asyncio.sleep(0.5)
 
 
-def _publish_when_open(client: redis.Redis, ids: list[str], pid: int, opened: threading.Event,
-                       stop: threading.Event) -> None:
+def _publish_when_open(
+    client: redis.Redis, ids: list[str], pid: int, opened: threading.Event, stop: threading.Event
+) -> None:
     opened.wait()
     publish_rounds(client, ids, ROUNDS, stop)
     _peak["rss"] = rss_kb(pid)

@@ -55,5 +55,9 @@ def run() -> None:
         http, failures = asyncio.run(_http_rate(stack.port, key, REQUESTS, CONNECTIONS))
         raw = _raw_rate(server.url, RAW_TASKS)
     ratio = http / raw
-    line("(a) submits/s, HTTP API (2 uvicorn workers)", f"{http:,.0f}/s", f"{raw:,.0f}/s apply_async",
-         f"{ratio:.2f}x (target >= 0.5x){'' if not failures else f', {failures} non-202'}")
+    line(
+        "(a) submits/s, HTTP API (2 uvicorn workers)",
+        f"{http:,.0f}/s",
+        f"{raw:,.0f}/s apply_async",
+        f"{ratio:.2f}x (target >= 0.5x){'' if not failures else f', {failures} non-202'}",
+    )

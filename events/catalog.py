@@ -23,7 +23,5 @@ class AgentSpec:
 
 AGENT_TYPES: dict[str, AgentSpec] = {
     spec.name: spec
-    for spec in (
-        AgentSpec("query", "General questions, with a calculator and text statistics.", max_llm_calls=3),
-    )
+    for spec in (AgentSpec("query", "General questions, with a calculator and text statistics.", max_llm_calls=3),)
 }

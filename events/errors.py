@@ -19,8 +19,14 @@ class DomainError(Exception):
     status: int = 400
     code: str = "invalid_request"
 
-    def __init__(self, description: str, *, code: str | None = None, figures: Mapping[str, Any] | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        description: str,
+        *,
+        code: str | None = None,
+        figures: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(description)
         if code is not None:
             self.code = code

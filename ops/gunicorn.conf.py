@@ -22,14 +22,14 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 
-
 def on_starting(server):
     """Before the workers fork (and before any metric exists): share their samples through
     PROMETHEUS_MULTIPROC_DIR if set (emptied: old samples would be counted again), else a directory of our own."""
     from events.telemetry import multiprocess
 
-    server.shared_metrics = multiprocess.use_directory(os.environ.get(multiprocess.ENV),
-                                                       prefix=f"agentic-metrics-api-{port}-")
+    server.shared_metrics = multiprocess.use_directory(
+        os.environ.get(multiprocess.ENV), prefix=f"agentic-metrics-api-{port}-"
+    )
 
 
 def child_exit(server, worker):

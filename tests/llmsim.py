@@ -88,26 +88,52 @@ class _Call:
         self.prompt_tokens = count_prompt_tokens(body.get("messages") or [])
 
     def usage(self, completion_tokens: int) -> dict[str, Any]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": self.prompt_tokens + completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": 0}}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        }
 
     def chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: dict | None = None) -> SSEvent:
         choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
-        data: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                                "model": self.model, "system_fingerprint": "fp_sim", "choices": choices}
+        data: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": "fp_sim",
+            "choices": choices,
+        }
         if self.include_usage:
             data["usage"] = usage
         return SSEvent(text=json.dumps(data))
 
     def completion(self, message: dict[str, Any], finish: str, completion_tokens: int) -> dict[str, Any]:
-        choice = {"index": 0, "message": {"role": "assistant", "refusal": None, **message},
-                  "logprobs": None, "finish_reason": finish}
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-                "system_fingerprint": "fp_sim", "choices": [choice], "usage": self.usage(completion_tokens)}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "refusal": None, **message},
+            "logprobs": None,
+            "finish_reason": finish,
+        }
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": "fp_sim",
+            "choices": [choice],
+            "usage": self.usage(completion_tokens),
+        }
 
-    async def stream(self, first: dict[str, Any], deltas: list[dict[str, Any]], finish: str,
-                     stall: tuple[int, float] | None, drop_after: int | None) -> AsyncIterator[SSEvent]:
+    async def stream(
+        self,
+        first: dict[str, Any],
+        deltas: list[dict[str, Any]],
+        finish: str,
+        stall: tuple[int, float] | None,
+        drop_after: int | None,
+    ) -> AsyncIterator[SSEvent]:
         """Stream `deltas` at the call's rate, pausing once at `stall` or breaking the connection at `drop_after`."""
         self.record["outcome"] = "streaming"
         try:
@@ -176,8 +202,13 @@ class ChatCompletions:
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         auth = req.get_header("Authorization") or ""
         body = await _read_json(req)
-        record: dict[str, Any] = {"body": body, "has_authorization": bool(auth), "step": None, "outcome": "pending",
-                                  "traceparent": req.get_header("traceparent")}
+        record: dict[str, Any] = {
+            "body": body,
+            "has_authorization": bool(auth),
+            "step": None,
+            "outcome": "pending",
+            "traceparent": req.get_header("traceparent"),
+        }
         self.state.records.append(record)
         if not (auth.startswith("Bearer ") and auth[7:].strip()):
             record["outcome"] = "rejected"
@@ -197,12 +228,20 @@ class ChatCompletions:
             return _fail(resp, status, step.get("message") or f"Simulated error with status {status}.")
         if kind == "tool_call":
             arguments = json.dumps(step.get("arguments") or {})
-            tool = {"id": step.get("id") or f"call_sim_{self.state.seq}", "type": "function",
-                    "function": {"name": step["name"], "arguments": arguments}}
-            first = {"role": "assistant", "content": None,
-                     "tool_calls": [{**tool, "index": 0, "function": {"name": step["name"], "arguments": ""}}]}
-            deltas = [{"tool_calls": [{"index": 0, "function": {"arguments": arguments[i:i + 8]}}]}
-                      for i in range(0, len(arguments), 8)]
+            tool = {
+                "id": step.get("id") or f"call_sim_{self.state.seq}",
+                "type": "function",
+                "function": {"name": step["name"], "arguments": arguments},
+            }
+            first = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{**tool, "index": 0, "function": {"name": step["name"], "arguments": ""}}],
+            }
+            deltas = [
+                {"tool_calls": [{"index": 0, "function": {"arguments": arguments[i : i + 8]}}]}
+                for i in range(0, len(arguments), 8)
+            ]
             message: dict[str, Any] = {"content": None, "tool_calls": [tool]}
             finish = "tool_calls"
         else:
@@ -368,8 +407,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.getLogger("uvicorn.error").addFilter(_not_a_drop)  # drops are on purpose, not server errors
     # A short graceful shutdown: streams still stalling at exit are of no interest to anyone.
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                timeout_keep_alive=30, timeout_graceful_shutdown=1, backlog=4096)
+    uvicorn.run(
+        create_app(),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=1,
+        backlog=4096,
+    )
 
 
 if __name__ == "__main__":

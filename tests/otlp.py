@@ -56,12 +56,18 @@ def decode(body: bytes) -> list[Span]:
         resource = {kv.key: _value(kv.value) for kv in resource_spans.resource.attributes}
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                found.append(Span(
-                    trace_id=span.trace_id.hex(), span_id=span.span_id.hex(), parent_span_id=span.parent_span_id.hex(),
-                    name=span.name, kind=SpanProto.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_"),
-                    service=str(resource.get("service.name", "")),
-                    status=StatusProto.StatusCode.Name(span.status.code).removeprefix("STATUS_CODE_"),
-                    attributes={kv.key: _value(kv.value) for kv in span.attributes}))
+                found.append(
+                    Span(
+                        trace_id=span.trace_id.hex(),
+                        span_id=span.span_id.hex(),
+                        parent_span_id=span.parent_span_id.hex(),
+                        name=span.name,
+                        kind=SpanProto.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_"),
+                        service=str(resource.get("service.name", "")),
+                        status=StatusProto.StatusCode.Name(span.status.code).removeprefix("STATUS_CODE_"),
+                        attributes={kv.key: _value(kv.value) for kv in span.attributes},
+                    )
+                )
     return found
 
 

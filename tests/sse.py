@@ -34,8 +34,14 @@ def parse(lines: Iterator[str]) -> Iterator[SSE | str]:
         fields[name] = value[1:] if value.startswith(" ") else value
 
 
-def read_events(client: httpx.Client, url: str, *, headers: dict[str, str] | None = None,
-                limit: int | None = None, timeout: float = 30) -> tuple[int, list[SSE]]:
+def read_events(
+    client: httpx.Client,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    limit: int | None = None,
+    timeout: float = 30,
+) -> tuple[int, list[SSE]]:
     """Read a stream until it ends (or `limit` events); returns (status, events)."""
     events: list[SSE] = []
     with client.stream("GET", url, headers=headers, timeout=timeout) as resp:

@@ -67,8 +67,15 @@ class Proc:
     def start(self) -> Proc:
         """Start it (again)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.popen = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        self.popen = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         return self
 
@@ -112,9 +119,23 @@ class RedisServer:
     def __init__(self, logdir: Path, *, appendonly: bool = False, fsync_always: bool = False) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="redis-", dir=logdir))
-        argv = [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "yes" if appendonly else "no", "--dir", str(self.dir),
-                "--maxmemory-policy", "noeviction", "--appendfsync", "always" if fsync_always else "everysec"]
+        argv = [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if appendonly else "no",
+            "--dir",
+            str(self.dir),
+            "--maxmemory-policy",
+            "noeviction",
+            "--appendfsync",
+            "always" if fsync_always else "everysec",
+        ]
         self.proc = Proc(f"redis-{self.port}", argv, dict(os.environ), logdir)
 
     @property
@@ -138,8 +159,9 @@ class RedisServer:
 def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
     """Environment for our processes: the test Redis, a fixed secret, quick leases."""
     # Each process picks its own metrics directory; one inherited from here would be shared by all of them.
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OPENAI_", "PYTEST_", "OTEL_", "PROMETHEUS_MULTIPROC"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTEST_", "OTEL_", "PROMETHEUS_MULTIPROC"))
+    }
     env.update(
         REDIS_URL=redis_url,
         AGENTIC_SECRET_KEY=SECRET,
@@ -179,22 +201,46 @@ class Stack:
     def api(self, workers: int = 1, port: int | None = None) -> Proc:
         """Start an API instance and wait until it is ready."""
         port = port or self.port
-        proc = self._proc(f"api-{port}", [str(BIN / "gunicorn"), "-c", "ops/gunicorn.conf.py", "api.asgi:app"],
-                          PORT=str(port), WEB_CONCURRENCY=str(workers))
+        proc = self._proc(
+            f"api-{port}",
+            [str(BIN / "gunicorn"), "-c", "ops/gunicorn.conf.py", "api.asgi:app"],
+            PORT=str(port),
+            WEB_CONCURRENCY=str(workers),
+        )
         import httpx
 
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/api/v1/monitoring/live", timeout=1).status_code == 200,
-                 timeout=30, what="the API")
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/api/v1/monitoring/live", timeout=1).status_code == 200,
+            timeout=30,
+            what="the API",
+        )
         return proc
 
     def worker(self, concurrency: int = 2, name: str | None = None, metrics_port: int = 0, **env: str) -> Proc:
         """Start a Celery worker (serving its metrics on `metrics_port` if not 0) and wait until it consumes."""
         self._workers += 1
         name = name or f"w{self._workers}"
-        proc = self._proc(f"worker-{name}-{self._workers}",
-                          [str(BIN / "celery"), "-A", "workers", "worker", "-Q", self.env.get("AGENT_QUEUE", "agents"),
-                           "--concurrency", str(concurrency), "-n", f"{name}@%h", "-l", "INFO", "--without-mingle",
-                           "--without-gossip"], WORKER_METRICS_PORT=str(metrics_port), **env)
+        proc = self._proc(
+            f"worker-{name}-{self._workers}",
+            [
+                str(BIN / "celery"),
+                "-A",
+                "workers",
+                "worker",
+                "-Q",
+                self.env.get("AGENT_QUEUE", "agents"),
+                "--concurrency",
+                str(concurrency),
+                "-n",
+                f"{name}@%h",
+                "-l",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            WORKER_METRICS_PORT=str(metrics_port),
+            **env,
+        )
         wait_for(lambda: "ready." in proc.log() or not proc.alive(), timeout=60, what="the worker")
         assert proc.alive(), proc.log()[-3000:]
         return proc
@@ -208,18 +254,32 @@ class Stack:
 
     def flower(self, port: int, basic_auth: str) -> Proc:
         """Start Flower with basic auth and wait until it answers."""
-        proc = self._proc("flower", [str(BIN / "celery"), "-A", "workers", "flower", "--address=127.0.0.1",
-                                     f"--port={port}", f"--basic-auth={basic_auth}"])
+        proc = self._proc(
+            "flower",
+            [
+                str(BIN / "celery"),
+                "-A",
+                "workers",
+                "flower",
+                "--address=127.0.0.1",
+                f"--port={port}",
+                f"--basic-auth={basic_auth}",
+            ],
+        )
         import httpx
 
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=1).status_code == 200,
-                 timeout=30, what="Flower")
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=1).status_code == 200,
+            timeout=30,
+            what="Flower",
+        )
         return proc
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run the `agentic` command."""
-        return subprocess.run([str(BIN / "agentic"), *args], env=self.env, cwd=ROOT, capture_output=True,
-                              text=True, timeout=30)
+        return subprocess.run(
+            [str(BIN / "agentic"), *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=30
+        )
 
     def stop(self) -> None:
         """Stop everything it started."""

@@ -62,8 +62,14 @@ def publish(client: redis.Redis, n: int, *, actor: str = "alice", start_ts: floa
     """Write `n` audit events to stream:audit as the API does; returns their entry ids."""
     ids = []
     for i in range(n):
-        event = audit_event(actor, ACTIONS[i % len(ACTIONS)], resource=f"r{i}", ip="10.0.0.1",
-                            details={"key_id": f"k{i}"}, ts=start_ts + i)
+        event = audit_event(
+            actor,
+            ACTIONS[i % len(ACTIONS)],
+            resource=f"r{i}",
+            ip="10.0.0.1",
+            details={"key_id": f"k{i}"},
+            ts=start_ts + i,
+        )
         ids.append(client.xadd(keyspace.AUDIT_STREAM, event.to_fields()))
     return ids
 
@@ -109,15 +115,24 @@ def rehashed(log: list[dict[str, str]], start: int, prev: str) -> list[dict[str,
 
 
 def test_an_audit_event_carries_its_fields_and_survives_the_stream() -> None:
-    event = audit_event("u1", "key.revoke", resource="k9", result="denied", ip="::1", details={"key_id": "k9"},
-                        ts=1700000000.123456)
+    event = audit_event(
+        "u1", "key.revoke", resource="k9", result="denied", ip="::1", details={"key_id": "k9"}, ts=1700000000.123456
+    )
     assert (event.type, event.job_id) == ("audit", "")
-    assert dict(event.data) == {"actor": "u1", "action": "key.revoke", "resource": "k9", "result": "denied",
-                                "ip": "::1", "details": {"key_id": "k9"}}
+    assert dict(event.data) == {
+        "actor": "u1",
+        "action": "key.revoke",
+        "resource": "k9",
+        "result": "denied",
+        "ip": "::1",
+        "details": {"key_id": "k9"},
+    }
     again = Event.from_fields(event.to_fields())
     assert canonical(again) == canonical(event)
-    assert canonical(event) == ('{"action":"key.revoke","actor":"u1","details":{"key_id":"k9"},"ip":"::1",'
-                                '"resource":"k9","result":"denied","ts":1700000000.123456}')
+    assert canonical(event) == (
+        '{"action":"key.revoke","actor":"u1","details":{"key_id":"k9"},"ip":"::1",'
+        '"resource":"k9","result":"denied","ts":1700000000.123456}'
+    )
 
 
 @pytest.mark.parametrize(("prev", "seq", "record"), [(GENESIS, 1, "{}"), ("ab" * 32, 7, '{"a":1}')])
@@ -143,7 +158,12 @@ def test_an_empty_log_verifies(client: redis.Redis) -> None:
 def test_verify_with_a_limit_checks_only_the_oldest_records(client: redis.Redis) -> None:
     chained(client, 20)
     assert verify(client, limit=5) | {"first_broken": None} == {
-        "ok": True, "checked": 5, "head_seq": 20, "from_checkpoint": 0, "first_broken": None}
+        "ok": True,
+        "checked": 5,
+        "head_seq": 20,
+        "from_checkpoint": 0,
+        "first_broken": None,
+    }
 
 
 def _edit(c: redis.Redis, log: list[dict[str, str]]) -> None:
@@ -183,28 +203,38 @@ def _rewrite_the_tail(c: redis.Redis, log: list[dict[str, str]]) -> None:
 
 def _append_outside(c: redis.Redis, log: list[dict[str, str]]) -> None:
     fake = edited(log[-1], actor="mallory")
-    c.xadd(LOG, {**fake, "seq": "11", "prev": log[-1]["hash"], "hash": link_hash(log[-1]["hash"], 11, fake["record"]),
-                 "source": "0-1"})
+    c.xadd(
+        LOG,
+        {
+            **fake,
+            "seq": "11",
+            "prev": log[-1]["hash"],
+            "hash": link_hash(log[-1]["hash"], 11, fake["record"]),
+            "source": "0-1",
+        },
+    )
 
 
 def _delete_the_head(c: redis.Redis, log: list[dict[str, str]]) -> None:
     c.delete(HEAD)
 
 
-@pytest.mark.parametrize(("tamper", "seq", "reason"), [
-    (_edit, 5, "hash mismatch"),
-    (_edit_and_rehash_it, 6, "prev mismatch"),
-    (_delete, 5, "seq gap"),
-    (_swap, 5, "seq gap"),
-    (_swap_and_renumber, 5, "prev mismatch"),
-    (_insert_forgery, 6, "prev mismatch"),
-    (_truncate, 10, "head mismatch"),
-    (_rewrite_the_tail, 10, "head mismatch"),
-    (_append_outside, 11, "head mismatch"),
-    (_delete_the_head, 1, "head mismatch"),
-])
-def test_tampering_is_reported_at_the_first_broken_seq(client: redis.Redis, tamper: Any, seq: int,
-                                                        reason: str) -> None:
+@pytest.mark.parametrize(
+    ("tamper", "seq", "reason"),
+    [
+        (_edit, 5, "hash mismatch"),
+        (_edit_and_rehash_it, 6, "prev mismatch"),
+        (_delete, 5, "seq gap"),
+        (_swap, 5, "seq gap"),
+        (_swap_and_renumber, 5, "prev mismatch"),
+        (_insert_forgery, 6, "prev mismatch"),
+        (_truncate, 10, "head mismatch"),
+        (_rewrite_the_tail, 10, "head mismatch"),
+        (_append_outside, 11, "head mismatch"),
+        (_delete_the_head, 1, "head mismatch"),
+    ],
+)
+def test_tampering_is_reported_at_the_first_broken_seq(client: redis.Redis, tamper: Any, seq: int, reason: str) -> None:
     tamper(client, chained(client, 10))
     result = verify(client)
     assert result["ok"] is False and result["first_broken"]["seq"] == seq, result
@@ -232,11 +262,12 @@ def test_entries_of_other_types_are_left_out_of_the_chain(client: redis.Redis) -
     assert len(records(client)) == 2 and verify(client)["ok"]
 
 
-def test_racing_chains_on_interleaved_batches_make_one_linear_chain(audit_redis: RedisServer,
-                                                                     client: redis.Redis) -> None:
+def test_racing_chains_on_interleaved_batches_make_one_linear_chain(
+    audit_redis: RedisServer, client: redis.Redis
+) -> None:
     publish(client, 240)
     entries = stream_entries(client)
-    batches = [entries[i:i + 8] for i in range(0, len(entries), 8)]
+    batches = [entries[i : i + 8] for i in range(0, len(entries), 8)]
     clients = [redis.Redis.from_url(audit_redis.url, decode_responses=True) for _ in range(4)]
     start = threading.Barrier(len(clients))
     errors: list[BaseException] = []
@@ -258,13 +289,14 @@ def test_racing_chains_on_interleaved_batches_make_one_linear_chain(audit_redis:
     log = records(client)
     assert [int(f["seq"]) for f in log] == list(range(1, 241))
     assert sorted(f["source"] for f in log) == sorted(entry_id for entry_id, _ in entries)
-    assert verify(client) == {"ok": True, "checked": 240, "head_seq": 240, "from_checkpoint": 0,
-                              "first_broken": None}
+    assert verify(client) == {"ok": True, "checked": 240, "head_seq": 240, "from_checkpoint": 0, "first_broken": None}
 
 
 def run_group(client: redis.Redis, consumer: str = "c1", **kw: Any) -> ConsumerGroup:
     """Drain stream:audit through a real ConsumerGroup with the AuditChain handler."""
-    group = ConsumerGroup(client, keyspace.AUDIT_STREAM, audit_chain.GROUP, consumer, AuditChain(client), block_ms=10, **kw)
+    group = ConsumerGroup(
+        client, keyspace.AUDIT_STREAM, audit_chain.GROUP, consumer, AuditChain(client), block_ms=10, **kw
+    )
     group.ensure_group()
     while group.run_once():
         pass
@@ -297,13 +329,17 @@ def test_trim_keeps_a_checkpoint_so_the_rest_verifies_and_seq_continues(client: 
     assert trim(client, keep_last=10, now=2000.0) == {"removed": 20, "checkpoint_seq": 20}
     assert client.hgetall(CHECKPOINT) == {"seq": "20", "hash": log[19]["hash"]}
     assert records(client)[0]["prev"] == client.hget(CHECKPOINT, "hash")
-    assert verify(client) == {"ok": True, "checked": 10, "head_seq": 30, "from_checkpoint": 20,
-                              "first_broken": None}
+    assert verify(client) == {"ok": True, "checked": 10, "head_seq": 30, "from_checkpoint": 20, "first_broken": None}
     publish(client, 5, actor="bob", start_ts=3000.0)
     run_group(client)  # the group also delivers the 30 appended before, trimmed ones included: none comes back
     assert [int(f["seq"]) for f in records(client)] == list(range(21, 36))
-    assert verify(client) | {"first_broken": None} == {"ok": True, "checked": 15, "head_seq": 35,
-                                                        "from_checkpoint": 20, "first_broken": None}
+    assert verify(client) | {"first_broken": None} == {
+        "ok": True,
+        "checked": 15,
+        "head_seq": 35,
+        "from_checkpoint": 20,
+        "first_broken": None,
+    }
 
 
 def test_dedupe_marks_outlive_trimming_and_expire_after_their_window(client: redis.Redis) -> None:
@@ -357,8 +393,7 @@ def test_racing_trims_never_move_the_checkpoint_back(client: redis.Redis, audit_
     assert client.hget(CHECKPOINT, "seq") == "190" and verify(client)["ok"] and client.xlen(LOG) == 10
 
 
-def test_verify_stays_ok_while_records_are_appended_and_trimmed(client: redis.Redis,
-                                                                audit_redis: RedisServer) -> None:
+def test_verify_stays_ok_while_records_are_appended_and_trimmed(client: redis.Redis, audit_redis: RedisServer) -> None:
     publish(client, 600)
     entries = stream_entries(client)
     writer = redis.Redis.from_url(audit_redis.url, decode_responses=True)
@@ -367,7 +402,7 @@ def test_verify_stays_ok_while_records_are_appended_and_trimmed(client: redis.Re
     def append_and_trim() -> None:
         chain = AuditChain(writer)
         for i in range(0, len(entries), 20):
-            chain(entries[i:i + 20])
+            chain(entries[i : i + 20])
             if i % 100 == 0:
                 trim(writer, keep_last=50, now=0.0)
         done.set()
@@ -390,8 +425,17 @@ def test_query_filters_newest_first_and_pages_by_cursor(client: redis.Redis) -> 
 
     everything = query(client, limit=100)
     assert [e["seq"] for e in everything["entries"]] == list(range(30, 0, -1)) and everything["next_cursor"] is None
-    assert set(everything["entries"][0]) >= {"actor", "action", "resource", "result", "ip", "details", "ts", "seq",
-                                             "hash"}
+    assert set(everything["entries"][0]) >= {
+        "actor",
+        "action",
+        "resource",
+        "result",
+        "ip",
+        "details",
+        "ts",
+        "seq",
+        "hash",
+    }
     assert [e["actor"] for e in query(client, actor="bob")["entries"]] == ["bob"] * 6
     submits = query(client, actor="alice", action="job.submit")["entries"]
     assert [e["resource"] for e in submits] == ["r21", "r15", "r9", "r3"]
@@ -423,7 +467,8 @@ def test_query_after_the_first_possible_id_is_an_empty_last_page(client: redis.R
 
 
 def test_a_damaged_record_is_listed_as_unreadable_and_named_by_verify_without_breaking_the_page(
-        client: redis.Redis) -> None:
+    client: redis.Redis,
+) -> None:
     log = chained(client, 4)
     rewrite(client, [log[0], {**log[1], "record": "{not json"}, {**log[2], "seq": "x"}, log[3]])
     page = query(client, limit=10)

@@ -100,8 +100,13 @@ def test_another_users_job_looks_like_no_job(alice: httpx.Client, user_factory, 
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer"}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer sk_live_nope"},
-     {"X-API-Key": "sk_live_" + "A" * 43}],
+    [
+        {},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer sk_live_nope"},
+        {"X-API-Key": "sk_live_" + "A" * 43},
+    ],
 )
 def test_missing_or_unknown_keys_get_401(stack: Stack, headers: dict[str, str]) -> None:
     resp = httpx.post(f"{stack.url}/api/v1/jobs", json=GOOD, headers=headers)
@@ -177,7 +182,8 @@ def admin(user_factory, stack: Stack) -> Iterator[httpx.Client]:
     ],
 )
 def test_text_that_is_not_valid_unicode_or_numbers_that_are_not_finite_are_refused_and_nothing_is_saved(
-        alice: httpx.Client, body: bytes) -> None:
+    alice: httpx.Client, body: bytes
+) -> None:
     before = alice.get("/api/v1/jobs").json()["jobs"]
     resp = post_raw(alice, body)
     assert resp.status_code == 400, resp.text
@@ -199,8 +205,15 @@ def test_a_poisoned_record_in_redis_never_breaks_a_job_or_a_list(alice: httpx.Cl
     alice.get(f"/api/v1/jobs/{job}", params={"wait": 30})
     # As an older version could have saved it: JSON escapes of lone surrogates, and bytes that are not UTF-8.
     raw = redis.Redis.from_url(stack.env["REDIS_URL"])
-    raw.hset(f"job:{{{job}}}", mapping={"metadata": '{"\\udc00": "\\ud800"}', "query": b"bad \xff\xfe bytes",
-                                        "usage": "not json", "created_at": "nan?"})
+    raw.hset(
+        f"job:{{{job}}}",
+        mapping={
+            "metadata": '{"\\udc00": "\\ud800"}',
+            "query": b"bad \xff\xfe bytes",
+            "usage": "not json",
+            "created_at": "nan?",
+        },
+    )
     raw.close()
     one = alice.get(f"/api/v1/jobs/{job}")
     assert one.status_code == 200, one.text
@@ -226,8 +239,9 @@ def test_a_poisoned_record_in_redis_never_breaks_a_job_or_a_list(alice: httpx.Cl
         ("/api/v1/security/users/{user}/api-keys/0123456789abcdef/rotate", {"grace_s": "nan"}),
     ],
 )
-def test_numbers_in_query_parameters_must_be_finite_ascii_numbers(admin: httpx.Client, path: str,
-                                                                  params: dict[str, str]) -> None:
+def test_numbers_in_query_parameters_must_be_finite_ascii_numbers(
+    admin: httpx.Client, path: str, params: dict[str, str]
+) -> None:
     job = admin.post("/api/v1/jobs", json=GOOD).json()["id"]
     target = path.format(job=job, user="nobody")
     method = "POST" if target.endswith("/rotate") else "GET"
@@ -253,16 +267,18 @@ def test_a_malformed_stream_token_gets_401_not_500(alice: httpx.Client, stack: S
         ({"user_id": "{me}", "limit_usd": "1e400"}, 400),
     ],
 )
-def test_budgets_are_only_set_for_users_agents_and_sessions_that_can_exist(admin: httpx.Client, alice: httpx.Client,
-                                                                          body: dict, status: int) -> None:
+def test_budgets_are_only_set_for_users_agents_and_sessions_that_can_exist(
+    admin: httpx.Client, alice: httpx.Client, body: dict, status: int
+) -> None:
     body = {k: (alice.user_id if v == "{me}" else v) for k, v in body.items()}  # type: ignore[attr-defined]
     resp = admin.post("/api/v1/costs/budget", json=body)
     assert resp.status_code == status, resp.text
 
 
 def test_tracking_usage_for_a_user_that_does_not_exist_gets_404(admin: httpx.Client) -> None:
-    resp = admin.post("/api/v1/costs/track", json={"user_id": "ghost-user", "model": "offline",
-                                                   "input_tokens": 1, "output_tokens": 1})
+    resp = admin.post(
+        "/api/v1/costs/track", json={"user_id": "ghost-user", "model": "offline", "input_tokens": 1, "output_tokens": 1}
+    )
     assert resp.status_code == 404
 
 

@@ -22,8 +22,9 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def agentic(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "agentic"), *args], env=base_env(redis_url), cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [str(BIN / "agentic"), *args], env=base_env(redis_url), cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.fixture
@@ -53,8 +54,9 @@ def everything_stored(url: str) -> str:
         elif kind == b"hash":
             parts.extend(k + b"=" + v for k, v in r.hgetall(key).items())
         elif kind in (b"set", b"list", b"zset"):
-            parts.extend(r.smembers(key) if kind == b"set" else r.lrange(key, 0, -1) if kind == b"list"
-                         else r.zrange(key, 0, -1))
+            parts.extend(
+                r.smembers(key) if kind == b"set" else r.lrange(key, 0, -1) if kind == b"list" else r.zrange(key, 0, -1)
+            )
         elif kind == b"stream":
             parts.extend(v for _, fields in r.xrange(key, count=10_000) for v in fields.values())
     r.close()
@@ -62,7 +64,8 @@ def everything_stored(url: str) -> str:
 
 
 def test_users_create_prints_a_key_once_and_stores_only_its_keyed_hash(
-        cli: Run, name: str, r: redis.Redis, redis_server: RedisServer) -> None:
+    cli: Run, name: str, r: redis.Redis, redis_server: RedisServer
+) -> None:
     result = cli("users", "create", name, "--role", "admin")
     out = ok(result)
     assert KEY.match(out["api_key"])
@@ -101,7 +104,9 @@ def test_keys_can_be_created_listed_without_secrets_and_revoked(cli: Run, name: 
     key_id = second["key"]["key_id"]
     assert ok(cli("keys", "revoke", name, key_id)) == {"revoked": key_id}
     assert {k["key_id"]: k["revoked"] for k in ok(cli("keys", "list", name))} == {
-        first["key"]["key_id"]: False, key_id: True}
+        first["key"]["key_id"]: False,
+        key_id: True,
+    }
     unknown = cli("keys", "revoke", name, "0123456789abcdef")
     assert unknown.returncode == 1 and "0123456789abcdef" in unknown.stderr
 
@@ -121,26 +126,54 @@ def test_an_unreachable_redis_exits_2_naming_redis_url_without_a_traceback(name:
 def test_prometheus_config_writes_a_checked_config_and_keeps_a_working_key(logdir, tmp_path) -> None:
     server = RedisServer(logdir).start()
     try:
-        args = ("prometheus-config", "--out", str(tmp_path), "--api", "127.0.0.1:8001", "--api", "127.0.0.1:8002",
-                "--workers", "127.0.0.1:9541", "--flower", "127.0.0.1:5556", "--flower-password", "pw-1",
-                "--self", "127.0.0.1:9091", "--interval", "5s")
+        args = (
+            "prometheus-config",
+            "--out",
+            str(tmp_path),
+            "--api",
+            "127.0.0.1:8001",
+            "--api",
+            "127.0.0.1:8002",
+            "--workers",
+            "127.0.0.1:9541",
+            "--flower",
+            "127.0.0.1:5556",
+            "--flower-password",
+            "pw-1",
+            "--self",
+            "127.0.0.1:9091",
+            "--interval",
+            "5s",
+        )
         first = ok(agentic(server.url, *args))
         config = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
         targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
-        assert targets == first["targets"] == {"api": ["127.0.0.1:8001", "127.0.0.1:8002"],
-                                               "workers": ["127.0.0.1:9541"], "flower": ["127.0.0.1:5556"],
-                                               "prometheus": ["127.0.0.1:9091"]}
+        assert (
+            targets
+            == first["targets"]
+            == {
+                "api": ["127.0.0.1:8001", "127.0.0.1:8002"],
+                "workers": ["127.0.0.1:9541"],
+                "flower": ["127.0.0.1:5556"],
+                "prometheus": ["127.0.0.1:9091"],
+            }
+        )
         assert config["global"]["scrape_interval"] == "5s" and (tmp_path / "alerts.yml").exists()
         key = (tmp_path / "secrets" / "api_key").read_text().strip()
         assert KEY.match(key) and (tmp_path / "secrets" / "flower_password").read_text() == "pw-1\n"
         assert (tmp_path / "secrets" / "api_key").stat().st_mode & 0o777 == 0o600
         assert ok(agentic(server.url, "keys", "list", "prometheus"))  # a readonly user of its own
-        assert [u["role"] for u in ok(agentic(server.url, "users", "list")) if u["user_id"] == "prometheus"] == \
-            ["readonly"]
+        assert [u["role"] for u in ok(agentic(server.url, "users", "list")) if u["user_id"] == "prometheus"] == [
+            "readonly"
+        ]
         promtool = shutil.which("promtool")
         if promtool:
-            check = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
-                                   capture_output=True, text=True, timeout=60)
+            check = subprocess.run(
+                [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert check.returncode == 0, check.stdout + check.stderr
         # Run again: the key still works, so it is kept; once revoked, a new one replaces it.
         ok(agentic(server.url, *args))

@@ -60,8 +60,9 @@ def test_seed_price_example_through_track(money_stack) -> None:
     stack, _ = money_stack
     _, admin = client_for(stack, "admin")
     user_id, _ = client_for(stack)
-    resp = admin.post("/api/v1/costs/track", json={"user_id": user_id, "model": "gpt-4o", "input_tokens": 1000,
-                                                    "output_tokens": 500})
+    resp = admin.post(
+        "/api/v1/costs/track", json={"user_id": user_id, "model": "gpt-4o", "input_tokens": 1000, "output_tokens": 500}
+    )
     assert resp.status_code == 201, resp.text
     assert resp.json()["cost_usd"] == "0.007500" and resp.json()["cost_micros"] == 7500
     assert resp.json()["price_source"].startswith("genai-prices")
@@ -71,8 +72,10 @@ def test_unknown_model_is_refused_with_how_to_price_it(money_stack) -> None:
     stack, _ = money_stack
     _, admin = client_for(stack, "admin")
     user_id, _ = client_for(stack)
-    resp = admin.post("/api/v1/costs/track", json={"user_id": user_id, "model": "no-such-model-9",
-                                                    "input_tokens": 1, "output_tokens": 1})
+    resp = admin.post(
+        "/api/v1/costs/track",
+        json={"user_id": user_id, "model": "no-such-model-9", "input_tokens": 1, "output_tokens": 1},
+    )
     assert resp.status_code == 400 and resp.json()["code"] == "unpriced_model"
     assert "no-such-model-9" in resp.json()["description"] and "prices.yaml" in resp.json()["description"]
 
@@ -96,13 +99,18 @@ def test_concurrent_submits_never_overspend_and_leave_no_hold(money_stack) -> No
     user_id, api = client_for(stack)
     _, admin = client_for(stack, "admin")
     limit_usd = "0.060000"
-    assert admin.post("/api/v1/costs/budget", json={"user_id": user_id, "limit_usd": limit_usd,
-                                                     "period": "monthly"}).status_code == 200
+    assert (
+        admin.post(
+            "/api/v1/costs/budget", json={"user_id": user_id, "limit_usd": limit_usd, "period": "monthly"}
+        ).status_code
+        == 200
+    )
     body = {"agent_type": "query", "query": "What is 6*7?", "max_tokens": 64}
 
     async def flood() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=stack.url, headers=dict(api.headers), timeout=60,
-                                     limits=httpx.Limits(max_connections=200)) as client:
+        async with httpx.AsyncClient(
+            base_url=stack.url, headers=dict(api.headers), timeout=60, limits=httpx.Limits(max_connections=200)
+        ) as client:
             return await asyncio.gather(*(client.post("/api/v1/jobs", json=body) for _ in range(200)))
 
     answers = asyncio.run(flood())
@@ -128,26 +136,49 @@ def test_budget_endpoint_validates_and_needs_admin(money_stack) -> None:
     user_id, api = client_for(stack)
     assert api.post("/api/v1/costs/budget", json={"user_id": user_id, "limit_usd": 1}).status_code == 403
     _, admin = client_for(stack, "admin")
-    for bad in ({"user_id": user_id, "limit_usd": -1}, {"user_id": user_id, "limit_usd": "abc"},
-                {"user_id": user_id, "limit_usd": 1, "period": "hourly"},
-                {"user_id": user_id, "limit_usd": 1, "scope": "planet"},
-                {"user_id": user_id, "limit_usd": 1, "scope": "session"}, {"limit_usd": 1}):
+    for bad in (
+        {"user_id": user_id, "limit_usd": -1},
+        {"user_id": user_id, "limit_usd": "abc"},
+        {"user_id": user_id, "limit_usd": 1, "period": "hourly"},
+        {"user_id": user_id, "limit_usd": 1, "scope": "planet"},
+        {"user_id": user_id, "limit_usd": 1, "scope": "session"},
+        {"limit_usd": 1},
+    ):
         resp = admin.post("/api/v1/costs/budget", json=bad)
         assert resp.status_code == 400, (bad, resp.text)
-    ok = admin.post("/api/v1/costs/budget", json={"user_id": user_id, "scope": "agent", "agent": "query",
-                                                   "limit_usd": "2.5", "period": "daily", "alert_pct": 50})
+    ok = admin.post(
+        "/api/v1/costs/budget",
+        json={
+            "user_id": user_id,
+            "scope": "agent",
+            "agent": "query",
+            "limit_usd": "2.5",
+            "period": "daily",
+            "alert_pct": 50,
+        },
+    )
     assert ok.status_code == 200 and ok.json()["budget"]["limit_usd"] == "2.500000"
-    assert admin.post("/api/v1/costs/budget", json={"user_id": user_id, "scope": "agent", "agent": "query",
-                                                     "limit_usd": None}).json()["removed"] is True
+    assert (
+        admin.post(
+            "/api/v1/costs/budget", json={"user_id": user_id, "scope": "agent", "agent": "query", "limit_usd": None}
+        ).json()["removed"]
+        is True
+    )
 
 
 def test_cost_read_endpoints_answer_for_the_caller_only(money_stack) -> None:
     stack, _ = money_stack
     user_id, api = client_for(stack)
     other_id, _ = client_for(stack)
-    for path in ("/api/v1/costs/stats", "/api/v1/costs/forecast", "/api/v1/costs/recommendations",
-                 "/api/v1/costs/models", "/api/v1/costs/health", f"/api/v1/costs/usage/{user_id}",
-                 "/api/v1/costs/budget"):
+    for path in (
+        "/api/v1/costs/stats",
+        "/api/v1/costs/forecast",
+        "/api/v1/costs/recommendations",
+        "/api/v1/costs/models",
+        "/api/v1/costs/health",
+        f"/api/v1/costs/usage/{user_id}",
+        "/api/v1/costs/budget",
+    ):
         assert api.get(path).status_code == 200, path
     assert api.get(f"/api/v1/costs/usage/{other_id}").status_code == 404
     assert api.get("/api/v1/costs/stats", params={"user_id": other_id}).status_code == 404
@@ -158,8 +189,16 @@ def test_cost_read_endpoints_answer_for_the_caller_only(money_stack) -> None:
 
 
 def add_usage(r: redis.Redis, user_id: str, ts: float, **data: object) -> None:
-    fields = {"user_id": user_id, "model": "gpt-4o", "input_tokens": 0, "output_tokens": 0, "cost_micros": 0,
-              "agent": "query", "call": 0, **data}
+    fields = {
+        "user_id": user_id,
+        "model": "gpt-4o",
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cost_micros": 0,
+        "agent": "query",
+        "call": 0,
+        **data,
+    }
     r.xadd(keyspace.USAGE_STREAM, Event("usage", "synthetic", 0, ts, 1, fields).to_fields())
 
 
@@ -188,8 +227,7 @@ def test_recommendations_from_real_usage_give_the_expected_savings(money_stack) 
     stack, r = money_stack
     user_id, api = client_for(stack)
     now = time.time()
-    add_usage(r, user_id, now, model="gpt-4o", input_tokens=1_000_000, output_tokens=100_000,
-              cost_micros=3_500_000)
+    add_usage(r, user_id, now, model="gpt-4o", input_tokens=1_000_000, output_tokens=100_000, cost_micros=3_500_000)
     for _ in range(3):
         add_usage(r, user_id, now, model="offline", cost_micros=1_000, query_hash="q-same")
     wait_for(lambda: int(r.hget(keyspace.ledger_total(user_id), "calls") or 0) == 4, what="the ledger")
@@ -247,8 +285,12 @@ def test_a_budget_set_while_jobs_wait_in_the_queue_binds_their_calls(logdir: Pat
         body = {"agent_type": "query", "query": "What is 6*7? Please show the working.", "max_tokens": 64}
         jobs = [api.post("/api/v1/jobs", json=body).json()["id"] for _ in range(40)]  # no worker yet: all queued
         limit = "0.002000"
-        assert admin.post("/api/v1/costs/budget", json={"user_id": user_id, "limit_usd": limit,
-                                                         "period": "monthly"}).status_code == 200
+        assert (
+            admin.post(
+                "/api/v1/costs/budget", json={"user_id": user_id, "limit_usd": limit, "period": "monthly"}
+            ).status_code
+            == 200
+        )
         stack.worker(concurrency=2)
         ended = [api.get(f"/api/v1/jobs/{j}", params={"wait": 60}).json() for j in jobs]
         assert all(e["status"] in ("succeeded", "failed") for e in ended), [e["status"] for e in ended]

@@ -32,8 +32,15 @@ def test_ledger_consumer_killed_mid_batch_loses_and_doubles_nothing(logdir: Path
         costs = [(i * 7919) % 1000 + 1 for i in range(6000)]
         pipe = r.pipeline(transaction=False)
         for i, cost in enumerate(costs):
-            data = {"user_id": "ledger-user", "model": "gpt-4o", "input_tokens": i % 50, "output_tokens": 3,
-                    "cost_micros": cost, "agent": "query", "call": 0}
+            data = {
+                "user_id": "ledger-user",
+                "model": "gpt-4o",
+                "input_tokens": i % 50,
+                "output_tokens": 3,
+                "cost_micros": cost,
+                "agent": "query",
+                "call": 0,
+            }
             pipe.xadd(keyspace.USAGE_STREAM, Event("usage", f"j{i}", 0, time.time(), 1, data).to_fields())
         pipe.execute()
         events = stack.events()
@@ -71,8 +78,9 @@ def test_killed_worker_leaks_no_hold_and_all_attempts_are_charged(logdir: Path) 
         api = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
         doomed = stack.worker(concurrency=1, name="doomed")
         job = api.post("/api/v1/jobs", json={"agent_type": "query", "query": "Tell me about " + "x " * 80}).json()
-        wait_for(lambda: int(r.hget(keyspace.job(job["id"]), "cost_micros") or 0) > 0, timeout=30,
-                 what="the first charge")
+        wait_for(
+            lambda: int(r.hget(keyspace.job(job["id"]), "cost_micros") or 0) > 0, timeout=30, what="the first charge"
+        )
         first_charge = int(r.hget(keyspace.job(job["id"]), "cost_micros"))
         doomed.kill()
         assert r.exists(keyspace.budget_hold(user_id, job["id"]))  # still held while the job is alive
@@ -100,8 +108,7 @@ def test_monthly_budget_resets_at_the_month_boundary(redis_server: RedisServer) 
 
     async def scenario() -> tuple[dict, dict]:
         await tracker.service.set_budget(user_id, "user", 10_000, "monthly", 80)
-        cost = await tracker.track_usage(model="house-model", input_tokens=1000, output_tokens=1000,
-                                         user_id=user_id)
+        cost = await tracker.track_usage(model="house-model", input_tokens=1000, output_tokens=1000, user_id=user_id)
         assert cost == 0.009  # 1,000 × $3/M + 1,000 × $6/M
         november = await tracker.check_budget(user_id, 0.002)
         now[0] += 120  # two minutes later it is December

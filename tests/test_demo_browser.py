@@ -13,8 +13,15 @@ from tests.conftest import create_user
 from tests.stack import Stack
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-quic"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +32,9 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-def test_demo_page_submits_a_job_and_streams_it_with_event_source(browser: Browser, stack: Stack,
-                                                                   tmp_path: Path) -> None:
+def test_demo_page_submits_a_job_and_streams_it_with_event_source(
+    browser: Browser, stack: Stack, tmp_path: Path
+) -> None:
     _, key = create_user(stack.env["REDIS_URL"])
     page = browser.new_page()
     try:

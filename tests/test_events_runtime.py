@@ -76,8 +76,12 @@ def new_job(db: redis.Redis) -> Iterator[Callable[..., str]]:
 
     def make() -> str:
         job_id = uid("job")
-        db.hset(keyspace.job(job_id), mapping=job_record.job_record(job_id=job_id, owner="tester", agent="query",
-                                                          model="offline", query="2+2", max_tokens=64, now=NOW))
+        db.hset(
+            keyspace.job(job_id),
+            mapping=job_record.job_record(
+                job_id=job_id, owner="tester", agent="query", model="offline", query="2+2", max_tokens=64, now=NOW
+            ),
+        )
         made.append(job_id)
         return job_id
 
@@ -88,14 +92,34 @@ def new_job(db: redis.Redis) -> Iterator[Callable[..., str]]:
 
 
 def start(scripts: Scripts, job_id: str, attempt: int = 1, token: str = "tok", now: float = NOW) -> Started:
-    return scripts.run(job_scripts.start(job_id=job_id, attempt=attempt, now=now, lease_token=token,
-                                         lease_ms=LEASE_MS, worker="w1", data={"attempt": attempt}))
+    return scripts.run(
+        job_scripts.start(
+            job_id=job_id,
+            attempt=attempt,
+            now=now,
+            lease_token=token,
+            lease_ms=LEASE_MS,
+            worker="w1",
+            data={"attempt": attempt},
+        )
+    )
 
 
 def finish(scripts: Scripts, job_id: str, token: str, seq: int) -> bool:
     outcome = Outcome("succeeded", "done", {"result": "4"}, result="4")
-    return scripts.run(job_scripts.finish(job_id=job_id, attempt=1, now=NOW + 5, lease_token=token, outcome=outcome,
-                                          usage={"output_tokens": 3}, seq=seq, job_ttl_s=3600, stream_ttl_s=7200))
+    return scripts.run(
+        job_scripts.finish(
+            job_id=job_id,
+            attempt=1,
+            now=NOW + 5,
+            lease_token=token,
+            outcome=outcome,
+            usage={"output_tokens": 3},
+            seq=seq,
+            job_ttl_s=3600,
+            stream_ttl_s=7200,
+        )
+    )
 
 
 def cancel(scripts: Scripts, job_id: str) -> Cancelled:
@@ -385,7 +409,11 @@ def test_finish_writes_only_while_holding_the_lease_and_sets_ttls(db, scripts, n
     assert finish(scripts, job_id, "mine", 1) is True
     job = db.hgetall(keyspace.job(job_id))
     assert (job["status"], job["result"], job["usage"], job["finished_at"]) == (
-        "succeeded", "4", json.dumps({"output_tokens": 3}), f"{NOW + 5:.6f}")
+        "succeeded",
+        "4",
+        json.dumps({"output_tokens": 3}),
+        f"{NOW + 5:.6f}",
+    )
     assert 0 < db.ttl(keyspace.job(job_id)) <= 3600 and 3600 < db.ttl(keyspace.job_stream(job_id)) <= 7200
     assert not db.exists(keyspace.job_lease(job_id)) and db.zscore(keyspace.RUNNING_JOBS, job_id) is None
     assert [(e.type, e.seq) for e in job_events(db, job_id)] == [("start", 0), ("done", 1)]

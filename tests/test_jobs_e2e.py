@@ -170,9 +170,17 @@ def test_clients_opening_a_stream_right_after_submitting_each_get_every_event(al
 def test_a_last_event_id_past_the_end_still_ends_when_the_job_does(alice: httpx.Client) -> None:
     job = submit(alice, query="Count the words of this question, which is long enough to run a while.")
     got: list = []
-    reader = threading.Thread(daemon=True, target=lambda: got.append(read_events(
-        alice, f"/api/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": "999999999999999-999999999999999"},
-        timeout=60)))
+    reader = threading.Thread(
+        daemon=True,
+        target=lambda: got.append(
+            read_events(
+                alice,
+                f"/api/v1/jobs/{job['id']}/events",
+                headers={"Last-Event-ID": "999999999999999-999999999999999"},
+                timeout=60,
+            )
+        ),
+    )
     reader.start()
     reader.join(30)
     assert not reader.is_alive(), "the stream stayed open after the job ended"

@@ -46,29 +46,57 @@ def test_the_seed_helper_works_as_the_seed_shows() -> None:
     assert value("queue_size") == 41
 
 
-@pytest.mark.parametrize("name, kind, family", [
-    ("signups_total", "counter", "signups"), ("signups", "counter", "signups"),
-    ("queue_size", "gauge", "queue_size"), ("db_query_seconds", "histogram", "db_query_seconds"),
-])
+@pytest.mark.parametrize(
+    "name, kind, family",
+    [
+        ("signups_total", "counter", "signups"),
+        ("signups", "counter", "signups"),
+        ("queue_size", "gauge", "queue_size"),
+        ("db_query_seconds", "histogram", "db_query_seconds"),
+    ],
+)
 def test_names_map_to_their_family(name: str, kind: str, family: str) -> None:
     assert check_name(name, kind) == family
 
 
-@pytest.mark.parametrize("name, kind", [
-    ("", "counter"), ("9lives", "counter"), ("has-dash", "counter"), ("x" * 101, "counter"),
-    ("http_requests_total", "counter"), ("api_cost_dollars_total", "counter"), ("active_sessions", "gauge"),
-    ("agentic_anything", "gauge"), ("process_cpu", "gauge"), ("up", "gauge"), ("__secret", "counter"),
-    ("depth_total", "gauge"), ("latency_sum", "gauge"), ("latency_bucket", "histogram"), ("x_total_total", "counter"),
-])
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("", "counter"),
+        ("9lives", "counter"),
+        ("has-dash", "counter"),
+        ("x" * 101, "counter"),
+        ("http_requests_total", "counter"),
+        ("api_cost_dollars_total", "counter"),
+        ("active_sessions", "gauge"),
+        ("agentic_anything", "gauge"),
+        ("process_cpu", "gauge"),
+        ("up", "gauge"),
+        ("__secret", "counter"),
+        ("depth_total", "gauge"),
+        ("latency_sum", "gauge"),
+        ("latency_bucket", "histogram"),
+        ("x_total_total", "counter"),
+    ],
+)
 def test_system_and_malformed_names_are_refused(name: str, kind: str) -> None:
     with pytest.raises(MetricError):
         check_name(name, kind)
 
 
-@pytest.mark.parametrize("labels", [
-    {f"l{i}": "v" for i in range(metrics.MAX_LABELS + 1)}, {"le": "1"}, {"quantile": "0.5"}, {"__x": "1"},
-    {"bad-name": "1"}, {"ok": "v" * (metrics.MAX_LABEL_VALUE + 1)}, {"ok": None}, {"ok": ["list"]},
-])
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {f"l{i}": "v" for i in range(metrics.MAX_LABELS + 1)},
+        {"le": "1"},
+        {"quantile": "0.5"},
+        {"__x": "1"},
+        {"bad-name": "1"},
+        {"ok": "v" * (metrics.MAX_LABEL_VALUE + 1)},
+        {"ok": None},
+        {"ok": ["list"]},
+    ],
+)
 def test_bad_label_sets_are_refused(labels: dict[str, Any]) -> None:
     with pytest.raises(MetricError):
         check_labels(labels)
@@ -97,19 +125,24 @@ def sim_url() -> Iterator[str]:
         yield url
 
 
-@pytest.mark.parametrize("steps, kind, raises", [
-    ([{"kind": "error", "status": 500}], "server_error", None),
-    ([{"kind": "error", "status": 429, "retry_after": 0}], "rate_limited", None),
-    ([{"kind": "drop", "after_tokens": 1}], "connection", None),
-    ([{"kind": "error", "status": 400, "message": "bad"}], "bad_request", LLMRequestError),
-])
-def test_llm_errors_are_counted_by_kind(sim_url: str, steps: list[dict[str, Any]], kind: str,
-                                        raises: type[Exception] | None) -> None:
+@pytest.mark.parametrize(
+    "steps, kind, raises",
+    [
+        ([{"kind": "error", "status": 500}], "server_error", None),
+        ([{"kind": "error", "status": 429, "retry_after": 0}], "rate_limited", None),
+        ([{"kind": "drop", "after_tokens": 1}], "connection", None),
+        ([{"kind": "error", "status": 400, "message": "bad"}], "bad_request", LLMRequestError),
+    ],
+)
+def test_llm_errors_are_counted_by_kind(
+    sim_url: str, steps: list[dict[str, Any]], kind: str, raises: type[Exception] | None
+) -> None:
     control = SimControl(sim_url)
     control.reset()
     control.script(*steps)
-    provider = OpenAIProvider(api_key="sk-test", base_url=sim_url, timeout_s=5, max_retries=2,
-                              sleep=lambda _: None, rand=0.0)
+    provider = OpenAIProvider(
+        api_key="sk-test", base_url=sim_url, timeout_s=5, max_retries=2, sleep=lambda _: None, rand=0.0
+    )
     labels = {"provider": "openai", "kind": kind}
     before = value("llm_errors_total", labels)
     request = ChatRequest(model="gpt-sim", messages=[{"role": "user", "content": "hi"}], max_tokens=20)
@@ -165,10 +198,16 @@ def test_summary_reads_requests_errors_latency_and_auth_from_an_exposition() -> 
     assert summary["auth"] == {"success": 0, "failure": 4}
 
 
-@pytest.mark.parametrize("buckets, q, expected", [
-    ({0.1: 5.0, 1.0: 10.0, math.inf: 10.0}, 0.5, 0.1), ({0.1: 5.0, 1.0: 10.0, math.inf: 10.0}, 0.51, 1.0),
-    ({0.1: 0.0, math.inf: 0.0}, 0.5, None), ({}, 0.5, None),
-])
-def test_quantile_is_the_bucket_bound_at_or_above(buckets: dict[float, float], q: float,
-                                                   expected: float | None) -> None:
+@pytest.mark.parametrize(
+    "buckets, q, expected",
+    [
+        ({0.1: 5.0, 1.0: 10.0, math.inf: 10.0}, 0.5, 0.1),
+        ({0.1: 5.0, 1.0: 10.0, math.inf: 10.0}, 0.51, 1.0),
+        ({0.1: 0.0, math.inf: 0.0}, 0.5, None),
+        ({}, 0.5, None),
+    ],
+)
+def test_quantile_is_the_bucket_bound_at_or_above(
+    buckets: dict[float, float], q: float, expected: float | None
+) -> None:
     assert quantile(buckets, q) == expected

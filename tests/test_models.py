@@ -22,23 +22,43 @@ from api.models import (
 from settings import Settings
 from tests.stack import base_env
 
-SETTINGS = Settings.from_env(base_env("redis://127.0.0.1:1/0", MAX_QUERY_CHARS="100", MAX_TOKENS_DEFAULT="50",
-                                      MAX_TOKENS_LIMIT="200"))
+SETTINGS = Settings.from_env(
+    base_env("redis://127.0.0.1:1/0", MAX_QUERY_CHARS="100", MAX_TOKENS_DEFAULT="50", MAX_TOKENS_LIMIT="200")
+)
 JobSubmit, StreamSubmit = job_models(SETTINGS)
 
 
 def test_a_minimal_submission_gets_the_defaults() -> None:
     job = JobSubmit.model_validate({"agent_type": "query", "query": "hi"})
-    assert (job.agent_type, job.query, job.model, job.max_tokens, job.session_id, job.metadata, job.attachments) == \
-        ("query", "hi", None, 50, None, None, None)
+    assert (job.agent_type, job.query, job.model, job.max_tokens, job.session_id, job.metadata, job.attachments) == (
+        "query",
+        "hi",
+        None,
+        50,
+        None,
+        None,
+        None,
+    )
 
 
 def test_a_full_submission_keeps_every_field_and_a_whole_float_counts_as_an_integer() -> None:
-    body = {"agent_type": "query", "query": "q", "model": "gpt-4o-mini", "max_tokens": 200.0, "session_id": "s:1",
-            "metadata": {"a": 1}, "attachments": [{"name": "x"}]}
+    body = {
+        "agent_type": "query",
+        "query": "q",
+        "model": "gpt-4o-mini",
+        "max_tokens": 200.0,
+        "session_id": "s:1",
+        "metadata": {"a": 1},
+        "attachments": [{"name": "x"}],
+    }
     job = JobSubmit.model_validate(body)
-    assert (job.model, job.max_tokens, job.session_id, job.metadata, job.attachments) == \
-        ("gpt-4o-mini", 200, "s:1", {"a": 1}, [{"name": "x"}])
+    assert (job.model, job.max_tokens, job.session_id, job.metadata, job.attachments) == (
+        "gpt-4o-mini",
+        200,
+        "s:1",
+        {"a": 1},
+        [{"name": "x"}],
+    )
     assert isinstance(job.max_tokens, int)
 
 
@@ -117,9 +137,16 @@ def test_a_budget_is_dollars_as_a_number_or_decimal_text_for_a_scope_that_can_ex
 
 @pytest.mark.parametrize(
     ("params", "bad"),
-    [({"limit": "10"}, None), ({"limit": "١٠"}, "limit"), ({"limit": "1_0"}, "limit"), ({"limit": "0"}, "limit"),
-     ({"all": "maybe"}, "all"), ({"all": "false"}, None), ({"status": "weird"}, "status"),
-     ({"cursor": "nan:j_" + "0" * 32}, "cursor")],
+    [
+        ({"limit": "10"}, None),
+        ({"limit": "١٠"}, "limit"),
+        ({"limit": "1_0"}, "limit"),
+        ({"limit": "0"}, "limit"),
+        ({"all": "maybe"}, "all"),
+        ({"all": "false"}, None),
+        ({"status": "weird"}, "status"),
+        ({"cursor": "nan:j_" + "0" * 32}, "cursor"),
+    ],
 )
 def test_query_strings_take_only_plain_ascii_numbers_and_known_words(params: dict[str, str], bad: str | None) -> None:
     if bad is None:
@@ -138,9 +165,14 @@ def test_audit_times_are_finite_epochs(since: str) -> None:
 
 def test_custom_metric_values_are_finite_numbers_and_labels_bounded() -> None:
     assert MetricRecord.model_validate({"name": "signups", "value": 3}).value == 3.0
-    for bad in ({"name": "x", "value": True}, {"name": "x", "value": "3"}, {"name": "1x"},
-                {"name": "x", "labels": {"a": "1", "b": "2", "c": "3", "d": "4", "e": "5", "f": "6"}},
-                {"name": "x", "labels": {"bad-name": "1"}}, {"name": "x", "kind": "summary"}):
+    for bad in (
+        {"name": "x", "value": True},
+        {"name": "x", "value": "3"},
+        {"name": "1x"},
+        {"name": "x", "labels": {"a": "1", "b": "2", "c": "3", "d": "4", "e": "5", "f": "6"}},
+        {"name": "x", "labels": {"bad-name": "1"}},
+        {"name": "x", "kind": "summary"},
+    ):
         with pytest.raises(ValidationError):
             MetricRecord.model_validate(bad)
 

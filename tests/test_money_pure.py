@@ -19,8 +19,17 @@ from events.money.prices import PriceBook, PriceFileError, UnknownModelError
 BOOK = PriceBook()
 
 
-@pytest.mark.parametrize(("usd", "micros"), [("0.0075", 7500), (2.5, 2_500_000), ("0.0000005", 1), ("0.0000004", 0),
-                                             (0, 0), (Decimal("12.345678"), 12_345_678)])
+@pytest.mark.parametrize(
+    ("usd", "micros"),
+    [
+        ("0.0075", 7500),
+        (2.5, 2_500_000),
+        ("0.0000005", 1),
+        ("0.0000004", 0),
+        (0, 0),
+        (Decimal("12.345678"), 12_345_678),
+    ],
+)
 def test_dollars_become_micros_rounding_half_up(usd, micros) -> None:
     assert usd_to_micros(usd) == micros
 
@@ -38,11 +47,13 @@ def test_micros_print_as_six_decimal_dollars_and_costs_round_up() -> None:
 
 @pytest.mark.parametrize(
     ("model", "tokens", "micros"),
-    [("gpt-4o", (1000, 500, 0), 7500),            # the seed's example: $0.0075
-     ("gpt-4o-mini", (1000, 500, 0), 450),
-     ("gpt-4o-mini", (1000, 500, 200), 435),      # 200 cached at $0.075/M instead of $0.15/M
-     ("offline", (10_000, 10_000, 0), 0),
-     ("llama-3.1-8b-instruct", (1_000_000, 1_000_000, 0), 130_000)],
+    [
+        ("gpt-4o", (1000, 500, 0), 7500),  # the seed's example: $0.0075
+        ("gpt-4o-mini", (1000, 500, 0), 450),
+        ("gpt-4o-mini", (1000, 500, 200), 435),  # 200 cached at $0.075/M instead of $0.15/M
+        ("offline", (10_000, 10_000, 0), 0),
+        ("llama-3.1-8b-instruct", (1_000_000, 1_000_000, 0), 130_000),
+    ],
 )
 def test_cost_of_a_call(model: str, tokens: tuple[int, int, int], micros: int) -> None:
     assert BOOK.cost_micros(model, *tokens) == micros
@@ -64,9 +75,13 @@ def test_unknown_models_are_refused_with_how_to_price_them() -> None:
 
 @pytest.mark.parametrize(
     ("text", "mentions"),
-    [("models:\n  m: {input: -1, output: 1}\n", "models.m.input"), ("models:\n  m: {input: 1}\n", "models.m"),
-     ("models:\n  m: {input: 1, output: x}\n", "models.m.output"), ("nothing: here\n", "`models:`"),
-     ("models:\n  m: {input: 1, output: 1, typo: 2}\n", "unknown keys")],
+    [
+        ("models:\n  m: {input: -1, output: 1}\n", "models.m.input"),
+        ("models:\n  m: {input: 1}\n", "models.m"),
+        ("models:\n  m: {input: 1, output: x}\n", "models.m.output"),
+        ("nothing: here\n", "`models:`"),
+        ("models:\n  m: {input: 1, output: 1, typo: 2}\n", "unknown keys"),
+    ],
 )
 def test_a_malformed_prices_file_is_refused_naming_the_entry(tmp_path: Path, text: str, mentions: str) -> None:
     path = tmp_path / "bad.yaml"
@@ -82,10 +97,15 @@ def test_the_model_listing_has_the_overrides_and_well_known_models() -> None:
 
 @pytest.mark.parametrize(
     ("period", "moment", "pid"),
-    [("daily", "2026-11-30T23:59:59", "d20261130"), ("daily", "2026-12-01T00:00:00", "d20261201"),
-     ("weekly", "2026-11-29T12:00:00", "w2026-48"), ("weekly", "2026-11-30T00:00:00", "w2026-49"),
-     ("monthly", "2026-11-30T23:59:59", "m202611"), ("monthly", "2026-12-01T00:00:01", "m202612"),
-     ("total", "2026-01-01T00:00:00", "total")],
+    [
+        ("daily", "2026-11-30T23:59:59", "d20261130"),
+        ("daily", "2026-12-01T00:00:00", "d20261201"),
+        ("weekly", "2026-11-29T12:00:00", "w2026-48"),
+        ("weekly", "2026-11-30T00:00:00", "w2026-49"),
+        ("monthly", "2026-11-30T23:59:59", "m202611"),
+        ("monthly", "2026-12-01T00:00:01", "m202612"),
+        ("total", "2026-01-01T00:00:00", "total"),
+    ],
 )
 def test_periods_turn_over_at_utc_boundaries(period: str, moment: str, pid: str) -> None:
     assert period_id(period, datetime.fromisoformat(moment).replace(tzinfo=UTC).timestamp()) == pid
@@ -100,9 +120,13 @@ def test_period_bounds() -> None:
 def test_budget_scopes_and_validation() -> None:
     assert job_scopes("s1", "query") == ["user", "session:s1", "agent:query"] and job_scopes("", "") == ["user"]
     assert scope_name("agent", "query") == "agent:query" and scope_name("user") == "user"
-    for bad in (lambda: scope_name("planet"), lambda: scope_name("session"),
-                lambda: check_budget("user", 1, "hourly", 80), lambda: check_budget("user", -1, "daily", 80),
-                lambda: check_budget("user", 1, "daily", 0)):
+    for bad in (
+        lambda: scope_name("planet"),
+        lambda: scope_name("session"),
+        lambda: check_budget("user", 1, "hourly", 80),
+        lambda: check_budget("user", -1, "daily", 80),
+        lambda: check_budget("user", 1, "daily", 0),
+    ):
         with pytest.raises(BudgetError):
             bad()
 
@@ -143,10 +167,16 @@ def test_forecast_with_little_history_or_an_exhausted_budget() -> None:
 
 
 def test_recommendations_price_a_cheaper_sibling_and_cacheable_repeats() -> None:
-    by_model = {"gpt-4o": {"input_tokens": 1_000_000, "output_tokens": 100_000, "cached_input_tokens": 0,
-                           "cost_micros": 3_500_000, "calls": 10},
-                "offline": {"input_tokens": 5, "output_tokens": 5, "cached_input_tokens": 0, "cost_micros": 0,
-                            "calls": 1}}
+    by_model = {
+        "gpt-4o": {
+            "input_tokens": 1_000_000,
+            "output_tokens": 100_000,
+            "cached_input_tokens": 0,
+            "cost_micros": 3_500_000,
+            "calls": 10,
+        },
+        "offline": {"input_tokens": 5, "output_tokens": 5, "cached_input_tokens": 0, "cost_micros": 0, "calls": 1},
+    }
     repeated = [{"query_hash": "a", "jobs": 4, "cost_micros": 4000}, {"query_hash": "b", "jobs": 1, "cost_micros": 9}]
     items = recommendations(by_model, repeated, BOOK)
     assert [i["kind"] for i in items] == ["model_swap", "cache_repeats"]

@@ -42,8 +42,9 @@ class Cluster:
 
     def client(self, role: str, port: int) -> httpx.Client:
         """An HTTP client of one API instance with the key of `role`."""
-        return httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                            headers={"Authorization": f"Bearer {self.keys[role]}"})
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, headers={"Authorization": f"Bearer {self.keys[role]}"}
+        )
 
     def scrape_all(self) -> list[tuple[str, dict[str, str], float]]:
         """The samples of every API instance and every worker, as Prometheus would collect them."""
@@ -58,8 +59,9 @@ class Cluster:
 
 def samples(exposition: str) -> list[tuple[str, dict[str, str], float]]:
     """(name, labels, value) of every sample of one exposition."""
-    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(exposition)
-            for s in family.samples]
+    return [
+        (s.name, s.labels, s.value) for family in text_string_to_metric_families(exposition) for s in family.samples
+    ]
 
 
 def total(found: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
@@ -104,17 +106,25 @@ def _drive_traffic(c: Cluster) -> None:
             assert reply.status_code == 202, reply.text
             ids.append(reply.json()["id"])
     for i in range(BAD_KEYS):
-        reply = httpx.post(f"http://127.0.0.1:{c.api_ports[i % 2]}/api/v1/jobs", json={"agent_type": "query",
-                           "query": "x"}, headers={"Authorization": "Bearer sk_live_" + "A" * 43}, timeout=10)
+        reply = httpx.post(
+            f"http://127.0.0.1:{c.api_ports[i % 2]}/api/v1/jobs",
+            json={"agent_type": "query", "query": "x"},
+            headers={"Authorization": "Bearer sk_live_" + "A" * 43},
+            timeout=10,
+        )
         assert reply.status_code == 401
     for i in range(DENIED):
         with c.client("readonly", c.api_ports[i % 2]) as client:
             assert client.post("/api/v1/jobs", json={"agent_type": "query", "query": "x"}).status_code == 403
     with c.client("user", c.api_ports[0]) as client:
         for job_id in ids:
-            job = wait_for(lambda j=job_id: when(client.get(f"/api/v1/jobs/{j}", params={"wait": 5}).json(),
-                                                 lambda x: x["status"] == "succeeded"),
-                           timeout=60, what=f"job {job_id}")
+            job = wait_for(
+                lambda j=job_id: when(
+                    client.get(f"/api/v1/jobs/{j}", params={"wait": 5}).json(), lambda x: x["status"] == "succeeded"
+                ),
+                timeout=60,
+                what=f"job {job_id}",
+            )
             c.jobs.append(job)
 
 
@@ -133,8 +143,10 @@ def test_sums_over_two_instances_and_two_workers_match_the_traffic(cluster: Clus
     assert total(found, "http_requests_total", method="POST", route="/api/v1/jobs", status="202") == JOBS
     assert total(found, "http_requests_total", method="POST", route="/api/v1/jobs", status="401") == BAD_KEYS
     assert total(found, "http_requests_total", method="POST", route="/api/v1/jobs", status="403") == DENIED
-    assert total(found, "http_request_duration_seconds_count", method="POST", route="/api/v1/jobs") == \
-        JOBS + BAD_KEYS + DENIED
+    assert (
+        total(found, "http_request_duration_seconds_count", method="POST", route="/api/v1/jobs")
+        == JOBS + BAD_KEYS + DENIED
+    )
     assert total(found, "auth_attempts_total", method="api_key", result="failure") == BAD_KEYS
     assert total(found, "permission_checks_total", permission="jobs:submit", result="allowed") == JOBS
     assert total(found, "permission_checks_total", permission="jobs:submit", result="denied") == DENIED
@@ -142,8 +154,15 @@ def test_sums_over_two_instances_and_two_workers_match_the_traffic(cluster: Clus
     per_instance = []
     for port in cluster.api_ports:
         with cluster.client("readonly", port) as client:
-            per_instance.append(total(samples(client.get("/api/v1/monitoring/metrics").text),
-                                      "http_requests_total", method="POST", route="/api/v1/jobs", status="202"))
+            per_instance.append(
+                total(
+                    samples(client.get("/api/v1/monitoring/metrics").text),
+                    "http_requests_total",
+                    method="POST",
+                    route="/api/v1/jobs",
+                    status="202",
+                )
+            )
     assert per_instance == [JOBS / 2, JOBS / 2]
 
     assert total(found, "agent_queries_total", agent_type="query", status="succeeded") == JOBS
@@ -154,8 +173,11 @@ def test_sums_over_two_instances_and_two_workers_match_the_traffic(cluster: Clus
     assert total(found, "llm_calls_total") == sum(j["usage"]["llm_calls"] for j in cluster.jobs)
 
     # System state: every instance reports the same, so max() is the figure.
-    wait_for(lambda: largest(cluster.scrape_all(), "agentic_jobs_total", status="succeeded") == JOBS,
-             timeout=20, what="the lifecycle counts")
+    wait_for(
+        lambda: largest(cluster.scrape_all(), "agentic_jobs_total", status="succeeded") == JOBS,
+        timeout=20,
+        what="the lifecycle counts",
+    )
     found = cluster.scrape_all()
     assert largest(found, "agentic_jobs_total", status="submitted") == JOBS
     assert largest(found, "agentic_workers_up") == 2
@@ -179,15 +201,24 @@ def test_counts_survive_a_killed_gunicorn_worker_and_a_killed_pool_process(clust
     api_child, pool_child = children(api_proc.pid)[0], children(worker_proc.pid)[0]
     os.kill(api_child, signal.SIGKILL)
     os.kill(pool_child, signal.SIGKILL)
-    wait_for(lambda: len(children(api_proc.pid)) == 2 and api_child not in children(api_proc.pid), timeout=30,
-             what="gunicorn to replace its worker")
-    wait_for(lambda: len(children(worker_proc.pid)) == 2 and pool_child not in children(worker_proc.pid),
-             timeout=30, what="Celery to replace its pool process")
+    wait_for(
+        lambda: len(children(api_proc.pid)) == 2 and api_child not in children(api_proc.pid),
+        timeout=30,
+        what="gunicorn to replace its worker",
+    )
+    wait_for(
+        lambda: len(children(worker_proc.pid)) == 2 and pool_child not in children(worker_proc.pid),
+        timeout=30,
+        what="Celery to replace its pool process",
+    )
     after = cluster.scrape_all()
-    for name, labels in (("http_requests_total", {"route": "/api/v1/jobs", "status": "202"}),
-                         ("auth_attempts_total", {"result": "failure"}),
-                         ("agent_queries_total", {"status": "succeeded"}), ("api_tokens_total", {}),
-                         ("api_cost_dollars_total", {})):
+    for name, labels in (
+        ("http_requests_total", {"route": "/api/v1/jobs", "status": "202"}),
+        ("auth_attempts_total", {"result": "failure"}),
+        ("agent_queries_total", {"status": "succeeded"}),
+        ("api_tokens_total", {}),
+        ("api_cost_dollars_total", {}),
+    ):
         assert total(after, name, **labels) == total(before, name, **labels), name
     # The dead worker's live gauge went with it: only the scrape in flight is active on that instance.
     with cluster.client("readonly", cluster.api_ports[0]) as client:
@@ -195,8 +226,10 @@ def test_counts_survive_a_killed_gunicorn_worker_and_a_killed_pool_process(clust
 
 
 def test_worker_processes_that_ran_jobs_each_wrote_samples(cluster: Cluster) -> None:
-    per_worker = [total(samples(httpx.get(f"http://127.0.0.1:{p}/metrics").text), "agent_queries_total")
-                  for p in cluster.worker_ports]
+    per_worker = [
+        total(samples(httpx.get(f"http://127.0.0.1:{p}/metrics").text), "agent_queries_total")
+        for p in cluster.worker_ports
+    ]
     assert sum(per_worker) == JOBS
 
 
@@ -227,9 +260,13 @@ def test_flower_sees_both_workers_behind_basic_auth(cluster: Cluster) -> None:
     assert httpx.get(f"{url}/api/workers").status_code == 401
     auth = ("admin", FLOWER_PASSWORD)
     assert httpx.get(f"{url}/api/workers", auth=("admin", "wrong")).status_code == 401
-    workers = wait_for(lambda: when(httpx.get(f"{url}/api/workers", params={"refresh": 1}, auth=auth,
-                                              timeout=10).json(), lambda w: len(w) == 2),
-                       timeout=30, what="both workers in Flower")
+    workers = wait_for(
+        lambda: when(
+            httpx.get(f"{url}/api/workers", params={"refresh": 1}, auth=auth, timeout=10).json(), lambda w: len(w) == 2
+        ),
+        timeout=30,
+        what="both workers in Flower",
+    )
     assert sorted(name.split("@")[0] for name in workers) == ["m0", "m1"]
     for info in workers.values():
         assert "agentic.run_agent" in info["registered"]
@@ -238,8 +275,19 @@ def test_flower_sees_both_workers_behind_basic_auth(cluster: Cluster) -> None:
 
 def _prometheus_config(cluster: Cluster, workdir: Path, prom_port: int) -> Path:
     """ops/prometheus/prometheus.yml for this module's targets, by `agentic prometheus-config` (as make run does)."""
-    args = ["prometheus-config", "--out", str(workdir), "--flower", f"127.0.0.1:{cluster.flower_port}",
-            "--flower-password", FLOWER_PASSWORD, "--self", f"127.0.0.1:{prom_port}", "--interval", "1s"]
+    args = [
+        "prometheus-config",
+        "--out",
+        str(workdir),
+        "--flower",
+        f"127.0.0.1:{cluster.flower_port}",
+        "--flower-password",
+        FLOWER_PASSWORD,
+        "--self",
+        f"127.0.0.1:{prom_port}",
+        "--interval",
+        "1s",
+    ]
     args += [f"--api=127.0.0.1:{p}" for p in cluster.api_ports]
     args += [f"--workers=127.0.0.1:{p}" for p in cluster.worker_ports]
     done = cluster.stack.cli(*args)
@@ -255,8 +303,17 @@ def test_a_real_prometheus_scrapes_the_stack_and_adds_up_the_traffic(cluster: Cl
         pytest.skip("prometheus is not installed (ops/install.sh test installs it)")
     port = free_port()
     config = _prometheus_config(cluster, tmp_path, port)
-    proc = Proc("prometheus", [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
-                               f"--storage.tsdb.path={tmp_path / 'data'}"], {}, tmp_path).start()
+    proc = Proc(
+        "prometheus",
+        [
+            binary,
+            f"--config.file={config}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+        ],
+        {},
+        tmp_path,
+    ).start()
     api = f"http://127.0.0.1:{port}/api/v1"
 
     def query(expr: str) -> list[dict[str, Any]]:
@@ -270,8 +327,11 @@ def test_a_real_prometheus_scrapes_the_stack_and_adds_up_the_traffic(cluster: Cl
 
     try:
         try:
-            up = wait_for(lambda: when(query("up"), lambda r: len(r) == 6 and all(x["value"][1] == "1" for x in r)),
-                          timeout=60, what="every target up")
+            up = wait_for(
+                lambda: when(query("up"), lambda r: len(r) == 6 and all(x["value"][1] == "1" for x in r)),
+                timeout=60,
+                what="every target up",
+            )
         except TimeoutError as ex:
             raise AssertionError(json.dumps(_targets(api))) from ex
         assert sorted(x["metric"]["job"] for x in up) == ["api", "api", "flower", "prometheus", "workers", "workers"]
@@ -299,33 +359,50 @@ def _targets(api: str) -> list[dict[str, Any]]:
 
 
 def test_custom_metrics_through_record_are_validated_bounded_and_exported(cluster: Cluster) -> None:
-    with cluster.client("admin", cluster.api_ports[0]) as admin, cluster.client("readonly",
-                                                                                 cluster.api_ports[1]) as reader:
+    with (
+        cluster.client("admin", cluster.api_ports[0]) as admin,
+        cluster.client("readonly", cluster.api_ports[1]) as reader,
+    ):
         ok = admin.post("/api/v1/monitoring/record", json={"name": "signups_total", "labels": {"source": "web"}})
         assert ok.status_code == 201, ok.text
-        admin.post("/api/v1/monitoring/record", json={"name": "signups_total", "labels": {"source": "web"},
-                                                      "value": 2})
+        admin.post("/api/v1/monitoring/record", json={"name": "signups_total", "labels": {"source": "web"}, "value": 2})
         assert admin.post("/api/v1/monitoring/record", json={"name": "signups", "kind": "gauge"}).status_code == 409
-        assert admin.post("/api/v1/monitoring/record", json={"name": "signups_total",
-                                                             "labels": {"other": "x"}}).status_code == 409
-        for bad in ({"name": "http_requests_total"}, {"name": "agentic_x"}, {"name": "9lives"},
-                    {"name": "ok_name", "value": -1}, {"name": "ok_name", "labels": {"le": "1"}},
-                    {"name": "depth_sum", "kind": "gauge"}, {"name": "ok_name", "kind": "summary"}):
+        assert (
+            admin.post(
+                "/api/v1/monitoring/record", json={"name": "signups_total", "labels": {"other": "x"}}
+            ).status_code
+            == 409
+        )
+        for bad in (
+            {"name": "http_requests_total"},
+            {"name": "agentic_x"},
+            {"name": "9lives"},
+            {"name": "ok_name", "value": -1},
+            {"name": "ok_name", "labels": {"le": "1"}},
+            {"name": "depth_sum", "kind": "gauge"},
+            {"name": "ok_name", "kind": "summary"},
+        ):
             reply = admin.post("/api/v1/monitoring/record", json=bad)
             assert reply.status_code == 400, (bad, reply.text)
             assert reply.json()["code"] in ("invalid_metric", "invalid_field", "invalid_request"), reply.text
-        assert admin.post("/api/v1/monitoring/record", json={"name": "queue_size", "kind": "gauge",
-                                                             "value": 42}).status_code == 201
+        assert (
+            admin.post(
+                "/api/v1/monitoring/record", json={"name": "queue_size", "kind": "gauge", "value": 42}
+            ).status_code
+            == 201
+        )
         for i in range(100):
-            reply = admin.post("/api/v1/monitoring/record", json={"name": "per_tenant_total",
-                                                                  "labels": {"tenant": f"t{i}"}})
+            reply = admin.post(
+                "/api/v1/monitoring/record", json={"name": "per_tenant_total", "labels": {"tenant": f"t{i}"}}
+            )
             assert reply.status_code == 201
         # The 101st label set is refused on every instance: the bound is shared through Redis.
         reply = reader.post("/api/v1/monitoring/record", json={"name": "per_tenant_total", "labels": {"tenant": "x"}})
         assert reply.status_code == 403
         with cluster.client("admin", cluster.api_ports[1]) as other:
-            reply = other.post("/api/v1/monitoring/record", json={"name": "per_tenant_total",
-                                                                  "labels": {"tenant": "t101"}})
+            reply = other.post(
+                "/api/v1/monitoring/record", json={"name": "per_tenant_total", "labels": {"tenant": "t101"}}
+            )
         assert reply.status_code == 422 and reply.json()["code"] == "too_many_series"
         found = samples(admin.get("/api/v1/monitoring/metrics").text)
         assert total(found, "signups_total", source="web") == 3
@@ -357,8 +434,10 @@ def test_price_cache_lookups_are_counted(cluster: Cluster) -> None:
     tracked, _ = create_user(cluster.stack.env["REDIS_URL"], "user")
     with cluster.client("admin", cluster.api_ports[0]) as admin:
         for _ in range(4):  # two gunicorn workers: one of them looks gpt-4o up at least twice
-            reply = admin.post("/api/v1/costs/track", json={"user_id": tracked, "model": "gpt-4o",
-                                                            "input_tokens": 1000, "output_tokens": 500})
+            reply = admin.post(
+                "/api/v1/costs/track",
+                json={"user_id": tracked, "model": "gpt-4o", "input_tokens": 1000, "output_tokens": 500},
+            )
             assert reply.status_code == 201, reply.text
         found = samples(admin.get("/api/v1/monitoring/metrics").text)
     assert total(found, "cache_operations_total", cache="prices", result="miss") >= 1
@@ -393,9 +472,14 @@ def test_consumers_that_stopped_reading_mark_health_degraded(cluster: Cluster) -
 def test_a_worker_given_a_metrics_directory_drops_a_previous_runs_samples(logdir: Path, tmp_path: Path) -> None:
     shared = tmp_path / "metrics"
     shared.mkdir()
-    stale = ("from events.telemetry.metrics import AGENT_QUERIES; AGENT_QUERIES.labels('query', 'succeeded').inc(1000)")
-    subprocess.run([sys.executable, "-c", stale], cwd=ROOT, check=True, timeout=60,
-                   env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)})
+    stale = "from events.telemetry.metrics import AGENT_QUERIES; AGENT_QUERIES.labels('query', 'succeeded').inc(1000)"
+    subprocess.run(
+        [sys.executable, "-c", stale],
+        cwd=ROOT,
+        check=True,
+        timeout=60,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)},
+    )
     assert list(shared.glob("counter_*.db"))
     server = RedisServer(logdir).start()
     stack = Stack(server.url, logdir, OFFLINE_TOKEN_DELAY_MS="1")

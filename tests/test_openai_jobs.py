@@ -22,8 +22,15 @@ PROVIDER_KEY = "sk-provider-secret-0123456789abcdef"
 def sim_stack(logdir: Path) -> Iterator[tuple[Stack, SimControl]]:
     with run_simulator() as base_url:
         server = RedisServer(logdir).start()
-        stack = Stack(server.url, logdir, OPENAI_API_KEY=PROVIDER_KEY, OPENAI_BASE_URL=base_url,
-                      DEFAULT_MODEL="gpt-4o-mini", LLM_MAX_RETRIES="2", LLM_TIMEOUT_S="5")
+        stack = Stack(
+            server.url,
+            logdir,
+            OPENAI_API_KEY=PROVIDER_KEY,
+            OPENAI_BASE_URL=base_url,
+            DEFAULT_MODEL="gpt-4o-mini",
+            LLM_MAX_RETRIES="2",
+            LLM_TIMEOUT_S="5",
+        )
         stack.events()
         stack.worker(concurrency=1)
         stack.api()
@@ -117,9 +124,11 @@ def test_a_cancel_ends_a_long_retry_after_wait_at_once(sim_stack, api: httpx.Cli
     job = api.post("/api/v1/jobs", json={"agent_type": "query", "query": "slow down"}).json()
     store = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
     try:
-        wait_for(lambda: any(fields.get("type") == "metadata"
-                             for _, fields in store.xrange(keyspace.job_stream(job["id"]))),
-                 timeout=20, what="the retry to be announced")
+        wait_for(
+            lambda: any(fields.get("type") == "metadata" for _, fields in store.xrange(keyspace.job_stream(job["id"]))),
+            timeout=20,
+            what="the retry to be announced",
+        )
     finally:
         store.close()
     assert api.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 202

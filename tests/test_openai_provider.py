@@ -38,10 +38,14 @@ pytestmark = pytest.mark.timeout(60)
 
 KEY = "sk-test-SECRET0123456789abcdef"
 QUESTION = "what is two plus two"
-CALCULATOR = {"type": "function", "function": {"name": "calculator", "description": "Evaluates arithmetic.",
-                                               "parameters": {"type": "object",
-                                                              "properties": {"expression": {"type": "string"}},
-                                                              "required": ["expression"]}}}
+CALCULATOR = {
+    "type": "function",
+    "function": {
+        "name": "calculator",
+        "description": "Evaluates arithmetic.",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]},
+    },
+}
 
 
 class Sleeps:
@@ -98,8 +102,15 @@ def make_provider(sim_url: str, sleeps: Sleeps) -> Iterator[Callable[..., OpenAI
     made: list[OpenAIProvider] = []
 
     def make(**kw: Any) -> OpenAIProvider:
-        options = {"api_key": KEY, "base_url": sim_url, "timeout_s": 5.0, "max_retries": 3, "sleep": sleeps,
-                   "rand": 0.0, **kw}
+        options = {
+            "api_key": KEY,
+            "base_url": sim_url,
+            "timeout_s": 5.0,
+            "max_retries": 3,
+            "sleep": sleeps,
+            "rand": 0.0,
+            **kw,
+        }
         made.append(OpenAIProvider(**options))
         return made[-1]
 
@@ -110,34 +121,47 @@ def make_provider(sim_url: str, sleeps: Sleeps) -> Iterator[Callable[..., OpenAI
 
 # The simulator's pure parts.
 
-@pytest.mark.parametrize("text, tokens", [
-    ("Simulated answer to: hi", ["Simulated", " answer", " to:", " hi"]),
-    ("  two  spaces ", ["  two", "  spaces", " "]),
-    ("", []),
-])
+
+@pytest.mark.parametrize(
+    "text, tokens",
+    [
+        ("Simulated answer to: hi", ["Simulated", " answer", " to:", " hi"]),
+        ("  two  spaces ", ["  two", "  spaces", " "]),
+        ("", []),
+    ],
+)
 def test_simulator_splits_text_into_words_with_leading_spaces_that_join_back(text: str, tokens: list[str]) -> None:
     assert split_tokens(text) == tokens
     assert "".join(split_tokens(text)) == text
 
 
 @pytest.mark.parametrize("limit, kept, finish", [(None, 3, "stop"), (5, 3, "stop"), (3, 3, "stop"), (2, 2, "length")])
-def test_simulator_cuts_answers_at_max_tokens_with_finish_reason_length(limit: int | None, kept: int,
-                                                                        finish: str) -> None:
+def test_simulator_cuts_answers_at_max_tokens_with_finish_reason_length(
+    limit: int | None, kept: int, finish: str
+) -> None:
     assert cut_tokens(["a", " b", " c"], limit) == (["a", " b", " c"][:kept], finish)
 
 
 def test_simulator_default_reply_echoes_the_question_or_the_tool_result() -> None:
     asked = [{"role": "user", "content": "hi there"}]
     assert default_reply(asked) == "Simulated answer to: hi there"
-    assert default_reply([*asked, {"role": "tool", "tool_call_id": "c1", "content": "8"}]) == \
-        "Simulated answer using tool result: 8"
+    assert (
+        default_reply([*asked, {"role": "tool", "tool_call_id": "c1", "content": "8"}])
+        == "Simulated answer using tool result: 8"
+    )
     assert count_prompt_tokens(asked) == 2 + 3
 
 
-@pytest.mark.parametrize("headers, expected", [
-    ({"retry-after": "2"}, 2.0), ({"retry-after": "120"}, 30.0), ({"retry-after-ms": "250"}, 0.25),
-    ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, None), ({}, None),
-])
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ({"retry-after": "2"}, 2.0),
+        ({"retry-after": "120"}, 30.0),
+        ({"retry-after-ms": "250"}, 0.25),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, None),
+        ({}, None),
+    ],
+)
 def test_retry_after_header_is_read_in_seconds_and_capped(headers: dict[str, str], expected: float | None) -> None:
     assert retry_after_s(headers) == expected
 
@@ -156,6 +180,7 @@ def test_simulator_answers_non_streaming_requests_with_usage(sim: SimControl, si
 
 
 # The provider.
+
 
 def test_streams_the_text_and_usage_the_simulator_sent(sim: SimControl, make_provider: Callable) -> None:
     req = request()
@@ -179,16 +204,16 @@ def test_every_request_carries_max_tokens_and_asks_for_usage(sim: SimControl, ma
     assert KEY not in json.dumps(records)
 
 
-def test_answer_longer_than_max_tokens_stops_with_finish_reason_length(sim: SimControl,
-                                                                       make_provider: Callable) -> None:
+def test_answer_longer_than_max_tokens_stops_with_finish_reason_length(
+    sim: SimControl, make_provider: Callable
+) -> None:
     items = list(make_provider().stream(request(max_tokens=3)))
     assert len(of(items, TextDelta)) == 3
     assert items[-1].finish_reason == "length"
     assert items[-1].usage.output_tokens == 3
 
 
-def test_streamed_tool_call_is_assembled_with_its_name_and_arguments(sim: SimControl,
-                                                                     make_provider: Callable) -> None:
+def test_streamed_tool_call_is_assembled_with_its_name_and_arguments(sim: SimControl, make_provider: Callable) -> None:
     arguments = {"expression": "(2 + 2) * 3 - 1", "precision": 2}
     sim.script({"kind": "tool_call", "name": "calculator", "arguments": arguments, "id": "call_42"})
     items = list(make_provider().stream(request(tools=[CALCULATOR])))
@@ -201,21 +226,26 @@ def test_streamed_tool_call_is_assembled_with_its_name_and_arguments(sim: SimCon
 
 def test_tool_result_in_the_conversation_shapes_the_default_answer(sim: SimControl, make_provider: Callable) -> None:
     call = {"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": "{}"}}
-    messages = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": None, "tool_calls": [call]},
-                {"role": "tool", "tool_call_id": "c1", "content": "4"}]
+    messages = [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "4"},
+    ]
     completion = list(make_provider().stream(request(messages=messages)))[-1]
     assert completion.text == "Simulated answer using tool result: 4"
 
 
-def test_429_with_retry_after_is_retried_after_that_delay(sim: SimControl, make_provider: Callable,
-                                                          sleeps: Sleeps) -> None:
+def test_429_with_retry_after_is_retried_after_that_delay(
+    sim: SimControl, make_provider: Callable, sleeps: Sleeps
+) -> None:
     sim.script({"kind": "error", "status": 429, "retry_after": 2})
     items = list(make_provider().stream(request()))
     assert of(items, Retrying) == [Retrying(1, 2.0, "rate limited (HTTP 429)", discard_partial=False)]
     assert sleeps.delays == [2.0]
     first, second = of(items, Usage)
-    assert first.estimated and first.output_tokens == 0 and first.input_tokens == estimate_input_tokens(
-        request().messages)
+    assert (
+        first.estimated and first.output_tokens == 0 and first.input_tokens == estimate_input_tokens(request().messages)
+    )
     assert not second.estimated
     assert items[-1].text == f"Simulated answer to: {QUESTION}" and items[-1].usage == second
     assert items.index(first) < items.index(of(items, Retrying)[0]) < items.index(of(items, TextDelta)[0])
@@ -229,8 +259,9 @@ def test_500_is_retried_after_a_backoff_delay(sim: SimControl, make_provider: Ca
     assert isinstance(items[-1], Completion) and len(of(items, Usage)) == 2
 
 
-def test_persistent_503_gives_up_as_unavailable_after_max_retries(sim: SimControl, make_provider: Callable,
-                                                                  sleeps: Sleeps) -> None:
+def test_persistent_503_gives_up_as_unavailable_after_max_retries(
+    sim: SimControl, make_provider: Callable, sleeps: Sleeps
+) -> None:
     sim.script(*[{"kind": "error", "status": 503}] * 3)
     items: list[StreamItem] = []
     with pytest.raises(LLMUnavailableError, match="503"):
@@ -250,8 +281,7 @@ def test_persistent_429_gives_up_as_rate_limited(sim: SimControl, make_provider:
     assert len(sim.requests()) == 4
 
 
-def test_400_fails_at_once_with_the_services_message(sim: SimControl, make_provider: Callable,
-                                                     sleeps: Sleeps) -> None:
+def test_400_fails_at_once_with_the_services_message(sim: SimControl, make_provider: Callable, sleeps: Sleeps) -> None:
     sim.script({"kind": "error", "status": 400, "message": "Unknown parameter: 'foo'."})
     items: list[StreamItem] = []
     with pytest.raises(LLMRequestError, match="Unknown parameter: 'foo'"):
@@ -273,13 +303,14 @@ def test_stall_shorter_than_the_timeout_is_waited_out(sim: SimControl, make_prov
     assert not of(items, Retrying) and items[-1].text == f"Simulated answer to: {QUESTION}"
 
 
-def test_dropped_connection_mid_stream_is_retried_discarding_the_partial_text(sim: SimControl,
-                                                                             make_provider: Callable) -> None:
+def test_dropped_connection_mid_stream_is_retried_discarding_the_partial_text(
+    sim: SimControl, make_provider: Callable
+) -> None:
     sim.script({"kind": "drop", "after_tokens": 3})
     items = list(make_provider().stream(request()))
     (retrying,) = of(items, Retrying)
     assert (retrying.reason, retrying.discard_partial) == ("stream broke mid-way", True)
-    after = items[items.index(retrying) + 1:]
+    after = items[items.index(retrying) + 1 :]
     reply = f"Simulated answer to: {QUESTION}"
     assert "".join(d.text for d in of(after, TextDelta)) == reply and items[-1].text == reply
     assert [u.estimated for u in of(items, Usage)] == [True, False]
@@ -287,8 +318,7 @@ def test_dropped_connection_mid_stream_is_retried_discarding_the_partial_text(si
     assert [r["outcome"] for r in sim.requests()] == ["dropped", "completed"]
 
 
-def test_dropped_connection_before_any_text_keeps_nothing_to_discard(sim: SimControl,
-                                                                     make_provider: Callable) -> None:
+def test_dropped_connection_before_any_text_keeps_nothing_to_discard(sim: SimControl, make_provider: Callable) -> None:
     sim.script({"kind": "drop", "after_tokens": 0})
     (retrying,) = of(list(make_provider().stream(request())), Retrying)
     assert (retrying.reason, retrying.discard_partial) == ("stream broke mid-way", False)
@@ -299,8 +329,7 @@ def test_unreachable_service_gives_up_as_unavailable(make_provider: Callable) ->
         list(make_provider(base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=1).stream(request()))
 
 
-def test_closing_the_stream_after_the_first_token_aborts_the_request(sim: SimControl,
-                                                                     make_provider: Callable) -> None:
+def test_closing_the_stream_after_the_first_token_aborts_the_request(sim: SimControl, make_provider: Callable) -> None:
     sim.script({"kind": "text", "text": "word " * 400, "tokens_per_s": 20})
     stream = make_provider().stream(request(max_tokens=1000))
     assert isinstance(next(stream), TextDelta)
@@ -308,10 +337,13 @@ def test_closing_the_stream_after_the_first_token_aborts_the_request(sim: SimCon
     wait_until(lambda: sim.requests()[-1]["outcome"] == "disconnected")
 
 
-@pytest.mark.parametrize("status, error", [(400, LLMRequestError), (401, LLMRequestError),
-                                           (503, LLMUnavailableError), (429, LLMRateLimitedError)])
-def test_api_key_never_appears_in_error_messages(sim: SimControl, make_provider: Callable, status: int,
-                                                 error: type) -> None:
+@pytest.mark.parametrize(
+    "status, error",
+    [(400, LLMRequestError), (401, LLMRequestError), (503, LLMUnavailableError), (429, LLMRateLimitedError)],
+)
+def test_api_key_never_appears_in_error_messages(
+    sim: SimControl, make_provider: Callable, status: int, error: type
+) -> None:
     # A service or proxy that echoes the key back, in full and masked the way OpenAI does.
     message = f"Incorrect API key provided: {KEY} (sk-test-SE****cdef)."
     sim.script(*[{"kind": "error", "status": status, "message": message}] * 2)

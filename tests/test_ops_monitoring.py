@@ -38,30 +38,74 @@ SEED_PANELS = [
     "Authentication Success/Failure Rate",
     "Permission Checks (Allowed/Denied)",
 ]
-EXTRA_PANELS = ["Queue Depth", "Consumer Lag and Pending", "Dead Letters", "Budget Holds Outstanding",
-                "SSE Streams Open", "Jobs by Status", "LLM Errors by Kind", "Workers Up"]
+EXTRA_PANELS = [
+    "Queue Depth",
+    "Consumer Lag and Pending",
+    "Dead Letters",
+    "Budget Holds Outstanding",
+    "SSE Streams Open",
+    "Jobs by Status",
+    "LLM Errors by Kind",
+    "Workers Up",
+]
 UNITS = {"reqps", "ops", "s", "currencyUSD", "short", "percentunit", "bytes"}
 
 # The contract: families each process keeps (sum them across instances) ...
-PROCESS_COUNTERS = {"http_requests_total", "auth_attempts_total", "permission_checks_total",
-                    "agentic_rate_limited_total", "agent_queries_total", "api_cost_dollars_total", "api_tokens_total",
-                    "cache_operations_total", "llm_calls_total", "llm_errors_total"}
+PROCESS_COUNTERS = {
+    "http_requests_total",
+    "auth_attempts_total",
+    "permission_checks_total",
+    "agentic_rate_limited_total",
+    "agent_queries_total",
+    "api_cost_dollars_total",
+    "api_tokens_total",
+    "cache_operations_total",
+    "llm_calls_total",
+    "llm_errors_total",
+}
 PROCESS_GAUGES = {"active_requests", "agentic_sse_streams_open", "cache_size_bytes"}
 PROCESS_HISTOGRAMS = {"http_request_duration_seconds", "agent_query_duration_seconds"}
 # ... and system-wide state read from Redis, identical on every API instance (take the max).
-SYSTEM_FAMILIES = {"active_sessions", "agentic_queue_depth", "agentic_jobs_total", "agentic_jobs_running",
-                   "agentic_consumer_lag", "agentic_consumer_pending", "agentic_dead_letters", "agentic_budget_holds",
-                   "agentic_budget_alerts_total", "agentic_workers_up", "agentic_consumer_idle_seconds",
-                   "agentic_consumers", "agentic_queue_unacked"}
+SYSTEM_FAMILIES = {
+    "active_sessions",
+    "agentic_queue_depth",
+    "agentic_jobs_total",
+    "agentic_jobs_running",
+    "agentic_consumer_lag",
+    "agentic_consumer_pending",
+    "agentic_dead_letters",
+    "agentic_budget_holds",
+    "agentic_budget_alerts_total",
+    "agentic_workers_up",
+    "agentic_consumer_idle_seconds",
+    "agentic_consumers",
+    "agentic_queue_unacked",
+}
 OTHER_FAMILIES = {"up", "flower_worker_online", "flower_events_total"}  # Prometheus's own; Flower's
-PROCESS_SAMPLES = (PROCESS_COUNTERS | PROCESS_GAUGES
-                   | {f"{h}{suffix}" for h in PROCESS_HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")})
+PROCESS_SAMPLES = (
+    PROCESS_COUNTERS
+    | PROCESS_GAUGES
+    | {f"{h}{suffix}" for h in PROCESS_HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
+)
 CONTRACT = PROCESS_SAMPLES | SYSTEM_FAMILIES | OTHER_FAMILIES
 
 # Grafana's built-in interval variables, replaced by a fixed range before promtool sees an expression.
 GRAFANA_VARIABLE = re.compile(r"\$(?:__range|__rate_interval|__interval)\b|\$\{__(?:range|rate_interval|interval)}")
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
-                   "offset", "inf", "nan"}
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def load_yaml(path: Path) -> Any:
@@ -79,8 +123,12 @@ def dashboard_exprs() -> list[str]:
 
 
 def alert_rules() -> list[dict[str, Any]]:
-    return [rule for group in load_yaml(PROMETHEUS_DIR / "alerts.yml")["groups"] for rule in group["rules"]
-            if "alert" in rule]
+    return [
+        rule
+        for group in load_yaml(PROMETHEUS_DIR / "alerts.yml")["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
 
 
 def all_exprs() -> list[str]:
@@ -144,16 +192,21 @@ def test_prometheus_scrapes_api_workers_flower_and_itself_with_their_credentials
     assert "authorization" not in jobs["workers"] and "basic_auth" not in jobs["workers"]
     assert jobs["flower"]["basic_auth"] == {"username": "admin", "password_file": "secrets/flower_password"}
     targets = {name: job["static_configs"][0]["targets"] for name, job in jobs.items()}
-    assert targets == {"api": ["127.0.0.1:8000"], "workers": ["127.0.0.1:9540"], "flower": ["127.0.0.1:5555"],
-                       "prometheus": ["127.0.0.1:9090"]}
+    assert targets == {
+        "api": ["127.0.0.1:8000"],
+        "workers": ["127.0.0.1:9540"],
+        "flower": ["127.0.0.1:5555"],
+        "prometheus": ["127.0.0.1:9090"],
+    }
 
 
 def test_prometheus_secrets_are_ignored_by_git() -> None:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not in a git checkout")
     for name in ("api_key", "flower_password"):
-        ignored = subprocess.run(["git", "check-ignore", "-q", f"ops/prometheus/secrets/{name}"], cwd=ROOT,
-                                 timeout=30, check=False)
+        ignored = subprocess.run(
+            ["git", "check-ignore", "-q", f"ops/prometheus/secrets/{name}"], cwd=ROOT, timeout=30, check=False
+        )
         assert ignored.returncode == 0, f"ops/prometheus/secrets/{name} would be committed"
 
 
@@ -181,8 +234,11 @@ def test_every_alert_waits_has_a_severity_and_says_what_happened() -> None:
 
 
 def test_every_alert_has_a_test_where_it_fires_and_one_where_it_does_not() -> None:
-    cases = [case for test in load_yaml(PROMETHEUS_DIR / "alerts_test.yml")["tests"]
-             for case in test.get("alert_rule_test", [])]
+    cases = [
+        case
+        for test in load_yaml(PROMETHEUS_DIR / "alerts_test.yml")["tests"]
+        for case in test.get("alert_rule_test", [])
+    ]
 
     for name in (rule["alert"] for rule in alert_rules()):
         expected = [case["exp_alerts"] or [] for case in cases if case["alertname"] == name]
@@ -190,8 +246,7 @@ def test_every_alert_has_a_test_where_it_fires_and_one_where_it_does_not() -> No
         assert not all(expected), f"no test case where {name} stays quiet"
         for alerts in expected:
             for alert in alerts:
-                assert "severity" in alert["exp_labels"] and set(alert["exp_annotations"]) == {"summary",
-                                                                                              "description"}
+                assert "severity" in alert["exp_labels"] and set(alert["exp_annotations"]) == {"summary", "description"}
 
 
 # --- Grafana ----------------------------------------------------------------------------------------------
@@ -231,13 +286,15 @@ def test_no_two_panels_overlap_on_the_grid() -> None:
     panels = load_dashboard()["panels"]
 
     for i, a in enumerate(panels):
-        for b in panels[i + 1:]:
+        for b in panels[i + 1 :]:
             assert not overlaps(a["gridPos"], b["gridPos"]), (a["title"], b["title"])
 
 
 def test_every_dashboard_query_is_valid_promql(promtool: str, tmp_path: Path) -> None:
-    rules = [{"record": f"dashboard:expr_{i}", "expr": GRAFANA_VARIABLE.sub("5m", expr)}
-             for i, expr in enumerate(dashboard_exprs())]
+    rules = [
+        {"record": f"dashboard:expr_{i}", "expr": GRAFANA_VARIABLE.sub("5m", expr)}
+        for i, expr in enumerate(dashboard_exprs())
+    ]
     (tmp_path / "dashboard_rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
 
     result = promtool_run(promtool, "check", "rules", "dashboard_rules.yml", cwd=tmp_path)
@@ -249,8 +306,10 @@ def test_every_dashboard_query_is_valid_promql(promtool: str, tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("expr", "names"),
     [
-        ('sum by (le) (rate(http_request_duration_seconds_bucket{route=~"/api/v1/.*"}[5m]))',
-         {"http_request_duration_seconds_bucket"}),
+        (
+            'sum by (le) (rate(http_request_duration_seconds_bucket{route=~"/api/v1/.*"}[5m]))',
+            {"http_request_duration_seconds_bucket"},
+        ),
         ("sum(rate(a_sum[5m])) / sum(rate(a_count[5m])) * 3600", {"a_sum", "a_count"}),
         ('up{job="api"} == 0', {"up"}),
         ("max(increase(agentic_budget_alerts_total[$__range])) > 0", {"agentic_budget_alerts_total"}),

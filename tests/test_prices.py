@@ -25,10 +25,23 @@ def write(tmp_path: Path, text: str, name: str = "prices.yaml") -> Path:
 
 @pytest.mark.parametrize(
     ("usd", "micros"),
-    [("0.0075", 7_500), ("12.345678", 12_345_678), (D("0.000001"), 1), (7, 7_000_000), (2.5, 2_500_000),
-     (0.1, 100_000), ("1e-3", 1_000), ("0", 0), (" 3 ", 3_000_000),
-     ("0.0000005", 1), ("0.0000015", 2), ("0.0000025", 3),  # half up, not to even
-     ("0.0000004999", 0), ("0.0000014999", 1), ("9223372036854.775807", 2**63 - 1)],
+    [
+        ("0.0075", 7_500),
+        ("12.345678", 12_345_678),
+        (D("0.000001"), 1),
+        (7, 7_000_000),
+        (2.5, 2_500_000),
+        (0.1, 100_000),
+        ("1e-3", 1_000),
+        ("0", 0),
+        (" 3 ", 3_000_000),
+        ("0.0000005", 1),
+        ("0.0000015", 2),
+        ("0.0000025", 3),  # half up, not to even
+        ("0.0000004999", 0),
+        ("0.0000014999", 1),
+        ("9223372036854.775807", 2**63 - 1),
+    ],
 )
 def test_dollars_become_micros_exactly_rounding_half_up(usd: object, micros: int) -> None:
     assert usd_to_micros(usd) == micros  # type: ignore[arg-type]
@@ -36,8 +49,25 @@ def test_dollars_become_micros_exactly_rounding_half_up(usd: object, micros: int
 
 
 @pytest.mark.parametrize(
-    "bad", ["-1", "-0.000001", "nan", "NaN", "sNaN", "inf", "-Infinity", "abc", "", "1,5", float("nan"),
-            float("inf"), True, "9223372036854.775808", "1e999999"])
+    "bad",
+    [
+        "-1",
+        "-0.000001",
+        "nan",
+        "NaN",
+        "sNaN",
+        "inf",
+        "-Infinity",
+        "abc",
+        "",
+        "1,5",
+        float("nan"),
+        float("inf"),
+        True,
+        "9223372036854.775808",
+        "1e999999",
+    ],
+)
 def test_negative_non_finite_non_numeric_or_huge_dollars_are_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="dollars"):
         usd_to_micros(bad)  # type: ignore[arg-type]
@@ -45,8 +75,16 @@ def test_negative_non_finite_non_numeric_or_huge_dollars_are_refused(bad: object
 
 @pytest.mark.parametrize(
     ("micros", "usd"),
-    [(7_500, "0.007500"), (0, "0.000000"), (1, "0.000001"), (1_000_000, "1.000000"), (123_456_789, "123.456789"),
-     (-5, "-0.000005"), (-1_234_567, "-1.234567"), (10**20, "100000000000000.000000")],
+    [
+        (7_500, "0.007500"),
+        (0, "0.000000"),
+        (1, "0.000001"),
+        (1_000_000, "1.000000"),
+        (123_456_789, "123.456789"),
+        (-5, "-0.000005"),
+        (-1_234_567, "-1.234567"),
+        (10**20, "100000000000000.000000"),
+    ],
 )
 def test_micros_show_as_six_decimal_dollars(micros: int, usd: str) -> None:
     assert micros_to_usd(micros) == usd
@@ -54,8 +92,15 @@ def test_micros_show_as_six_decimal_dollars(micros: int, usd: str) -> None:
 
 @pytest.mark.parametrize(
     ("usd", "micros"),
-    [("0", 0), ("0.0000001", 1), ("0.000002", 2), ("0.0075", 7_500), ("0.0000010000001", 2),
-     ("0.3300025", 330_003), ("1.0000000000000000000000000000001E-6", 2)],
+    [
+        ("0", 0),
+        ("0.0000001", 1),
+        ("0.000002", 2),
+        ("0.0075", 7_500),
+        ("0.0000010000001", 2),
+        ("0.3300025", 330_003),
+        ("1.0000000000000000000000000000001E-6", 2),
+    ],
 )
 def test_costs_round_up_to_the_micro_so_nothing_is_under_charged(usd: str, micros: int) -> None:
     assert ceil_micros(D(usd)) == micros
@@ -85,10 +130,12 @@ def test_gpt_4o_mini_costs_450_micros_for_the_same_tokens() -> None:
 
 @pytest.mark.parametrize(
     ("model", "cached", "micros"),
-    [("gpt-4o", 400, 7_000),      # 600 × 2.5 + 400 × 1.25 + 500 × 10, per million
-     ("gpt-4o-mini", 200, 435),   # 800 × 0.15 + 200 × 0.075 + 500 × 0.6
-     ("gpt-4o", 1_000, 6_250),    # every input token cached
-     ("gpt-4o", 5_000, 6_250)],   # more cached than input is read as all of it
+    [
+        ("gpt-4o", 400, 7_000),  # 600 × 2.5 + 400 × 1.25 + 500 × 10, per million
+        ("gpt-4o-mini", 200, 435),  # 800 × 0.15 + 200 × 0.075 + 500 × 0.6
+        ("gpt-4o", 1_000, 6_250),  # every input token cached
+        ("gpt-4o", 5_000, 6_250),
+    ],  # more cached than input is read as all of it
 )
 def test_cached_input_tokens_are_part_of_input_and_cost_less(model: str, cached: int, micros: int) -> None:
     assert BOOK.cost_micros(model, 1_000, 500, cached) == micros < BOOK.cost_micros(model, 1_000, 500)
@@ -106,7 +153,8 @@ def test_the_shipped_overrides_make_offline_free_and_price_a_self_hosted_model()
     assert BOOK.cost_micros("offline", 10**6, 10**6) == 0
     assert llama.cached_input_per_mtok == llama.input_per_mtok  # cached_input defaults to input
     assert BOOK.cost_micros("llama-3.1-8b-instruct", 10**6, 10**6) == usd_to_micros(
-        llama.input_per_mtok + llama.output_per_mtok)
+        llama.input_per_mtok + llama.output_per_mtok
+    )
 
 
 def test_overrides_win_over_genai_prices(tmp_path: Path) -> None:
@@ -121,7 +169,8 @@ def test_an_unknown_model_is_refused_saying_how_to_price_it() -> None:
         BOOK.cost_micros("foo", 1, 1)
     assert str(caught.value) == (
         "Model 'foo' has no price. Add it under `models:` in ops/prices.yaml (or the file PRICES_FILE names), "
-        "e.g. `foo: {input: 1.0, output: 2.0}` in USD per million tokens.")
+        "e.g. `foo: {input: 1.0, output: 2.0}` in USD per million tokens."
+    )
     assert caught.value.model == "foo" and isinstance(caught.value, LookupError)
     assert not BOOK.known("foo") and BOOK.known("gpt-4o")
 
@@ -132,23 +181,26 @@ def test_without_overrides_the_offline_model_has_no_price_rather_than_zero() -> 
 
 @pytest.mark.parametrize(
     ("text", "mentions"),
-    [("models:\n  m: {input: -1, output: 1}\n", "models.m.input must be a non-negative number"),
-     ("models:\n  m: {input: 1, output: -0.5}\n", "models.m.output must be a non-negative number"),
-     ("models:\n  m: {input: 1, output: 1, cached_input: -2}\n", "models.m.cached_input must be a non-negative"),
-     ("models:\n  m: {input: 1}\n", "models.m needs `input` and `output`"),
-     ("models:\n  m: 3\n", "models.m needs `input` and `output`"),
-     ("models:\n  m: {input: 1, output: x}\n", "models.m.output must be a number"),
-     ("models:\n  m: {input: true, output: 1}\n", "models.m.input must be a number"),
-     ("models:\n  m: {input: .nan, output: 1}\n", "models.m.input must be a non-negative"),
-     ("models:\n  m: {input: 1, output: 1, typo: 2}\n", "models.m has unknown keys: typo"),
-     ("models:\n  m: {input: 1, output: 1}\n  m: {input: 2, output: 2}\n", "m is given twice"),
-     ("models:\n  1.5: {input: 1, output: 1}\n", "models.1.5: a model name must be text"),
-     ("nothing: here\n", "one `models:` mapping"),
-     ("models: [a, b]\n", "one `models:` mapping"),
-     ("models: {a: [\n", "Cannot read the prices file")],
+    [
+        ("models:\n  m: {input: -1, output: 1}\n", "models.m.input must be a non-negative number"),
+        ("models:\n  m: {input: 1, output: -0.5}\n", "models.m.output must be a non-negative number"),
+        ("models:\n  m: {input: 1, output: 1, cached_input: -2}\n", "models.m.cached_input must be a non-negative"),
+        ("models:\n  m: {input: 1}\n", "models.m needs `input` and `output`"),
+        ("models:\n  m: 3\n", "models.m needs `input` and `output`"),
+        ("models:\n  m: {input: 1, output: x}\n", "models.m.output must be a number"),
+        ("models:\n  m: {input: true, output: 1}\n", "models.m.input must be a number"),
+        ("models:\n  m: {input: .nan, output: 1}\n", "models.m.input must be a non-negative"),
+        ("models:\n  m: {input: 1, output: 1, typo: 2}\n", "models.m has unknown keys: typo"),
+        ("models:\n  m: {input: 1, output: 1}\n  m: {input: 2, output: 2}\n", "m is given twice"),
+        ("models:\n  1.5: {input: 1, output: 1}\n", "models.1.5: a model name must be text"),
+        ("nothing: here\n", "one `models:` mapping"),
+        ("models: [a, b]\n", "one `models:` mapping"),
+        ("models: {a: [\n", "Cannot read the prices file"),
+    ],
 )
-def test_a_malformed_overrides_file_is_refused_naming_the_file_and_entry(tmp_path: Path, text: str,
-                                                                         mentions: str) -> None:
+def test_a_malformed_overrides_file_is_refused_naming_the_file_and_entry(
+    tmp_path: Path, text: str, mentions: str
+) -> None:
     path = write(tmp_path, text, "bad.yaml")
     with pytest.raises(PriceFileError) as caught:
         PriceBook(path)
@@ -174,12 +226,24 @@ def test_the_listing_shows_overrides_then_well_known_models_with_sources() -> No
     listed = BOOK.listing()
     by_model = {m["model"]: m for m in listed}
     assert [m["model"] for m in listed[:2]] == ["offline", "llama-3.1-8b-instruct"]
-    assert by_model["offline"] == {"model": "offline", "input_usd_per_mtok": "0", "output_usd_per_mtok": "0",
-                                   "cached_input_usd_per_mtok": "0", "source": "overrides:prices.yaml",
-                                   "tiered": False, "tiers": []}
-    assert by_model["gpt-4o"] == {"model": "gpt-4o", "input_usd_per_mtok": "2.5", "output_usd_per_mtok": "10",
-                                  "cached_input_usd_per_mtok": "1.25", "source": f"genai-prices {BOOK.version}:openai",
-                                  "tiered": False, "tiers": []}
+    assert by_model["offline"] == {
+        "model": "offline",
+        "input_usd_per_mtok": "0",
+        "output_usd_per_mtok": "0",
+        "cached_input_usd_per_mtok": "0",
+        "source": "overrides:prices.yaml",
+        "tiered": False,
+        "tiers": [],
+    }
+    assert by_model["gpt-4o"] == {
+        "model": "gpt-4o",
+        "input_usd_per_mtok": "2.5",
+        "output_usd_per_mtok": "10",
+        "cached_input_usd_per_mtok": "1.25",
+        "source": f"genai-prices {BOOK.version}:openai",
+        "tiered": False,
+        "tiers": [],
+    }
     assert {"gpt-4o-mini", "claude-3-5-sonnet", "gemini-1.5-flash"} <= set(by_model)
     assert all(BOOK.known(m) for m in by_model)  # only what genai-prices resolves (no embeddings in 0.2.3)
 
@@ -188,10 +252,12 @@ def test_a_tiered_price_charges_the_tier_the_prompt_selects_and_bounds_at_the_hi
     price = BOOK.price("gemini-1.5-pro")
     assert price.tiered and price.source.endswith("(tiered)")
     assert [(t.above_input_tokens, t.input_per_mtok, t.output_per_mtok) for t in price.tiers] == [
-        (-1, D("1.25"), D(5)), (128_000, D("2.5"), D(10))]
+        (-1, D("1.25"), D(5)),
+        (128_000, D("2.5"), D(10)),
+    ]
     assert (price.input_per_mtok, price.output_per_mtok) == (D("2.5"), D(10))  # what holds reserve against
-    assert BOOK.cost_micros("gemini-1.5-pro", 128_000, 1_000) == 165_000     # 128k × 1.25 + 1k × 5
-    assert BOOK.cost_micros("gemini-1.5-pro", 128_001, 1_000) == 330_003     # every token at the upper tier
+    assert BOOK.cost_micros("gemini-1.5-pro", 128_000, 1_000) == 165_000  # 128k × 1.25 + 1k × 5
+    assert BOOK.cost_micros("gemini-1.5-pro", 128_001, 1_000) == 330_003  # every token at the upper tier
     for tokens in (0, 1_000, 128_000, 128_001, 500_000):  # the same as genai-prices' own sum, rounded up
         usage = genai_prices.Usage(input_tokens=tokens, output_tokens=2_000, cache_read_tokens=tokens // 2)
         total = genai_prices.calc_price(usage, model_ref="gemini-1.5-flash").total_price
@@ -200,9 +266,14 @@ def test_a_tiered_price_charges_the_tier_the_prompt_selects_and_bounds_at_the_hi
 
 def test_a_time_of_day_price_uses_the_days_peak_whatever_the_hour() -> None:
     day = datetime(2026, 11, 26, tzinfo=UTC)
-    seen = [genai_prices.calc_price(genai_prices.Usage(input_tokens=1), model_ref="deepseek-chat",
-                                    genai_request_timestamp=day + timedelta(minutes=m)).model_price
-            for m in range(0, 24 * 60, 15)]
+    seen = [
+        genai_prices.calc_price(
+            genai_prices.Usage(input_tokens=1),
+            model_ref="deepseek-chat",
+            genai_request_timestamp=day + timedelta(minutes=m),
+        ).model_price
+        for m in range(0, 24 * 60, 15)
+    ]
     peak_in, peak_out = max(p.input_mtok for p in seen), max(p.output_mtok for p in seen)
     assert min(p.input_mtok for p in seen) < peak_in  # there is an off-peak discount to guard against
     for hour in (3, 12, 20):

@@ -63,15 +63,38 @@ def test_entries_without_type_or_with_bad_numbers_raise_envelope_error(fields: d
 
 @pytest.mark.parametrize(
     ("etype", "terminal"),
-    [("done", True), ("error", True), ("cancelled", True), ("token", False), ("start", False),
-     ("lifecycle", False), ("mystery", False)],
+    [
+        ("done", True),
+        ("error", True),
+        ("cancelled", True),
+        ("token", False),
+        ("start", False),
+        ("lifecycle", False),
+        ("mystery", False),
+    ],
 )
 def test_only_done_error_and_cancelled_are_terminal(etype: str, terminal: bool) -> None:
     assert Event(etype).terminal is terminal
 
 
-SAME_HEADERS = ["lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit",
-                "root_id", "parent_id", "kwargsrepr", "replaced_task_nesting", "stamped_headers", "stamps"]
+SAME_HEADERS = [
+    "lang",
+    "task",
+    "id",
+    "shadow",
+    "eta",
+    "expires",
+    "group",
+    "group_index",
+    "retries",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "kwargsrepr",
+    "replaced_task_nesting",
+    "stamped_headers",
+    "stamps",
+]
 
 
 def test_task_message_matches_what_celery_itself_builds() -> None:
@@ -120,17 +143,28 @@ def test_key_hash_is_a_keyed_hash_that_depends_on_the_secret() -> None:
 
 @pytest.mark.parametrize(
     ("key", "ok"),
-    [("sk_live_" + "A1b2" * 10 + "xyz", True), ("sk_live_" + "a" * 42, False), ("sk_live_" + "a" * 44, False),
-     ("sk_test_" + "a" * 43, False), ("sk_live_" + "a" * 42 + "-", False), ("", False), ("Bearer x", False)],
+    [
+        ("sk_live_" + "A1b2" * 10 + "xyz", True),
+        ("sk_live_" + "a" * 42, False),
+        ("sk_live_" + "a" * 44, False),
+        ("sk_test_" + "a" * 43, False),
+        ("sk_live_" + "a" * 42 + "-", False),
+        ("", False),
+        ("Bearer x", False),
+    ],
 )
 def test_looks_like_key(key: str, ok: bool) -> None:
     assert credentials.looks_like_key(key) is ok
 
 
 def test_stream_token_is_valid_for_its_job_until_it_expires_and_names_its_key() -> None:
-    token = credentials.stream_token(SECRET, "job-1", 60, user_id="alice@example.org", key_id="0123456789abcdef",
-                                 now=1000.0)
-    assert credentials.check_stream_token(SECRET, "job-1", token, now=1000.0) == ("alice@example.org", "0123456789abcdef")
+    token = credentials.stream_token(
+        SECRET, "job-1", 60, user_id="alice@example.org", key_id="0123456789abcdef", now=1000.0
+    )
+    assert credentials.check_stream_token(SECRET, "job-1", token, now=1000.0) == (
+        "alice@example.org",
+        "0123456789abcdef",
+    )
     assert credentials.check_stream_token(SECRET, "job-1", token, now=1060.0)
     assert not credentials.check_stream_token(SECRET, "job-1", token, now=1061.0)
     assert not credentials.check_stream_token(SECRET, "job-2", token, now=1000.0)
@@ -142,20 +176,43 @@ def test_tampered_or_malformed_stream_tokens_are_refused() -> None:
     expires, key_id, holder, mac = token.split(".")
     flipped = mac[:-1] + ("A" if mac[-1] != "A" else "B")
     other_user = credentials.stream_token(SECRET, "job-1", 60, user_id="mallory", key_id=key_id, now=1000.0)
-    for bad in [f"{int(expires) + 3600}.{key_id}.{holder}.{mac}", f"{expires}.{key_id}.{holder}.{flipped}",
-                f"{expires}.fedcba9876543210.{holder}.{mac}", f"{expires}.{key_id}.{other_user.split('.')[2]}.{mac}",
-                expires, f"{expires}.", f"x.{mac}", "", "1.é", "².x", f"{expires}.{key_id}.{holder}.{mac}\n",
-                "٣" + token[1:]]:
+    for bad in [
+        f"{int(expires) + 3600}.{key_id}.{holder}.{mac}",
+        f"{expires}.{key_id}.{holder}.{flipped}",
+        f"{expires}.fedcba9876543210.{holder}.{mac}",
+        f"{expires}.{key_id}.{other_user.split('.')[2]}.{mac}",
+        expires,
+        f"{expires}.",
+        f"x.{mac}",
+        "",
+        "1.é",
+        "².x",
+        f"{expires}.{key_id}.{holder}.{mac}\n",
+        "٣" + token[1:],
+    ]:
         assert not credentials.check_stream_token(SECRET, "job-1", bad, now=1000.0), bad
 
 
 GRANTS = {
     "admin": set(Permission),
-    "user": {Permission.JOBS_SUBMIT, Permission.JOBS_READ, Permission.JOBS_CANCEL, Permission.COSTS_READ,
-             Permission.CACHE_READ, Permission.METRICS_READ, Permission.DOCS_UPLOAD, Permission.KEYS_OWN,
-             Permission.SECURITY_READ},
-    "readonly": {Permission.JOBS_READ, Permission.COSTS_READ, Permission.CACHE_READ, Permission.METRICS_READ,
-                 Permission.SECURITY_READ},
+    "user": {
+        Permission.JOBS_SUBMIT,
+        Permission.JOBS_READ,
+        Permission.JOBS_CANCEL,
+        Permission.COSTS_READ,
+        Permission.CACHE_READ,
+        Permission.METRICS_READ,
+        Permission.DOCS_UPLOAD,
+        Permission.KEYS_OWN,
+        Permission.SECURITY_READ,
+    },
+    "readonly": {
+        Permission.JOBS_READ,
+        Permission.COSTS_READ,
+        Permission.CACHE_READ,
+        Permission.METRICS_READ,
+        Permission.SECURITY_READ,
+    },
     "superuser": set(),
     "": set(),
 }
@@ -194,9 +251,14 @@ def test_calculator_answers(expression: str, answer: str) -> None:
 
 @pytest.mark.parametrize(
     ("expression", "mentions"),
-    [("2+*3", "Cannot evaluate"), ("((2)", "Cannot evaluate"), ("2^1001", "Exponents above 1000"),
-     ("9^(10^4)", "Exponents above 1000"), ("((9^999)^999)^9", "exceed 10000 bits"),
-     ("10^999*10^999*10^999*10^999*10^999", "exceed 10000 bits")],
+    [
+        ("2+*3", "Cannot evaluate"),
+        ("((2)", "Cannot evaluate"),
+        ("2^1001", "Exponents above 1000"),
+        ("9^(10^4)", "Exponents above 1000"),
+        ("((9^999)^999)^9", "exceed 10000 bits"),
+        ("10^999*10^999*10^999*10^999*10^999", "exceed 10000 bits"),
+    ],
 )
 def test_calculator_refuses_what_it_cannot_or_must_not_evaluate(expression: str, mentions: str) -> None:
     with pytest.raises(ValueError, match=mentions.replace("(", r"\(")):
@@ -209,38 +271,56 @@ def test_calculator_keeps_scientific_notation_whole() -> None:
 
 def test_text_stats_counts_words_sentences_and_key_terms() -> None:
     assert text_stats({"text": "The cat sat. The cat ran! Dogs bark?"}) == (
-        "8 words, 3 sentences, 36 characters; key terms: dogs, bark")
+        "8 words, 3 sentences, 36 characters; key terms: dogs, bark"
+    )
     assert text_stats({}) == "0 words, 0 sentences, 0 characters; key terms: none"
 
 
 @pytest.mark.parametrize(
     ("retry", "rand", "kwargs", "delay"),
-    [(1, 0.0, {}, 0.25), (1, 1.0, {}, 0.5), (2, 1.0, {}, 1.0), (3, 0.5, {}, 1.5), (5, 1.0, {}, 8.0),
-     (12, 1.0, {}, 8.0), (12, 0.0, {}, 4.0), (3, 1.0, {"base": 1.0, "cap": 3.0}, 3.0)],
+    [
+        (1, 0.0, {}, 0.25),
+        (1, 1.0, {}, 0.5),
+        (2, 1.0, {}, 1.0),
+        (3, 0.5, {}, 1.5),
+        (5, 1.0, {}, 8.0),
+        (12, 1.0, {}, 8.0),
+        (12, 0.0, {}, 4.0),
+        (3, 1.0, {"base": 1.0, "cap": 3.0}, 3.0),
+    ],
 )
 def test_backoff_delay_grows_exponentially_with_jitter_up_to_the_cap(retry, rand, kwargs, delay) -> None:
     assert backoff_delay(retry, rand=rand, **kwargs) == pytest.approx(delay)
 
 
 QUESTION = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "what is 2+2"}]
-NUMBER_TOOL = {"type": "function", "function": {"name": "dice", "parameters": {
-    "type": "object", "properties": {"sides": {"type": "integer"}}}}}
+NUMBER_TOOL = {
+    "type": "function",
+    "function": {"name": "dice", "parameters": {"type": "object", "properties": {"sides": {"type": "integer"}}}},
+}
 
 
 def test_offline_model_calls_each_offered_tool_that_takes_a_string() -> None:
     request = ChatRequest("offline", QUESTION, 100, [CALCULATOR.spec(), NUMBER_TOOL, TEXT_STATS.spec()])
     calls = plan_tool_calls(request)
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [
-        ("calculator", {"expression": "what is 2+2"}), ("text_stats", {"text": "what is 2+2"})]
+        ("calculator", {"expression": "what is 2+2"}),
+        ("text_stats", {"text": "what is 2+2"}),
+    ]
     assert len({c.id for c in calls}) == 2
     assert plan_tool_calls(ChatRequest("offline", QUESTION, 100)) == ()
 
 
 def with_tool_results() -> list[dict]:
-    return [*QUESTION,
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": "{}"}}]},
-            {"role": "tool", "tool_call_id": "c1", "content": "2+2 = 4"}]
+    return [
+        *QUESTION,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "2+2 = 4"},
+    ]
 
 
 def test_offline_model_answers_from_tool_results_once_it_has_them() -> None:
@@ -255,7 +335,7 @@ def test_offline_stream_yields_text_then_usage_then_completion_sleeping_per_toke
     items = list(OfflineProvider(delay_ms=7, sleep=slept.append).stream(ChatRequest("offline", QUESTION, 100)))
     deltas = [i for i in items if isinstance(i, TextDelta)]
     assert items[: len(deltas)] == deltas and len(deltas) > 3
-    usage, completion = items[len(deltas):]
+    usage, completion = items[len(deltas) :]
     assert isinstance(usage, Usage) and isinstance(completion, Completion)
     assert completion.text == "".join(d.text for d in deltas) == compose_answer(ChatRequest("offline", QUESTION, 1))
     assert (completion.finish_reason, usage.output_tokens, completion.usage) == ("stop", len(deltas), usage)
@@ -341,8 +421,9 @@ def test_public_settings_hide_the_redis_password(url: str, shown: str | None) ->
     assert shown is None or public["redis_url"] == shown
 
 
-@pytest.mark.parametrize(("entry_id", "pair"), [("1700000000000-0", (1700000000000, 0)), ("5-12", (5, 12)),
-                                                ("0-0", (0, 0)), ("42", (42, 0))])
+@pytest.mark.parametrize(
+    ("entry_id", "pair"), [("1700000000000-0", (1700000000000, 0)), ("5-12", (5, 12)), ("0-0", (0, 0)), ("42", (42, 0))]
+)
 def test_parse_id_reads_stream_ids(entry_id: str, pair: tuple[int, int]) -> None:
     assert parse_id(entry_id) == pair
     assert parse_id("1-2") < parse_id("1-10") < parse_id("2-0")
@@ -357,6 +438,14 @@ def test_parse_id_refuses_malformed_ids(entry_id: str) -> None:
 def test_decode_entry_serialises_events_and_skips_non_events() -> None:
     delivery = decode_entry("1-0", {b"type": b"done", b"job_id": b"j", b"seq": b"4", b"data": b'{"result":"ok"}'})
     assert delivery is not None and delivery.terminal
-    assert json.loads(delivery.payload) == {"id": "1-0", "type": "done", "job_id": "j", "seq": 4, "ts": 0.0,
-                                            "attempt": 0, "data": {"result": "ok"}, "v": 1}
+    assert json.loads(delivery.payload) == {
+        "id": "1-0",
+        "type": "done",
+        "job_id": "j",
+        "seq": 4,
+        "ts": 0.0,
+        "attempt": 0,
+        "data": {"result": "ok"},
+        "v": 1,
+    }
     assert decode_entry("2-0", {b"w": b"1"}) is None

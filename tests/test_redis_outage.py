@@ -151,6 +151,7 @@ def test_after_a_redis_restart_pooled_connections_recover_without_a_burst_of_503
 async def test_an_exhausted_pool_queues_requests_and_sheds_them_only_past_the_wait(redis_server: RedisServer) -> None:
     client = async_client(redis_server.url, socket_timeout=5, max_connections=2, pool_timeout=0.3)
     try:
+
         async def one(i: int) -> int:
             pipe = client.pipeline(transaction=False)
             pipe.incr("pool:test")

@@ -30,9 +30,20 @@ def fuzz_stack(logdir: Path) -> Iterator[Stack]:
 @pytest.mark.parametrize("role", ["admin", "user"])
 def test_schemathesis_finds_nothing_with_every_check(fuzz_stack: Stack, role: str) -> None:
     _, key = create_user(fuzz_stack.env["REDIS_URL"], role)
-    argv = [str(BIN / "schemathesis"), "run", f"{fuzz_stack.url}/api/v1/openapi.json",
-            "-H", f"Authorization: Bearer {key}", "--max-examples", "20",
-            "--request-timeout", "15", "--seed", "20261126", "--no-color"]
+    argv = [
+        str(BIN / "schemathesis"),
+        "run",
+        f"{fuzz_stack.url}/api/v1/openapi.json",
+        "-H",
+        f"Authorization: Bearer {key}",
+        "--max-examples",
+        "20",
+        "--request-timeout",
+        "15",
+        "--seed",
+        "20261126",
+        "--no-color",
+    ]
     run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600, env=fuzz_stack.env)
     tail = run.stdout[-4000:]
     assert run.returncode == 0, tail

@@ -45,7 +45,7 @@ def unquote(token: str) -> bytes:
     while i < len(token):
         if token[i] == "\\" and i + 1 < len(token):
             if token[i + 1] == "x":
-                out += bytes([int(token[i + 2:i + 4], 16)])
+                out += bytes([int(token[i + 2 : i + 4], 16)])
                 i += 4
                 continue
             out += _ESCAPES.get(token[i + 1], token[i + 1].encode())
@@ -62,8 +62,11 @@ class Monitor:
     def __init__(self, port: int, path: Path) -> None:
         self.path = path
         self.out = path.open("wb")
-        self.proc = subprocess.Popen([shutil.which("redis-cli") or "redis-cli", "-p", str(port), "monitor"],
-                                     stdout=self.out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-cli") or "redis-cli", "-p", str(port), "monitor"],
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+        )
         wait_for(lambda: path.read_bytes().startswith(b"OK"), what="MONITOR to start")
 
     def stop(self) -> list[tuple[str, list[bytes]]]:
@@ -105,21 +108,40 @@ def run_all(r: redis.Redis) -> list[Call[Any]]:
 
     now, user, job, queue = time.time(), "scripted", "j_" + "5" * 32, "agents-scripts"
     fields = {"id": job, "owner": user, "agent": "query", "status": "queued", "attempt": "1", "query": "2+2"}
-    submit = {"job_id": job, "owner": user, "fields": fields, "now": now, "job_ttl_s": 60, "queue": queue,
-              "message": "{}", "digest": "d", "idempotency_ttl_s": 60, "lifecycle": {"status": "queued"},
-              "audit": {"actor": user, "action": "job.submit"}, "audit_max_len": 1000}
+    submit = {
+        "job_id": job,
+        "owner": user,
+        "fields": fields,
+        "now": now,
+        "job_ttl_s": 60,
+        "queue": queue,
+        "message": "{}",
+        "digest": "d",
+        "idempotency_ttl_s": 60,
+        "lifecycle": {"status": "queued"},
+        "audit": {"actor": user, "action": "job.submit"},
+        "audit_max_len": 1000,
+    }
     run(job_scripts.submit(**submit, idempotency_key="k1"))
     run(job_scripts.submit(**{**submit, "job_id": "j_" + "6" * 32}, idempotency_key="k1"))  # the key is taken
     run(job_scripts.submit(**submit, idempotency_key=None))  # sent again: finds its job
-    r.hset(keyspace.budget_config(user), mapping={"user": Budget("user", 10_000, "total").to_json(),
-                                                   "agent:query": Budget("agent:query", 10**9, "daily").to_json()})
-    run(budget_scripts.hold(user_id=user, job_id=job, amount_micros=100, scopes=["user", "agent:query"], now=now,
-                            expires_at=now + 60))
+    r.hset(
+        keyspace.budget_config(user),
+        mapping={
+            "user": Budget("user", 10_000, "total").to_json(),
+            "agent:query": Budget("agent:query", 10**9, "daily").to_json(),
+        },
+    )
+    run(
+        budget_scripts.hold(
+            user_id=user, job_id=job, amount_micros=100, scopes=["user", "agent:query"], now=now, expires_at=now + 60
+        )
+    )
     run(budget_scripts.hold(user_id=user, job_id=job, amount_micros=100, scopes=["user"], now=now, expires_at=now))
-    run(budget_scripts.hold(user_id=user, job_id="j_x", amount_micros=10**6, scopes=["user"], now=now,
-                            expires_at=now))  # rejected
-    start = {"job_id": job, "attempt": 1, "now": now, "lease_token": "t1", "lease_ms": 5000, "worker": "w",
-             "data": {}}
+    run(
+        budget_scripts.hold(user_id=user, job_id="j_x", amount_micros=10**6, scopes=["user"], now=now, expires_at=now)
+    )  # rejected
+    start = {"job_id": job, "attempt": 1, "now": now, "lease_token": "t1", "lease_ms": 5000, "worker": "w", "data": {}}
     run(job_scripts.start(**start))
     run(job_scripts.start(**start))  # sent again: carries on
     run(job_scripts.start(**{**start, "lease_token": "other"}))  # running: refused
@@ -133,13 +155,27 @@ def run_all(r: redis.Redis) -> list[Call[Any]]:
     run(budget_scripts.extend(user_id=user, job_id=job, needed_micros=800, period_ids='["a","b","c","d"]'))
     run(budget_scripts.extend(user_id=user, job_id="j_none", needed_micros=800, period_ids=ids))
     usage = {"model": "m", "cost_micros": 300}
-    run(budget_scripts.charge(user_id=user, job_id=job, attempt=1, charge_id="1:1", cost_micros=300, now=now,
-                              usage=usage))
-    run(budget_scripts.charge(user_id=user, job_id=job, attempt=1, charge_id="1:1", cost_micros=300, now=now,
-                              usage=usage))  # the same charge again
+    run(
+        budget_scripts.charge(
+            user_id=user, job_id=job, attempt=1, charge_id="1:1", cost_micros=300, now=now, usage=usage
+        )
+    )
+    run(
+        budget_scripts.charge(
+            user_id=user, job_id=job, attempt=1, charge_id="1:1", cost_micros=300, now=now, usage=usage
+        )
+    )  # the same charge again
     outcome = Outcome("succeeded", "done", {"result": "4"}, result="4")
-    finish = {"job_id": job, "attempt": 1, "now": now, "outcome": outcome, "usage": {}, "seq": 3, "job_ttl_s": 60,
-              "stream_ttl_s": 60}
+    finish = {
+        "job_id": job,
+        "attempt": 1,
+        "now": now,
+        "outcome": outcome,
+        "usage": {},
+        "seq": 3,
+        "job_ttl_s": 60,
+        "stream_ttl_s": 60,
+    }
     run(job_scripts.finish(**finish, lease_token="wrong"))
     run(job_scripts.finish(**finish, lease_token="t1"))
     run(budget_scripts.settle(user_id=user, job_id=job, now=now + 86400 * 40))  # other periods: moved
@@ -155,8 +191,10 @@ def run_all(r: redis.Redis) -> list[Call[Any]]:
     lost = "j_" + "7" * 32
     requeue = {"now": now, "message": "{}", "max_attempts": 2, "queue": queue, "job_ttl_s": 60, "stream_ttl_s": 60}
     for attempt, cancel in ((1, "0"), (2, "0"), (1, "1")):
-        r.hset(keyspace.job(lost), mapping={**fields, "id": lost, "status": "running", "attempt": attempt,
-                                            "cancel": cancel})
+        r.hset(
+            keyspace.job(lost),
+            mapping={**fields, "id": lost, "status": "running", "attempt": attempt, "cancel": cancel},
+        )
         run(job_scripts.requeue(job_id=lost, attempt=attempt, **requeue))
     run(job_scripts.requeue(job_id=lost, attempt=9, **requeue))  # gone
     r.hset(keyspace.user(user), mapping={"user_id": user, "role": "user"})
@@ -166,8 +204,11 @@ def run_all(r: redis.Redis) -> list[Call[Any]]:
     run(user_scripts.update_user(user_id=user, key_hashes=["h1"], fields={"role": "readonly"}))
     run(user_scripts.update_user(user_id="nobody", key_hashes=[], fields={"role": "readonly"}))
     for _ in range(2):
-        run(user_scripts.note_auth_failure(ip="10.0.0.1", window=7, ttl_s=60, now=now, audit={"action": "x"},
-                                           audit_max_len=1000))
+        run(
+            user_scripts.note_auth_failure(
+                ip="10.0.0.1", window=7, ttl_s=60, now=now, audit={"action": "x"}, audit_max_len=1000
+            )
+        )
     run(user_scripts.summarise_auth_failures(window=7, window_s=60, now=now, audit_max_len=1000))
     link = Link("1-1", 1, "0" * 64, "a" * 64, "{}")
     run(audit_scripts.append(head_seq=0, head_hash="", links=[link]))
@@ -175,14 +216,21 @@ def run_all(r: redis.Redis) -> list[Call[Any]]:
     [(entry_id, _)] = r.xrange(keyspace.AUDIT_LOG)
     run(audit_scripts.cut(seq=1, hash="a" * 64, entry_ids=[entry_id]))
     run(counter_scripts.count_lifecycle(group="g", entries=[("1-1", "started"), ("1-1", "started")], dedupe_ttl_s=60))
-    increments = Increments("2-2", [(keyspace.ledger_hour(user, "2026113012"), "cost", 5)],
-                            [(keyspace.ledger_hour(user, "2026113012"), 60)])
+    increments = Increments(
+        "2-2", [(keyspace.ledger_hour(user, "2026113012"), "cost", 5)], [(keyspace.ledger_hour(user, "2026113012"), 60)]
+    )
     run(counter_scripts.apply_ledger(group="g", batch=[increments, increments], dedupe_ttl_s=60))
     for family, kind in (("jobs_seen", "counter"), ("jobs_seen", "gauge")):
-        run(metric_scripts.register(family=family, kind=kind, label_names=["a"], label_values=["1"], max_families=5,
-                                    max_series=5))
-    run(metric_scripts.register(family="other", kind="counter", label_names=[], label_values=[], max_families=1,
-                                max_series=5))
+        run(
+            metric_scripts.register(
+                family=family, kind=kind, label_names=["a"], label_values=["1"], max_families=5, max_series=5
+            )
+        )
+    run(
+        metric_scripts.register(
+            family="other", kind="counter", label_names=[], label_values=[], max_families=1, max_series=5
+        )
+    )
     return calls
 
 
@@ -204,7 +252,7 @@ def test_every_script_touches_only_the_keys_its_call_declares(server: RedisServe
             declared = None
             if command == b"EVALSHA":
                 current = by_sha[args[1].decode()]
-                declared = set(args[3:3 + int(args[2])])
+                declared = set(args[3 : 3 + int(args[2])])
             continue
         assert declared is not None, f"a script command outside any EVALSHA: {args}"
         ran.add(current)
@@ -225,8 +273,9 @@ def test_each_script_documents_its_keys_arguments_and_reply() -> None:
 
 def test_an_event_written_by_a_script_reads_back_as_an_envelope(server: RedisServer) -> None:
     r = redis.Redis(port=server.port, decode_responses=True)
-    Scripts(r).run(budget_scripts.spend(user_id="env", cost_micros=1, scopes=["user"], now=1000.5,
-                                        usage={"model": "m"}))
+    Scripts(r).run(
+        budget_scripts.spend(user_id="env", cost_micros=1, scopes=["user"], now=1000.5, usage={"model": "m"})
+    )
     _, fields = r.xrevrange(keyspace.USAGE_STREAM, count=1)[0]
     event = Event.from_fields(fields)
     assert (event.type, event.ts, event.data, event.v, event.extra) == ("usage", 1000.5, {"model": "m"}, 1, {})

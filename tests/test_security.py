@@ -39,15 +39,21 @@ ROUTES = routes()
 
 
 def concrete(template: str) -> str:
-    return re.sub(r"\{[a-z_]+\}", lambda m: {"{job_id}": "j_" + "0" * 32, "{agent}": "query"}.get(m.group(), "zz"),
-                  template)
+    return re.sub(
+        r"\{[a-z_]+\}", lambda m: {"{job_id}": "j_" + "0" * 32, "{agent}": "query"}.get(m.group(), "zz"), template
+    )
 
 
 @pytest.fixture(scope="module")
 def sec_stack(logdir: Path) -> Iterator[tuple[Stack, redis.Redis]]:
     server = RedisServer(logdir).start()
-    stack = Stack(server.url, logdir, RATE_LIMIT_PER_MIN="1000", CORS_ORIGINS="https://app.example",
-                  AUTH_FAILURES_PER_WINDOW="100000")
+    stack = Stack(
+        server.url,
+        logdir,
+        RATE_LIMIT_PER_MIN="1000",
+        CORS_ORIGINS="https://app.example",
+        AUTH_FAILURES_PER_WINDOW="100000",
+    )
     stack.events()
     stack.api()
     r = redis.Redis.from_url(server.url, decode_responses=True)
@@ -63,10 +69,18 @@ def test_the_route_table_declares_a_permission_for_every_route() -> None:
         assert permission is not None, f"{method} {path} declares no permission"
         assert permission == PUBLIC or isinstance(permission, Permission), (path, method)
     public = {(p, m) for p, m, perm in ROUTES if perm == PUBLIC}
-    assert {p for p, _ in public} <= {"/api/v1/health", "/api/v1/monitoring/live", "/api/v1/monitoring/ready",
-                                      "/api/v1/monitoring/health",
-                                      "/api/v1/stream/demo", "/api/v1/stream/health", "/api/v1/openapi.json",
-                                      "/docs", "/redoc", "/api/v1/docs-assets/{name}"}
+    assert {p for p, _ in public} <= {
+        "/api/v1/health",
+        "/api/v1/monitoring/live",
+        "/api/v1/monitoring/ready",
+        "/api/v1/monitoring/health",
+        "/api/v1/stream/demo",
+        "/api/v1/stream/health",
+        "/api/v1/openapi.json",
+        "/docs",
+        "/redoc",
+        "/api/v1/docs-assets/{name}",
+    }
 
 
 def test_every_route_but_health_rejects_a_request_without_a_valid_key(sec_stack) -> None:
@@ -109,8 +123,9 @@ def test_users_roles_and_keys_lifecycle(sec_stack) -> None:
     stack, r = sec_stack
     name = f"sec{next(_n)}"
     with admin_client(stack) as admin:
-        created = admin.post("/api/v1/security/users", json={"user_id": name, "role": "readonly",
-                                                             "metadata": {"email": "x@example.com"}})
+        created = admin.post(
+            "/api/v1/security/users", json={"user_id": name, "role": "readonly", "metadata": {"email": "x@example.com"}}
+        )
         assert created.status_code == 201 and created.json()["role"] == "readonly"
         assert admin.post("/api/v1/security/users", json={"user_id": name, "role": "user"}).status_code == 409
         assert admin.post("/api/v1/security/users", json={"user_id": "bad id", "role": "user"}).status_code == 400
@@ -155,8 +170,10 @@ def test_permission_checks_authentication_and_the_permission_table(sec_stack) ->
     with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=10) as user:
         check = user.post("/api/v1/security/check-permission", json={"permission": "jobs:submit"}).json()
         assert check["allowed"] is True and check["user_id"] == user_id
-        assert user.post("/api/v1/security/check-permission",
-                         json={"permission": "users:admin"}).json()["allowed"] is False
+        assert (
+            user.post("/api/v1/security/check-permission", json={"permission": "users:admin"}).json()["allowed"]
+            is False
+        )
         assert user.post("/api/v1/security/check-permission", json={"permission": "nope"}).status_code == 400
         who = user.post("/api/v1/security/authenticate", json={"api_key": key}).json()
         assert who == {"valid": True, "user_id": user_id, "role": "user", "key_id": who["key_id"]}
@@ -202,11 +219,13 @@ def test_rate_limit_answers_429_with_retry_after_and_headers(logdir: Path) -> No
 
 def test_cors_allows_only_the_listed_origins(sec_stack) -> None:
     stack, _ = sec_stack
-    ok = httpx.options(f"{stack.url}/api/v1/jobs", headers={
-        "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+    ok = httpx.options(
+        f"{stack.url}/api/v1/jobs", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    )
     assert ok.headers.get("access-control-allow-origin") == "https://app.example"
-    other = httpx.options(f"{stack.url}/api/v1/jobs", headers={
-        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    other = httpx.options(
+        f"{stack.url}/api/v1/jobs", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
     assert "access-control-allow-origin" not in other.headers
 
 
@@ -249,9 +268,14 @@ def test_the_audit_endpoints_list_and_verify_the_chain(sec_stack) -> None:
     with admin_client(stack) as admin:
         for each in names:
             admin.post("/api/v1/security/users", json={"user_id": each, "role": "user"})
-        wait_for(lambda: any(e["resource"] == name for e in admin.get(
-            "/api/v1/security/audit", params={"action": "user.create"}).json()["entries"]),
-            timeout=15, what="the chain to hold the record")
+        wait_for(
+            lambda: any(
+                e["resource"] == name
+                for e in admin.get("/api/v1/security/audit", params={"action": "user.create"}).json()["entries"]
+            ),
+            timeout=15,
+            what="the chain to hold the record",
+        )
         page = admin.get("/api/v1/security/audit", params={"limit": 3}).json()
         assert len(page["entries"]) == 3 and page["next_cursor"]
         verified = admin.get("/api/v1/security/audit/verify").json()
@@ -261,10 +285,10 @@ def test_the_audit_endpoints_list_and_verify_the_chain(sec_stack) -> None:
 
 
 async def _create_keys(url: str, key: str, user_id: str, n: int) -> list[str]:
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60,
-                                 limits=httpx.Limits(max_connections=50)) as client:
-        answers = await asyncio.gather(*(client.post(f"/api/v1/security/users/{user_id}/api-key")
-                                         for _ in range(n)))
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60, limits=httpx.Limits(max_connections=50)
+    ) as client:
+        answers = await asyncio.gather(*(client.post(f"/api/v1/security/users/{user_id}/api-key") for _ in range(n)))
     return [a.json()["api_key"] for a in answers if a.status_code == 201]
 
 
@@ -306,8 +330,10 @@ def test_a_demotion_racing_key_creation_leaves_no_key_with_the_old_role(sec_stac
 def proxy_stacks(logdir: Path) -> Iterator[tuple[dict[str, Stack], redis.Redis]]:
     """Two API instances on one Redis, admin routes for 10.0.0.0/8 only: one trusts no proxy, one trusts 127.0.0.1."""
     server = RedisServer(logdir).start()
-    stacks = {trusted: Stack(server.url, logdir, ADMIN_IP_ALLOWLIST="10.0.0.0/8", TRUSTED_PROXIES=trusted)
-              for trusted in ("", "127.0.0.1")}
+    stacks = {
+        trusted: Stack(server.url, logdir, ADMIN_IP_ALLOWLIST="10.0.0.0/8", TRUSTED_PROXIES=trusted)
+        for trusted in ("", "127.0.0.1")
+    }
     for stack in stacks.values():
         stack.api()
     r = redis.Redis.from_url(server.url, decode_responses=True)
@@ -331,14 +357,14 @@ def proxy_stacks(logdir: Path) -> Iterator[tuple[dict[str, Stack], redis.Redis]]
         ("127.0.0.1", {"X-Forwarded-For": "not-an-address"}, False, "127.0.0.1"),
     ],
 )
-def test_forwarded_headers_count_only_from_trusted_proxies(proxy_stacks, trusted: str, headers: dict[str, str],
-                                                           admitted: bool, seen_as: str) -> None:
+def test_forwarded_headers_count_only_from_trusted_proxies(
+    proxy_stacks, trusted: str, headers: dict[str, str], admitted: bool, seen_as: str
+) -> None:
     stacks, r = proxy_stacks
     stack = stacks[trusted]
     _, key = create_user(stack.env["REDIS_URL"], "admin")
     name = f"fwd{next(_n)}"
-    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}", **headers},
-                      timeout=10) as admin:
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}", **headers}, timeout=10) as admin:
         made = admin.post("/api/v1/security/users", json={"user_id": name, "role": "admin"})
     assert (made.status_code == 201) is admitted, made.text
     action, resource = ("user.create", name) if admitted else ("permission.denied", "/api/v1/security/users")
@@ -357,8 +383,9 @@ def test_failed_authentication_is_limited_per_address_and_counted_not_logged_eac
         _, key = create_user(server.url, "user")
         with httpx.Client(base_url=stack.url, timeout=10) as anonymous:
             window = wait_for(lambda: time.time() % 3 < 1 and int(time.time() // 3), timeout=5, interval=0.01)
-            answers = [anonymous.get("/api/v1/jobs", headers={"Authorization": f"Bearer sk_live_{i:043d}"})
-                       for i in range(30)]
+            answers = [
+                anonymous.get("/api/v1/jobs", headers={"Authorization": f"Bearer sk_live_{i:043d}"}) for i in range(30)
+            ]
             statuses = [a.status_code for a in answers]
             assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}, statuses
             assert int(answers[-1].headers["retry-after"]) >= 1
@@ -400,8 +427,10 @@ def test_cross_user_probes_anonymous_requests_and_tracked_usage_are_audited(sec_
     # Audited in full if it was this minute's first failure from the address, else counted for the summary.
     assert int(r.hget(window, "127.0.0.1") or 0) == before + 1 or time.time() // 60 != int(window.split(":")[1])
     with admin_client(stack) as admin:
-        tracked = admin.post("/api/v1/costs/track", json={"user_id": owner_id, "model": "offline",
-                                                          "input_tokens": 10, "output_tokens": 5})
+        tracked = admin.post(
+            "/api/v1/costs/track",
+            json={"user_id": owner_id, "model": "offline", "input_tokens": 10, "output_tokens": 5},
+        )
         assert tracked.status_code == 201
     entries = audit_records(r)
     probes = [e for e in entries if e["actor"] == prober_id and e["action"] == "access.denied"]

@@ -26,12 +26,16 @@ _ids = itertools.count()
 
 def make_job(r: redis.Redis, amount: int, model: str = "house-model") -> dict[str, str]:
     user, job_id = f"spender{next(_ids)}", f"j_{next(_ids) + 9_000_000:032x}"
-    record = job_record.job_record(job_id=job_id, owner=user, agent="query", model=model, query="q", max_tokens=100,
-                             now=time.time())
+    record = job_record.job_record(
+        job_id=job_id, owner=user, agent="query", model=model, query="q", max_tokens=100, now=time.time()
+    )
     r.hset(keyspace.job(job_id), mapping=record)
     now = time.time()
-    reply = Scripts(r).run(budget_scripts.hold(user_id=user, job_id=job_id, amount_micros=amount, scopes=["user"],
-                                               now=now, expires_at=now + 60))
+    reply = Scripts(r).run(
+        budget_scripts.hold(
+            user_id=user, job_id=job_id, amount_micros=amount, scopes=["user"], now=now, expires_at=now + 60
+        )
+    )
     assert reply.outcome is Held.HELD
     return record
 
@@ -104,8 +108,7 @@ def test_the_sweeper_settles_holds_of_ended_or_vanished_jobs_and_extends_live_on
     r.hincrby(keyspace.budget_hold(ended["owner"], ended["id"]), "spent", 1_234)
     r.delete(keyspace.job(vanished["id"]))
     later = time.time() + 120  # past every hold's expiry
-    sweeper = Sweeper(r, "agents-test", grace_s=1, job_ttl_s=60, stream_ttl_s=60, hold_ttl_s=30,
-                      clock=lambda: later)
+    sweeper = Sweeper(r, "agents-test", grace_s=1, job_ttl_s=60, stream_ttl_s=60, hold_ttl_s=30, clock=lambda: later)
     outcome = sweeper.sweep_holds()
     assert outcome["settled"] >= 2 and outcome["extended"] >= 1
     assert r.exists(keyspace.budget_hold(live["owner"], live["id"]))

@@ -27,18 +27,21 @@ TRACEPARENT = f"00-{TRACE_ID}-{CLIENT_SPAN_ID}-01"
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
-@pytest.mark.parametrize(("header", "trace_id"), [
-    (TRACEPARENT, TRACE_ID),
-    (f" {TRACEPARENT} ", TRACE_ID),
-    (f"00-{TRACE_ID}-{CLIENT_SPAN_ID}-00", TRACE_ID),  # not sampled is still a trace
-    (TRACEPARENT.upper(), ""),  # W3C: lowercase hex only
-    (f"00-{'0' * 32}-{CLIENT_SPAN_ID}-01", ""),
-    (f"00-{TRACE_ID}-{'0' * 16}-01", ""),
-    (f"ff-{TRACE_ID}-{CLIENT_SPAN_ID}-01", ""),
-    (f"00-{TRACE_ID[:-1]}-{CLIENT_SPAN_ID}-01", ""),
-    ("", ""),
-    (None, ""),
-])
+@pytest.mark.parametrize(
+    ("header", "trace_id"),
+    [
+        (TRACEPARENT, TRACE_ID),
+        (f" {TRACEPARENT} ", TRACE_ID),
+        (f"00-{TRACE_ID}-{CLIENT_SPAN_ID}-00", TRACE_ID),  # not sampled is still a trace
+        (TRACEPARENT.upper(), ""),  # W3C: lowercase hex only
+        (f"00-{'0' * 32}-{CLIENT_SPAN_ID}-01", ""),
+        (f"00-{TRACE_ID}-{'0' * 16}-01", ""),
+        (f"ff-{TRACE_ID}-{CLIENT_SPAN_ID}-01", ""),
+        (f"00-{TRACE_ID[:-1]}-{CLIENT_SPAN_ID}-01", ""),
+        ("", ""),
+        (None, ""),
+    ],
+)
 def test_trace_id_is_read_only_from_a_valid_traceparent(header: str | None, trace_id: str) -> None:
     assert tracing.trace_id(header) == trace_id
 
@@ -77,8 +80,11 @@ def lifecycle_watch(redis_url: str) -> Iterator[Callable[[str], list[dict[str, A
     client.xgroup_create(keyspace.LIFECYCLE_STREAM, group, id="$", mkstream=True)
 
     def entries(job_id: str) -> list[dict[str, Any]]:
-        return [json.loads(fields["data"]) for _, fields in client.xrange(keyspace.LIFECYCLE_STREAM)
-                if fields.get("job_id") == job_id]
+        return [
+            json.loads(fields["data"])
+            for _, fields in client.xrange(keyspace.LIFECYCLE_STREAM)
+            if fields.get("job_id") == job_id
+        ]
 
     try:
         yield entries
@@ -92,9 +98,15 @@ def traced(logdir: Path) -> Iterator[tuple[Stack, SimControl, Receiver]]:
     """An API and a worker exporting spans to a stand-in collector; the worker calls the LLM simulator."""
     with Receiver() as receiver, run_simulator() as base_url:
         server = RedisServer(logdir).start()
-        stack = Stack(server.url, logdir, OPENAI_API_KEY="sk-test-provider-key-0123456789",
-                      OPENAI_BASE_URL=base_url, DEFAULT_MODEL="gpt-4o-mini", LLM_TIMEOUT_S="5",
-                      OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
+        stack = Stack(
+            server.url,
+            logdir,
+            OPENAI_API_KEY="sk-test-provider-key-0123456789",
+            OPENAI_BASE_URL=base_url,
+            DEFAULT_MODEL="gpt-4o-mini",
+            LLM_TIMEOUT_S="5",
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        )
         control = SimControl(base_url)
         try:
             stack.worker(concurrency=1, name="traced")
@@ -112,10 +124,13 @@ def test_one_trace_joins_the_request_the_worker_and_each_llm_call(traced) -> Non
     control.config(tokens_per_s=0)
     control.script({"kind": "error", "status": 503}, {"kind": "text", "text": "traced answer"})
     _, key = create_user(stack.env["REDIS_URL"])
-    with lifecycle_watch(stack.env["REDIS_URL"]) as lifecycle, \
-            httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as api:
-        submitted = api.post("/api/v1/jobs", json={"agent_type": "query", "query": "follow me"},
-                             headers={"traceparent": TRACEPARENT})
+    with (
+        lifecycle_watch(stack.env["REDIS_URL"]) as lifecycle,
+        httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as api,
+    ):
+        submitted = api.post(
+            "/api/v1/jobs", json={"agent_type": "query", "query": "follow me"}, headers={"traceparent": TRACEPARENT}
+        )
         assert submitted.status_code == 202, submitted.text
         job_id = submitted.json()["id"]
         assert submitted.json()["trace_id"] == TRACE_ID
@@ -127,16 +142,20 @@ def test_one_trace_joins_the_request_the_worker_and_each_llm_call(traced) -> Non
 
     def whole_trace(spans: list[Span]) -> list[Span] | None:
         mine = [s for s in spans if s.trace_id == TRACE_ID]
-        return mine if sum(s.kind == "CLIENT" for s in mine) == 2 and any(s.kind == "CONSUMER" for s in mine) \
-            and any(s.kind == "SERVER" for s in mine) else None
+        return (
+            mine
+            if sum(s.kind == "CLIENT" for s in mine) == 2
+            and any(s.kind == "CONSUMER" for s in mine)
+            and any(s.kind == "SERVER" for s in mine)
+            else None
+        )
 
     spans = receiver.wait_for(whole_trace)
     [server] = [s for s in spans if s.kind == "SERVER"]
     assert (server.service, server.name, server.parent_span_id) == ("agentic-api", "POST /api/v1/jobs", CLIENT_SPAN_ID)
     assert server.attributes["http.response.status_code"] == 202
     [worker] = [s for s in spans if s.kind == "CONSUMER"]
-    assert (worker.service, worker.name, worker.parent_span_id) == ("agentic-worker", "run_agent query",
-                                                                    server.span_id)
+    assert (worker.service, worker.name, worker.parent_span_id) == ("agentic-worker", "run_agent query", server.span_id)
     assert worker.attributes["agentic.job.id"] == job_id and worker.attributes["agentic.job.attempt"] == 1
     assert worker.attributes["agentic.job.outcome"] == "succeeded" and worker.status == "UNSET"
     calls = [s for s in spans if s.kind == "CLIENT"]
@@ -160,8 +179,9 @@ def test_one_trace_joins_the_request_the_worker_and_each_llm_call(traced) -> Non
     assert finished and finished[0]["trace_id"] == TRACE_ID and finished[0]["span_id"] == worker.span_id
 
 
-def test_with_tracing_off_a_job_still_gets_a_trace_id_and_nothing_is_exported(stack: Stack,
-                                                                             alice: httpx.Client) -> None:
+def test_with_tracing_off_a_job_still_gets_a_trace_id_and_nothing_is_exported(
+    stack: Stack, alice: httpx.Client
+) -> None:
     with lifecycle_watch(stack.env["REDIS_URL"]) as lifecycle:
         submitted = alice.post("/api/v1/jobs", json={"agent_type": "query", "query": "no tracing here"})
         assert submitted.status_code == 202, submitted.text
@@ -176,8 +196,11 @@ def test_with_tracing_off_a_job_still_gets_a_trace_id_and_nothing_is_exported(st
     assert queued["trace_id"] == trace_id
     workers = [p for p in stack.procs if p.name.startswith("worker-")]
     # The worker logs the outcome just after recording it: the client can see it first.
-    lines = wait_for(lambda: [line for p in workers for line in json_lines(p) if line.get("job_id") == job_id],
-                     timeout=10, what="the worker's log lines of the job")
+    lines = wait_for(
+        lambda: [line for p in workers for line in json_lines(p) if line.get("job_id") == job_id],
+        timeout=10,
+        what="the worker's log lines of the job",
+    )
     assert all(line["trace_id"] == trace_id and "span_id" not in line for line in lines)
     for proc in stack.procs:
         log = proc.log()
@@ -186,10 +209,16 @@ def test_with_tracing_off_a_job_still_gets_a_trace_id_and_nothing_is_exported(st
 
 def test_with_tracing_off_a_job_keeps_the_callers_trace_id(alice: httpx.Client) -> None:
     mine = "4bf92f3577b34da6a3ce929d0e0e4736"
-    submitted = alice.post("/api/v1/jobs", json={"agent_type": "query", "query": "whose trace?"},
-                           headers={"traceparent": f"00-{mine}-00f067aa0ba902b7-01"})
+    submitted = alice.post(
+        "/api/v1/jobs",
+        json={"agent_type": "query", "query": "whose trace?"},
+        headers={"traceparent": f"00-{mine}-00f067aa0ba902b7-01"},
+    )
     assert submitted.status_code == 202, submitted.text
     assert submitted.json()["trace_id"] == mine
-    malformed = alice.post("/api/v1/jobs", json={"agent_type": "query", "query": "whose trace?"},
-                           headers={"traceparent": f"00-{mine.upper()}-00f067aa0ba902b7-01"})
+    malformed = alice.post(
+        "/api/v1/jobs",
+        json={"agent_type": "query", "query": "whose trace?"},
+        headers={"traceparent": f"00-{mine.upper()}-00f067aa0ba902b7-01"},
+    )
     assert malformed.json()["trace_id"] not in (mine, mine.upper())

@@ -108,12 +108,17 @@ class JobRunner:
         The attempt runs in a CONSUMER span whose parent is the job's `traceparent` (made at submit), so its
         model calls and log lines join the trace of the request that submitted it.
         """
-        traceparent, tracestate, agent = (text(v) if v is not None else "" for v in self.client.hmget(
-            keyspace.job(job_id), "traceparent", "tracestate", "agent"))
-        with tracing.in_span(f"run_agent {agent or 'unknown'}", kind=SpanKind.CONSUMER, parent=traceparent,
-                             parent_state=tracestate or None,
-                             attributes={"agentic.job.id": job_id, "agentic.job.attempt": attempt,
-                                         "agentic.agent": agent}) as span:
+        traceparent, tracestate, agent = (
+            text(v) if v is not None else ""
+            for v in self.client.hmget(keyspace.job(job_id), "traceparent", "tracestate", "agent")
+        )
+        with tracing.in_span(
+            f"run_agent {agent or 'unknown'}",
+            kind=SpanKind.CONSUMER,
+            parent=traceparent,
+            parent_state=tracestate or None,
+            attributes={"agentic.job.id": job_id, "agentic.job.attempt": attempt, "agentic.agent": agent},
+        ) as span:
             ids = {"job_id": job_id, "trace_id": tracing.trace_id(traceparent) or tracing.span_trace_id(span)}
             status = self._run(job_id, attempt, ids, span)
             span.set_attribute("agentic.job.outcome", status)
@@ -121,17 +126,31 @@ class JobRunner:
 
     def _run(self, job_id: str, attempt: int, ids: Mapping[str, str], span: Span) -> str:
         token = f"{attempt}:{uuid.uuid4().hex}"
-        start = {"attempt": attempt, "worker": self.worker, "provider": self.provider.name,
-                 "trace_id": ids["trace_id"]}
-        started = self.scripts.run(job_scripts.start(job_id=job_id, attempt=attempt, now=self.clock(),
-                                                     lease_token=token, lease_ms=self.lease_ms, worker=self.worker,
-                                                     data=start))
+        start = {"attempt": attempt, "worker": self.worker, "provider": self.provider.name, "trace_id": ids["trace_id"]}
+        started = self.scripts.run(
+            job_scripts.start(
+                job_id=job_id,
+                attempt=attempt,
+                now=self.clock(),
+                lease_token=token,
+                lease_ms=self.lease_ms,
+                worker=self.worker,
+                data=start,
+            )
+        )
         if started.outcome is not StartOutcome.OK or started.job is None:
             log.info("skipped job %s attempt %d: %s", job_id, attempt, started.outcome.value, extra=ids)
             return f"skipped:{started.outcome.value}"
         job = started.job
-        publisher = JobPublisher(self.client, keyspace.job_stream(job_id), job_id, attempt, started.next_seq,
-                                 flush_ms=self.flush_ms, clock=self.clock)
+        publisher = JobPublisher(
+            self.client,
+            keyspace.job_stream(job_id),
+            job_id,
+            attempt,
+            started.next_seq,
+            flush_ms=self.flush_ms,
+            clock=self.clock,
+        )
         heartbeat = Heartbeat(self.scripts, job_id, token, self.lease_ms, self.heartbeat_s)
         totals = Totals()
         began = time.perf_counter()
@@ -150,8 +169,15 @@ class JobRunner:
         AGENT_DURATION.labels(agent).observe(time.perf_counter() - began)
         return status
 
-    def _outcome(self, job: Mapping[str, str], attempt: int, publisher: JobPublisher,
-                 heartbeat: Heartbeat, totals: Totals, ids: Mapping[str, str]) -> Outcome | None:
+    def _outcome(
+        self,
+        job: Mapping[str, str],
+        attempt: int,
+        publisher: JobPublisher,
+        heartbeat: Heartbeat,
+        totals: Totals,
+        ids: Mapping[str, str],
+    ) -> Outcome | None:
         agent = self.agents.get(job.get("agent", ""))
         if agent is None:
             return error_outcome("unknown_agent", f"This worker has no agent named {job.get('agent')!r}.")
@@ -163,9 +189,16 @@ class JobRunner:
             totals.add(usage, data["cost_micros"])
             publisher.emit("usage", data)
 
-        ctx = AgentContext(job=job, provider=self.provider, events=publisher, check=heartbeat.check,
-                           on_usage=on_usage, before_call=spending.before_call, model=job.get("model", ""),
-                           max_tokens=int(job.get("max_tokens", 1024)))
+        ctx = AgentContext(
+            job=job,
+            provider=self.provider,
+            events=publisher,
+            check=heartbeat.check,
+            on_usage=on_usage,
+            before_call=spending.before_call,
+            model=job.get("model", ""),
+            max_tokens=int(job.get("max_tokens", 1024)),
+        )
         try:
             answer = agent.run(ctx)
         except LeaseLost:
@@ -173,8 +206,12 @@ class JobRunner:
             return None
         except Cancelled:
             data = {"reason": "cancelled by request", "usage": totals.as_dict()}
-            return Outcome("cancelled", "cancelled", data,
-                           error={"code": "cancelled", "message": "The job was cancelled while running."})
+            return Outcome(
+                "cancelled",
+                "cancelled",
+                data,
+                error={"code": "cancelled", "message": "The job was cancelled while running."},
+            )
         except LLMError as ex:
             return error_outcome(ex.code, str(ex))
         except (AgentError, AgentStop) as ex:
@@ -186,19 +223,42 @@ class JobRunner:
             return error_outcome("internal_error", "The agent failed unexpectedly; the error is in the worker's log.")
         return Outcome("succeeded", "done", {"result": answer, "usage": totals.as_dict()}, result=answer)
 
-    def _finish(self, job_id: str, owner: str, attempt: int, token: str, publisher: JobPublisher,
-                outcome: Outcome, totals: Totals, ids: Mapping[str, str]) -> str:
+    def _finish(
+        self,
+        job_id: str,
+        owner: str,
+        attempt: int,
+        token: str,
+        publisher: JobPublisher,
+        outcome: Outcome,
+        totals: Totals,
+        ids: Mapping[str, str],
+    ) -> str:
         seq = publisher.reserve_seq()
         publisher.close()
         data = dict(outcome.data)
         if outcome.status == "failed":
             data["usage"] = totals.as_dict()
-        finished = self.scripts.run(job_scripts.finish(
-            job_id=job_id, attempt=attempt, now=self.clock(), lease_token=token,
-            outcome=replace(outcome, data=data), usage=totals.as_dict(), seq=seq, job_ttl_s=self.job_ttl_s,
-            stream_ttl_s=self.stream_ttl_s))
-        log.info("job %s attempt %d %s", job_id, attempt, outcome.status,
-                 extra={**ids, "attempt": attempt, "status": outcome.status, "finished": finished})
+        finished = self.scripts.run(
+            job_scripts.finish(
+                job_id=job_id,
+                attempt=attempt,
+                now=self.clock(),
+                lease_token=token,
+                outcome=replace(outcome, data=data),
+                usage=totals.as_dict(),
+                seq=seq,
+                job_ttl_s=self.job_ttl_s,
+                stream_ttl_s=self.stream_ttl_s,
+            )
+        )
+        log.info(
+            "job %s attempt %d %s",
+            job_id,
+            attempt,
+            outcome.status,
+            extra={**ids, "attempt": attempt, "status": outcome.status, "finished": finished},
+        )
         if not finished:
             return "lease_lost"
         self.settle(owner, job_id, trace_id=ids["trace_id"])
@@ -208,6 +268,11 @@ class JobRunner:
         """Swap the job's hold for its actual spend (once; the sweeper does it if we die first)."""
         reply = settle_hold(self.scripts, user_id=owner, job_id=job_id, now=self.clock())
         for alert in reply.alerts:
-            log.warning("budget alert for %s scope %s: spent %s of %s micros", owner, alert.scope,
-                        alert.spent_micros, alert.limit_micros,
-                        extra={"job_id": job_id, "user_id": owner, "trace_id": trace_id})
+            log.warning(
+                "budget alert for %s scope %s: spent %s of %s micros",
+                owner,
+                alert.scope,
+                alert.spent_micros,
+                alert.limit_micros,
+                extra={"job_id": job_id, "user_id": owner, "trace_id": trace_id},
+            )

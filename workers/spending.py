@@ -33,8 +33,15 @@ class Spending:
     never starts.
     """
 
-    def __init__(self, client: Any, prices: PriceBook, job: Mapping[str, str], attempt: int, provider: str,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prices: PriceBook,
+        job: Mapping[str, str],
+        attempt: int,
+        provider: str,
+        clock: Callable[[], float],
+    ) -> None:
         self.scripts = Scripts(client)
         self.prices = prices
         self.job = job
@@ -42,8 +49,9 @@ class Spending:
         self.provider = provider
         self.clock = clock
         self.owner = job.get("owner", "")
-        amount, spent, period_ids = client.hmget(keyspace.budget_hold(self.owner, job["id"]), "amount", "spent",
-                                                 "period_ids")
+        amount, spent, period_ids = client.hmget(
+            keyspace.budget_hold(self.owner, job["id"]), "amount", "spent", "period_ids"
+        )
         # No hold (it was settled, or swept while the job waited) means nothing may be spent.
         self.amount = int(amount) if amount is not None else 0
         self.spent = int(spent or 0)
@@ -66,8 +74,11 @@ class Spending:
             return  # a free model: nothing to hold
         reply = None
         if self.period_ids:
-            reply = self.scripts.run(budget_scripts.extend(user_id=self.owner, job_id=self.job["id"],
-                                                           needed_micros=needed, period_ids=self.period_ids))
+            reply = self.scripts.run(
+                budget_scripts.extend(
+                    user_id=self.owner, job_id=self.job["id"], needed_micros=needed, period_ids=self.period_ids
+                )
+            )
         if reply is not None and reply.outcome is Held.HELD:
             self.amount = reply.amount_micros
             return
@@ -76,25 +87,45 @@ class Spending:
             raise BudgetExhausted(
                 f"The next model call could cost up to ${micros_to_usd(bound)}, but the {no.period} budget for scope "
                 f"'{no.scope}' has ${micros_to_usd(max(no.remaining_micros, 0))} left of "
-                f"${micros_to_usd(no.limit_micros)}; the job stopped there.")
-        raise BudgetExhausted(f"The next model call could cost up to ${micros_to_usd(bound)}, but this job has no "
-                              "budget hold left; it stopped there.")
+                f"${micros_to_usd(no.limit_micros)}; the job stopped there."
+            )
+        raise BudgetExhausted(
+            f"The next model call could cost up to ${micros_to_usd(bound)}, but this job has no "
+            "budget hold left; it stopped there."
+        )
 
     def charge(self, usage: Usage, call: int) -> dict[str, Any]:
         """Price one call and record it on the hold, the job and the usage stream at once; returns its public
         figures (the job's own `usage` event)."""
         price = self._price(usage.model)
-        cost = self.prices.cost_micros(usage.model, usage.input_tokens, usage.output_tokens,
-                                       usage.cached_input_tokens)
-        data = usage_data(model=usage.model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                          cached_input_tokens=usage.cached_input_tokens, cost_micros=cost,
-                          price_source=price.source, user_id=self.owner, session_id=self.job.get("session_id", ""),
-                          agent=self.job.get("agent", ""), provider=self.provider, estimated=usage.estimated,
-                          call=call, query_hash=self.query_hash)
+        cost = self.prices.cost_micros(usage.model, usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
+        data = usage_data(
+            model=usage.model,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            cost_micros=cost,
+            price_source=price.source,
+            user_id=self.owner,
+            session_id=self.job.get("session_id", ""),
+            agent=self.job.get("agent", ""),
+            provider=self.provider,
+            estimated=usage.estimated,
+            call=call,
+            query_hash=self.query_hash,
+        )
         self.charges += 1
-        spent = self.scripts.run(budget_scripts.charge(
-            user_id=self.owner, job_id=self.job["id"], attempt=self.attempt, charge_id=f"{self.attempt}:{self.charges}",
-            cost_micros=cost, now=self.clock(), usage=data))
+        spent = self.scripts.run(
+            budget_scripts.charge(
+                user_id=self.owner,
+                job_id=self.job["id"],
+                attempt=self.attempt,
+                charge_id=f"{self.attempt}:{self.charges}",
+                cost_micros=cost,
+                now=self.clock(),
+                usage=data,
+            )
+        )
         self.spent = spent if spent >= 0 else self.spent + cost
         LLM_CALLS.labels(self.provider, usage.model).inc()
         count_usage(usage.model, usage.input_tokens, usage.output_tokens, cost)

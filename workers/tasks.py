@@ -25,8 +25,12 @@ def make_provider(settings: Settings) -> Provider:
     if settings.provider_mode == "openai":
         from workers.llm.openai_provider import OpenAIProvider
 
-        return OpenAIProvider(api_key=settings.openai_api_key or "not-needed", base_url=settings.openai_base_url,
-                              timeout_s=settings.llm_timeout_s, max_retries=settings.llm_max_retries)
+        return OpenAIProvider(
+            api_key=settings.openai_api_key or "not-needed",
+            base_url=settings.openai_base_url,
+            timeout_s=settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+        )
     from workers.llm.offline import OfflineProvider
 
     return OfflineProvider(delay_ms=settings.offline_token_delay_ms)
@@ -37,11 +41,18 @@ def runner() -> JobRunner:
     """One runner per worker process, made after the fork so no connection is shared with the parent."""
     settings = Settings.from_env()
     client = sync_client(settings.redis_url, socket_timeout=30, connect_timeout=5)
-    return JobRunner(client, make_provider(settings), AGENTS, PriceBook(Path(settings.prices_file)),
-                     lease_s=settings.lease_s,
-                     heartbeat_s=settings.heartbeat_s, job_ttl_s=settings.job_ttl_s,
-                     stream_ttl_s=settings.stream_ttl_s, flush_ms=settings.token_flush_ms,
-                     worker=f"{socket.gethostname()}-{os.getpid()}")
+    return JobRunner(
+        client,
+        make_provider(settings),
+        AGENTS,
+        PriceBook(Path(settings.prices_file)),
+        lease_s=settings.lease_s,
+        heartbeat_s=settings.heartbeat_s,
+        job_ttl_s=settings.job_ttl_s,
+        stream_ttl_s=settings.stream_ttl_s,
+        flush_ms=settings.token_flush_ms,
+        worker=f"{socket.gethostname()}-{os.getpid()}",
+    )
 
 
 @setup_logging.connect

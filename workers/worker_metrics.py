@@ -54,11 +54,16 @@ def _start_metrics(**_: Any) -> None:
     if not settings.worker_metrics_port:
         return
     try:
-        server, _thread = start_http_server(settings.worker_metrics_port, settings.worker_metrics_host,
-                                            registry=metrics.registry())
+        server, _thread = start_http_server(
+            settings.worker_metrics_port, settings.worker_metrics_host, registry=metrics.registry()
+        )
     except OSError as ex:
-        log.error("worker metrics not served: %s:%d is taken (%s); give each worker on a host its own "
-                  "WORKER_METRICS_PORT", settings.worker_metrics_host, settings.worker_metrics_port, ex)
+        log.error(
+            "worker metrics not served: %s:%d is taken (%s); give each worker on a host its own WORKER_METRICS_PORT",
+            settings.worker_metrics_host,
+            settings.worker_metrics_port,
+            ex,
+        )
         return
     _state["server"] = server
     log.info("worker metrics on http://%s:%d/metrics", settings.worker_metrics_host, server.server_port)

@@ -26,8 +26,14 @@ async def subject(req: falcon.asgi.Request, audit: AuditLog, asked: str | None =
     if not USER_ID.fullmatch(wanted):
         raise bad_request("user_id must be 1 to 64 letters, digits, '_', '.', '@' or '-'.", code="invalid_field")
     if wanted != principal.user_id and not allowed(principal.role, Permission.COSTS_ADMIN):
-        await audit.record(principal.user_id, "access.denied", resource=f"costs/{wanted}", result="denied",
-                           ip=client_ip(req), details={"path": req.path, "method": req.method})
+        await audit.record(
+            principal.user_id,
+            "access.denied",
+            resource=f"costs/{wanted}",
+            result="denied",
+            ip=client_ip(req),
+            details={"path": req.path, "method": req.method},
+        )
         raise not_found(f"There is no user {wanted!r} whose costs you can see.", code="user_not_found")
     return wanted
 
@@ -88,9 +94,13 @@ class BudgetResource(_Costs):
         user_id = await self.existing_user(body.user_id)
         scope = scope_name(body.scope, body.session_id or body.agent or "")
         state = await self.costs.set_budget(user_id, scope, body.limit_usd, body.period, body.alert_pct)
-        await self.audit.record(principal_of(req).user_id, "budget.set", resource=f"{user_id}/{scope}",
-                                ip=client_ip(req), details={"limit_usd": state["limit_usd"] if state else None,
-                                                            "period": state["period"] if state else None})
+        await self.audit.record(
+            principal_of(req).user_id,
+            "budget.set",
+            resource=f"{user_id}/{scope}",
+            ip=client_ip(req),
+            details={"limit_usd": state["limit_usd"] if state else None, "period": state["period"] if state else None},
+        )
         resp.media = {"user_id": user_id, "scope": scope, "budget": state, "removed": state is None}
 
 
@@ -121,8 +131,11 @@ class ModelsResource(_Costs):
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Every priced model we list."""
-        resp.media = {"genai_prices": self.costs.prices.version, "unit": "USD per million tokens",
-                      "models": self.costs.prices.listing()}
+        resp.media = {
+            "genai_prices": self.costs.prices.version,
+            "unit": "USD per million tokens",
+            "models": self.costs.prices.listing(),
+        }
 
 
 class TrackResource(_Costs):
@@ -135,11 +148,27 @@ class TrackResource(_Costs):
         body: UsageTrack = req.context.body
         user_id = await self.existing_user(body.user_id)
         cached = min(body.cached_input_tokens, body.input_tokens)  # cached tokens are input tokens
-        tracked = await self.costs.track(user_id, body.model, body.input_tokens, body.output_tokens,
-                                         cached_input_tokens=cached, session_id=body.session_id, agent=body.agent)
-        await self.audit.record(principal_of(req).user_id, "costs.track", resource=user_id, ip=client_ip(req),
-                                details={"model": body.model, "input_tokens": body.input_tokens,
-                                         "output_tokens": body.output_tokens, "cost_micros": tracked["cost_micros"]})
+        tracked = await self.costs.track(
+            user_id,
+            body.model,
+            body.input_tokens,
+            body.output_tokens,
+            cached_input_tokens=cached,
+            session_id=body.session_id,
+            agent=body.agent,
+        )
+        await self.audit.record(
+            principal_of(req).user_id,
+            "costs.track",
+            resource=user_id,
+            ip=client_ip(req),
+            details={
+                "model": body.model,
+                "input_tokens": body.input_tokens,
+                "output_tokens": body.output_tokens,
+                "cost_micros": tracked["cost_micros"],
+            },
+        )
         resp.media = tracked
         resp.status = falcon.HTTP_201
 

@@ -44,8 +44,12 @@ class HealthResource:
         """Report health."""
         check = await redis_check(self.client)
         ok = check["status"] == "ok"
-        body = {"status": "ok" if ok else "degraded", "version": VERSION, "provider": self.settings.provider_mode,
-                "redis": check}
+        body = {
+            "status": "ok" if ok else "degraded",
+            "version": VERSION,
+            "provider": self.settings.provider_mode,
+            "redis": check,
+        }
         if ok:
             resp.media = body
         else:

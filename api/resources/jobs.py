@@ -31,8 +31,9 @@ def public_job(job: dict[str, str], settings: Settings, principal: Principal) ->
     """The job as clients see it, with its trace id and a stream URL whose token acts for the caller's key."""
     view = job_record.view(job)
     view["trace_id"] = job.get("trace_id") or None
-    token = credentials.stream_token(settings.secret_key, job["id"], settings.stream_token_ttl_s,
-                                 user_id=principal.user_id, key_id=principal.key_id)
+    token = credentials.stream_token(
+        settings.secret_key, job["id"], settings.stream_token_ttl_s, user_id=principal.user_id, key_id=principal.key_id
+    )
     view["stream_url"] = f"/api/v1/jobs/{job['id']}/events?token={token}"
     return view
 
@@ -43,8 +44,11 @@ def listed_job(job: dict[str, str], settings: Settings, principal: Principal) ->
         return public_job(job, settings, principal)
     except Exception:  # one bad record must not hide the others
         log.warning("job %s cannot be shown", job.get("id"), exc_info=True)
-        return {"id": job.get("id", ""), "status": job.get("status", "unknown"),
-                "error": {"code": "unreadable_record", "message": "This job's record is damaged."}}
+        return {
+            "id": job.get("id", ""),
+            "status": job.get("status", "unknown"),
+            "error": {"code": "unreadable_record", "message": "This job's record is damaged."},
+        }
 
 
 async def visible_job(req: falcon.asgi.Request, service: JobService, audit: AuditLog, job_id: str) -> dict[str, str]:
@@ -57,33 +61,61 @@ async def visible_job(req: falcon.asgi.Request, service: JobService, audit: Audi
     if job is not None:
         if job.get("owner") == principal.user_id or allowed(principal.role, Permission.JOBS_READ_ALL):
             return job
-        await audit.record(principal.user_id, "access.denied", resource=job_id, result="denied",
-                           ip=client_ip(req), details={"path": req.path, "method": req.method})
+        await audit.record(
+            principal.user_id,
+            "access.denied",
+            resource=job_id,
+            result="denied",
+            ip=client_ip(req),
+            details={"path": req.path, "method": req.method},
+        )
     raise not_found(f"There is no job {job_id!r} that you can see.", code="job_not_found")
 
 
-async def submit_job(req: falcon.asgi.Request, service: JobService, audit: AuditLog, *, agent: str | None = None,
-                     idempotency_key: str | None = None) -> tuple[dict[str, str], bool]:
+async def submit_job(
+    req: falcon.asgi.Request,
+    service: JobService,
+    audit: AuditLog,
+    *,
+    agent: str | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[dict[str, str], bool]:
     """The one submit path of POST /jobs and POST /stream/{agent}: check the caller's agent allow list, hold and
     enqueue, audit (the body was checked against its model already). Returns (job, created)."""
     body = req.context.body
-    submission = Submission(agent_type=agent or body.agent_type, query=body.query, model=body.model,
-                            max_tokens=body.max_tokens, session_id=body.session_id or "",
-                            metadata=body.metadata or {}, attachments=body.attachments or [])
+    submission = Submission(
+        agent_type=agent or body.agent_type,
+        query=body.query,
+        model=body.model,
+        max_tokens=body.max_tokens,
+        session_id=body.session_id or "",
+        metadata=body.metadata or {},
+        attachments=body.attachments or [],
+    )
     if idempotency_key is not None:
         check_idempotency_key(idempotency_key)
     principal = principal_of(req)
     if not principal.may_use(submission.agent_type):
-        raise ForbiddenError(f"Your account may not use the {submission.agent_type!r} agent.",
-                             code="agent_not_allowed")
-    def audited(job: Mapping[str, str]) -> Mapping[str, Any]:
-        return audit.event(principal.user_id, "job.submit", resource=job["id"], ip=client_ip(req),
-                           details={"agent": job["agent"], "model": job["model"],
-                                    "hold_micros": int(job.get("hold_micros") or 0)}).data
+        raise ForbiddenError(f"Your account may not use the {submission.agent_type!r} agent.", code="agent_not_allowed")
 
-    return await service.submit(principal.user_id, submission, idempotency_key=idempotency_key,
-                                digest=body_hash(req.context.json), traceparent=req.get_header("traceparent"),
-                                tracestate=req.get_header("tracestate"), audit=audited)
+    def audited(job: Mapping[str, str]) -> Mapping[str, Any]:
+        return audit.event(
+            principal.user_id,
+            "job.submit",
+            resource=job["id"],
+            ip=client_ip(req),
+            details={"agent": job["agent"], "model": job["model"], "hold_micros": int(job.get("hold_micros") or 0)},
+        ).data
+
+    return await service.submit(
+        principal.user_id,
+        submission,
+        idempotency_key=idempotency_key,
+        digest=body_hash(req.context.json),
+        traceparent=req.get_header("traceparent"),
+        tracestate=req.get_header("tracestate"),
+        audit=audited,
+    )
 
 
 class JobsResource:
@@ -98,8 +130,9 @@ class JobsResource:
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Submit a job: 202 with its id, status and stream URL."""
-        job, created = await submit_job(req, self.service, self.audit,
-                                        idempotency_key=req.get_header("Idempotency-Key"))
+        job, created = await submit_job(
+            req, self.service, self.audit, idempotency_key=req.get_header("Idempotency-Key")
+        )
         resp.status = falcon.HTTP_202 if created else falcon.HTTP_200
         if not created:
             resp.set_header("Idempotent-Replayed", "true")
@@ -111,8 +144,9 @@ class JobsResource:
         principal, query = principal_of(req), req.context.query
         cursor = parse_cursor(query.cursor) if query.cursor else None
         every = query.all and allowed(principal.role, Permission.JOBS_READ_ALL)
-        found, after = await self.service.list(None if every else principal.user_id, status=query.status,
-                                               limit=query.limit, cursor=cursor)
+        found, after = await self.service.list(
+            None if every else principal.user_id, status=query.status, limit=query.limit, cursor=cursor
+        )
         resp.media = {"jobs": [listed_job(j, self.settings, principal) for j in found], "next_cursor": after}
 
 
@@ -149,8 +183,13 @@ class CancelResource:
         """200 when the job is cancelled, 202 while a running one stops, 409 if it already ended otherwise."""
         outcome = await self.service.cancel(await visible_job(req, self.service, self.audit, job_id))
         if outcome in ("cancelled", "cancelling"):
-            await self.audit.record(principal_of(req).user_id, "job.cancel", resource=job_id,
-                                    ip=client_ip(req), details={"outcome": outcome})
+            await self.audit.record(
+                principal_of(req).user_id,
+                "job.cancel",
+                resource=job_id,
+                ip=client_ip(req),
+                details={"outcome": outcome},
+            )
         if outcome == "missing":
             raise not_found(f"There is no job {job_id!r} that you can see.", code="job_not_found")
         if outcome in ("succeeded", "failed"):

@@ -81,8 +81,12 @@ def summarize(exposition: str) -> dict[str, Any]:
             elif name in ("auth_attempts_total", "permission_checks_total"):
                 key = f"{name[:-6]}:{labels['result']}"
                 totals[key] = totals.get(key, 0) + value
-            elif name in ("http_request_duration_seconds_sum", "active_requests", "agentic_sse_streams_open",
-                          "agentic_rate_limited_total"):
+            elif name in (
+                "http_request_duration_seconds_sum",
+                "active_requests",
+                "agentic_sse_streams_open",
+                "agentic_rate_limited_total",
+            ):
                 totals[name] = totals.get(name, 0) + value
     count = sum(by_status.values())
     return {
@@ -94,10 +98,14 @@ def summarize(exposition: str) -> dict[str, Any]:
         "latency_p95_s": quantile(buckets, 0.95),
         "active_requests": int(totals.get("active_requests", 0)),
         "sse_streams_open": int(totals.get("agentic_sse_streams_open", 0)),
-        "auth": {"success": int(totals.get("auth_attempts:success", 0)),
-                 "failure": int(totals.get("auth_attempts:failure", 0))},
-        "permission_checks": {"allowed": int(totals.get("permission_checks:allowed", 0)),
-                              "denied": int(totals.get("permission_checks:denied", 0))},
+        "auth": {
+            "success": int(totals.get("auth_attempts:success", 0)),
+            "failure": int(totals.get("auth_attempts:failure", 0)),
+        },
+        "permission_checks": {
+            "allowed": int(totals.get("permission_checks:allowed", 0)),
+            "denied": int(totals.get("permission_checks:denied", 0)),
+        },
         "rate_limited": int(totals.get("agentic_rate_limited_total", 0)),
     }
 
@@ -127,19 +135,37 @@ class MonitoringHealthResource(_Monitoring):
                 raise redis.ConnectionError(store.get("error", "down"))
             state = await system_state(self.client, self.settings.queue)
         except (redis.ConnectionError, redis.TimeoutError) as ex:
-            unavailable(resp, {"status": "down", "version": VERSION,
-                               "checks": {"redis": {"status": "down", "error": store.get("error", type(ex).__name__)}}})
+            unavailable(
+                resp,
+                {
+                    "status": "down",
+                    "version": VERSION,
+                    "checks": {"redis": {"status": "down", "error": store.get("error", type(ex).__name__)}},
+                },
+            )
             return
         latency = round((time.perf_counter() - started) * 1000, 3)
         checks = {
             "redis": store,
-            "broker": {"status": "ok", "latency_ms": latency, "queue": state["queue"]["name"],
-                       "depth": state["queue"]["depth"], "unacked": state["queue"]["unacked"]},
-            "workers": {"status": "ok" if state["workers_up"] else "down", "latency_ms": latency,
-                        "seen": state["workers_up"], "window_s": keyspace.WORKER_GONE_S},
-            "consumers": {"status": consumer_status(state["consumers"], self.settings.consumer_stall_s),
-                          "latency_ms": latency, "stall_s": self.settings.consumer_stall_s,
-                          "groups": state["consumers"]},
+            "broker": {
+                "status": "ok",
+                "latency_ms": latency,
+                "queue": state["queue"]["name"],
+                "depth": state["queue"]["depth"],
+                "unacked": state["queue"]["unacked"],
+            },
+            "workers": {
+                "status": "ok" if state["workers_up"] else "down",
+                "latency_ms": latency,
+                "seen": state["workers_up"],
+                "window_s": keyspace.WORKER_GONE_S,
+            },
+            "consumers": {
+                "status": consumer_status(state["consumers"], self.settings.consumer_stall_s),
+                "latency_ms": latency,
+                "stall_s": self.settings.consumer_stall_s,
+                "groups": state["consumers"],
+            },
         }
         degraded = any(c["status"] != "ok" for c in checks.values())
         resp.media = {"status": "degraded" if degraded else "ok", "version": VERSION, "checks": checks}
@@ -176,19 +202,37 @@ class RecordResource(_Monitoring):
         if kind == "counter" and value < 0:
             raise metrics.MetricError("A counter only goes up; send a value of 0 or more.")
         names = sorted(labels)
-        reply = await self.scripts.run(metric_scripts.register(
-            family=family, kind=kind, label_names=names, label_values=[labels[k] for k in names],
-            max_families=metrics.MAX_FAMILIES, max_series=metrics.MAX_SERIES))
+        reply = await self.scripts.run(
+            metric_scripts.register(
+                family=family,
+                kind=kind,
+                label_names=names,
+                label_values=[labels[k] for k in names],
+                max_families=metrics.MAX_FAMILIES,
+                max_series=metrics.MAX_SERIES,
+            )
+        )
         if reply.outcome is Registered.CONFLICT:
-            raise ConflictError(f"Metric {family!r} is already defined as {reply.registered}; use the same kind and "
-                                "label names, or another name.", code="metric_conflict")
+            raise ConflictError(
+                f"Metric {family!r} is already defined as {reply.registered}; use the same kind and "
+                "label names, or another name.",
+                code="metric_conflict",
+            )
         if reply.outcome is not Registered.OK:
-            limit = (f"at most {metrics.MAX_FAMILIES} custom metrics" if reply.outcome is Registered.TOO_MANY_METRICS
-                     else f"at most {metrics.MAX_SERIES} label sets per metric")
+            limit = (
+                f"at most {metrics.MAX_FAMILIES} custom metrics"
+                if reply.outcome is Registered.TOO_MANY_METRICS
+                else f"at most {metrics.MAX_SERIES} label sets per metric"
+            )
             raise metrics.MetricLimitError(f"There may be {limit}; this one would exceed it.", code=reply.outcome.value)
         record(kind, str(name), float(value), labels)  # this process has bounds of its own too (422 metric_limit)
-        await self.audit.record(principal_of(req).user_id, "metrics.record", resource=family, ip=client_ip(req),
-                                details={"kind": kind, "labels": labels})
+        await self.audit.record(
+            principal_of(req).user_id,
+            "metrics.record",
+            resource=family,
+            ip=client_ip(req),
+            details={"kind": kind, "labels": labels},
+        )
         resp.status = falcon.HTTP_201
         resp.media = {"recorded": {"name": name, "family": family, "kind": kind, "value": value, "labels": labels}}
 
@@ -224,10 +268,16 @@ class InfoResource:
             "uptime_s": round(time.time() - self.started, 3),
             "python": platform.python_version(),
             "packages": {p: version(p) for p in ("falcon", "celery", "redis", "prometheus-client", "openai")},
-            "provider": {"mode": s.provider_mode, "base_url": mask_password(s.openai_base_url) or None,
-                         "default_model": s.default_model, "api_key_set": bool(s.openai_api_key)},
-            "metrics": {"multiprocess": multiprocess.in_use() is not None,
-                        "worker_metrics_port": s.worker_metrics_port},
+            "provider": {
+                "mode": s.provider_mode,
+                "base_url": mask_password(s.openai_base_url) or None,
+                "default_model": s.default_model,
+                "api_key_set": bool(s.openai_api_key),
+            },
+            "metrics": {
+                "multiprocess": multiprocess.in_use() is not None,
+                "worker_metrics_port": s.worker_metrics_port,
+            },
             "tracing": {"enabled": bool(s.otlp_endpoint), "otlp_endpoint": mask_password(s.otlp_endpoint) or None},
             "settings": s.public(),
         }

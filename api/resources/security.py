@@ -28,8 +28,9 @@ class _Security:
         self.settings = settings
 
     async def note(self, req: falcon.asgi.Request, action: str, resource: str, **details: Any) -> None:
-        await self.audit.record(principal_of(req).user_id, action, resource=resource, ip=client_ip(req),
-                                details=details)
+        await self.audit.record(
+            principal_of(req).user_id, action, resource=resource, ip=client_ip(req), details=details
+        )
 
     async def self_or_admin(self, req: falcon.asgi.Request, user_id: str) -> Principal:
         """The caller, if they are `user_id` or an admin; 404 otherwise (other users' ids reveal nothing), and
@@ -38,9 +39,14 @@ class _Security:
         if not USER_ID.fullmatch(user_id):
             raise not_found(f"There is no user {printable(user_id)!r}.", code="user_not_found")
         if principal.user_id != user_id and not allowed(principal.role, Permission.USERS_ADMIN):
-            await self.audit.record(principal.user_id, "access.denied", resource=f"users/{user_id}",
-                                    result="denied", ip=client_ip(req), details={"path": req.path,
-                                                                                 "method": req.method})
+            await self.audit.record(
+                principal.user_id,
+                "access.denied",
+                resource=f"users/{user_id}",
+                result="denied",
+                ip=client_ip(req),
+                details={"path": req.path, "method": req.method},
+            )
             raise not_found(f"There is no user {user_id!r} that you can see.", code="user_not_found")
         return principal
 
@@ -102,8 +108,7 @@ class KeysResource(_Security):
         await self.self_or_admin(req, user_id)
         body: KeyCreate = req.context.body
         days = body.expires_in_days
-        key, info = await self.users.create_key(user_id, name=body.name,
-                                                expires_in_s=days * 86400 if days else None)
+        key, info = await self.users.create_key(user_id, name=body.name, expires_in_s=days * 86400 if days else None)
         await self.note(req, "key.create", user_id, key_id=info["key_id"], prefix=info["prefix"])
         resp.status = falcon.HTTP_201
         resp.media = {"api_key": key, "key": info, "note": "Store this key now; it is not shown again."}
@@ -119,8 +124,7 @@ class KeyResource(_Security):
 
     permissions = {"DELETE": Permission.KEYS_OWN, "POST": Permission.KEYS_OWN}
 
-    async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str,
-                        key_id: str) -> None:
+    async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str, key_id: str) -> None:
         """Revoke."""
         await self.self_or_admin(req, user_id)
         if not await self.users.revoke_key(user_id, key_id):
@@ -128,8 +132,9 @@ class KeyResource(_Security):
         await self.note(req, "key.revoke", user_id, key_id=key_id)
         resp.media = {"revoked": key_id}
 
-    async def on_post_rotate(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str,
-                             key_id: str) -> None:
+    async def on_post_rotate(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str, key_id: str
+    ) -> None:
         """A new key; the old one keeps working for KEY_ROTATION_GRACE_S (or ?grace_s=) seconds."""
         await self.self_or_admin(req, user_id)
         given = req.context.query.grace_s
@@ -155,8 +160,13 @@ class CheckPermissionResource(_Security):
         ok = allowed(user["role"], permission)
         if ok and agent is not None:
             ok = user["agents"] is None or agent in user["agents"]
-        resp.media = {"user_id": user_id, "role": user["role"], "permission": permission.value, "agent": agent,
-                      "allowed": ok}
+        resp.media = {
+            "user_id": user_id,
+            "role": user["role"],
+            "permission": permission.value,
+            "agent": agent,
+            "allowed": ok,
+        }
 
 
 class AuthenticateResource(_Security):
@@ -169,17 +179,25 @@ class AuthenticateResource(_Security):
         key = req.context.body.api_key
         principal = await self.users.authenticate(key)
         caller = principal_of(req)
-        if principal is not None and principal.user_id != caller.user_id and \
-                not allowed(caller.role, Permission.USERS_ADMIN):
+        if (
+            principal is not None
+            and principal.user_id != caller.user_id
+            and not allowed(caller.role, Permission.USERS_ADMIN)
+        ):
             principal = None  # a user learns nothing about other users' keys
         if principal is None:
-            await self.audit.record(caller.user_id, "auth.check", result="failure", ip=client_ip(req),
-                                    details={"key_prefix": credentials.display_prefix(key)
-                                             if credentials.looks_like_key(key) else "malformed"})
+            await self.audit.record(
+                caller.user_id,
+                "auth.check",
+                result="failure",
+                ip=client_ip(req),
+                details={
+                    "key_prefix": credentials.display_prefix(key) if credentials.looks_like_key(key) else "malformed"
+                },
+            )
             resp.media = {"valid": False}
             return
-        resp.media = {"valid": True, "user_id": principal.user_id, "role": principal.role,
-                      "key_id": principal.key_id}
+        resp.media = {"valid": True, "user_id": principal.user_id, "role": principal.role, "key_id": principal.key_id}
 
 
 class PermissionsResource(_Security):
@@ -190,8 +208,14 @@ class PermissionsResource(_Security):
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """The role table."""
         resp.media = {
-            "permissions": [{"name": p.value, "description": DESCRIPTIONS[p],
-                             "roles": [r.value for r in Role if p in ROLE_PERMISSIONS[r]]} for p in Permission],
+            "permissions": [
+                {
+                    "name": p.value,
+                    "description": DESCRIPTIONS[p],
+                    "roles": [r.value for r in Role if p in ROLE_PERMISSIONS[r]],
+                }
+                for p in Permission
+            ],
             "roles": {r.value: sorted(p.value for p in ROLE_PERMISSIONS[r]) for r in Role},
         }
 
@@ -215,8 +239,16 @@ class AuditResource(_Chain):
 
     async def _query(self, req: falcon.asgi.Request) -> dict[str, Any]:
         q: AuditQuery = req.context.query
-        return await asyncio.to_thread(audit_chain.query, self.sync, actor=q.actor or q.user_id, action=q.action,
-                                       since=q.since, until=q.until, cursor=q.cursor, limit=q.limit)
+        return await asyncio.to_thread(
+            audit_chain.query,
+            self.sync,
+            actor=q.actor or q.user_id,
+            action=q.action,
+            since=q.since,
+            until=q.until,
+            cursor=q.cursor,
+            limit=q.limit,
+        )
 
 
 class AuditVerifyResource(_Chain):
@@ -244,9 +276,14 @@ class SecurityStatsResource(_Security):
             for key in await self.users.list_keys(user["user_id"]):
                 revoked += key["revoked"]
                 active += not key["revoked"]
-        resp.media = {"users": len(users), "users_by_role": by_role, "keys_active": active, "keys_revoked": revoked,
-                      "rate_limit_per_min": self.settings.rate_limit_per_min,
-                      "admin_ip_allowlist": list(self.settings.admin_ip_allowlist)}
+        resp.media = {
+            "users": len(users),
+            "users_by_role": by_role,
+            "keys_active": active,
+            "keys_revoked": revoked,
+            "rate_limit_per_min": self.settings.rate_limit_per_min,
+            "admin_ip_allowlist": list(self.settings.admin_ip_allowlist),
+        }
 
 
 class SecurityHealthResource(_Security):
@@ -257,9 +294,10 @@ class SecurityHealthResource(_Security):
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Report."""
         await self.users.client.ping()
-        resp.media = {"status": "ok", "key_hashing": "HMAC-SHA256 with the server secret",
-                      "rate_limit_per_min": self.settings.rate_limit_per_min,
-                      "cors_origins": list(self.settings.cors_origins),
-                      "admin_ip_allowlist": bool(self.settings.admin_ip_allowlist)}
-
-
+        resp.media = {
+            "status": "ok",
+            "key_hashing": "HMAC-SHA256 with the server secret",
+            "rate_limit_per_min": self.settings.rate_limit_per_min,
+            "cors_origins": list(self.settings.cors_origins),
+            "admin_ip_allowlist": bool(self.settings.admin_ip_allowlist),
+        }

@@ -41,8 +41,9 @@ class StreamSubmitResource:
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, agent: str) -> None:
         """Submit to `agent` and stream."""
         if agent not in AGENT_TYPES:
-            raise not_found(f"There is no agent {agent!r}; use one of: {', '.join(sorted(AGENT_TYPES))}.",
-                            code="unknown_agent")
+            raise not_found(
+                f"There is no agent {agent!r}; use one of: {', '.join(sorted(AGENT_TYPES))}.", code="unknown_agent"
+            )
         job, _ = await submit_job(req, self.service, self.audit, agent=agent)  # the path names the agent
         view = public_job(job, self.settings, principal_of(req))
         resp.set_header("Cache-Control", "no-cache")
@@ -51,8 +52,9 @@ class StreamSubmitResource:
         resp.sse = self._with_job(view, self.relay.subscribe(job["id"]))
 
     async def _with_job(self, view: dict[str, Any], sub: Subscription) -> AsyncIterator[SSEvent]:
-        yield SSEvent(event="job", json={"job_id": view["id"], "status": view["status"],
-                                         "stream_url": view["stream_url"]})
+        yield SSEvent(
+            event="job", json={"job_id": view["id"], "status": view["status"], "stream_url": view["stream_url"]}
+        )
         async for event in sse_events(self.relay, sub, self.settings.sse_heartbeat_s):
             yield event
 
@@ -66,8 +68,10 @@ class DemoResource:
         """Serve the page."""
         resp.content_type = falcon.MEDIA_HTML
         resp.text = DEMO_PAGE.read_text()
-        resp.set_header("Content-Security-Policy", "default-src 'self'; style-src 'unsafe-inline'; "
-                                                   "script-src 'unsafe-inline'; connect-src 'self'")
+        resp.set_header(
+            "Content-Security-Policy",
+            "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
+        )
 
 
 class StreamHealthResource:
@@ -81,6 +85,10 @@ class StreamHealthResource:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Report the relay's state."""
-        resp.media = {"status": "ok", "streams_open": self.relay.streams_open,
-                      "jobs_watched": len(self.relay.subs), "heartbeat_s": self.settings.sse_heartbeat_s,
-                      "agents": sorted(AGENT_TYPES)}
+        resp.media = {
+            "status": "ok",
+            "streams_open": self.relay.streams_open,
+            "jobs_watched": len(self.relay.subs),
+            "heartbeat_s": self.settings.sse_heartbeat_s,
+            "agents": sorted(AGENT_TYPES),
+        }

@@ -9,8 +9,13 @@ from events.money.prices import PriceBook
 
 # A model and its cheaper sibling in the same family: a small, explicit table rather than a guess from names.
 CHEAPER = {
-    "gpt-4o": "gpt-4o-mini", "gpt-4-turbo": "gpt-4o", "gpt-4": "gpt-4o", "gpt-4.1": "gpt-4.1-mini",
-    "gpt-4.1-mini": "gpt-4.1-nano", "claude-3-opus": "claude-3-5-sonnet", "claude-3-5-sonnet": "claude-3-5-haiku",
+    "gpt-4o": "gpt-4o-mini",
+    "gpt-4-turbo": "gpt-4o",
+    "gpt-4": "gpt-4o",
+    "gpt-4.1": "gpt-4.1-mini",
+    "gpt-4.1-mini": "gpt-4.1-nano",
+    "claude-3-opus": "claude-3-5-sonnet",
+    "claude-3-5-sonnet": "claude-3-5-haiku",
     "gemini-1.5-pro": "gemini-1.5-flash",
 }
 TOP_REPEATS = 5
@@ -34,14 +39,21 @@ def model_swaps(by_model: dict[str, dict[str, int]], prices: PriceBook) -> list[
         if savings <= 0:
             continue
         pct = round(100 * savings / current, 1)
-        found.append({
-            "kind": "model_swap",
-            "title": f"Run the {model} work that does not need it on {cheaper}: the same tokens would have cost "
-                     f"${micros_to_usd(alternative)} instead of ${micros_to_usd(current)} ({pct}% less).",
-            "savings_micros": savings, "model": model, "suggested_model": cheaper,
-            "current_cost_micros": current, "suggested_cost_micros": alternative, "savings_pct": pct,
-            **tokens, "calls": int(used.get("calls", 0)),
-        })
+        found.append(
+            {
+                "kind": "model_swap",
+                "title": f"Run the {model} work that does not need it on {cheaper}: the same tokens would have cost "
+                f"${micros_to_usd(alternative)} instead of ${micros_to_usd(current)} ({pct}% less).",
+                "savings_micros": savings,
+                "model": model,
+                "suggested_model": cheaper,
+                "current_cost_micros": current,
+                "suggested_cost_micros": alternative,
+                "savings_pct": pct,
+                **tokens,
+                "calls": int(used.get("calls", 0)),
+            }
+        )
     return found
 
 
@@ -50,25 +62,40 @@ def cache_repeats(repeated: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     Each query's saving is `cost_micros * (jobs - 1) // jobs`, where `cost_micros` is what all its runs cost.
     """
-    saved = [(r, int(r["cost_micros"]) * (int(r["jobs"]) - 1) // int(r["jobs"]))
-             for r in repeated if int(r["jobs"]) > 1 and int(r["cost_micros"]) > 0]
+    saved = [
+        (r, int(r["cost_micros"]) * (int(r["jobs"]) - 1) // int(r["jobs"]))
+        for r in repeated
+        if int(r["jobs"]) > 1 and int(r["cost_micros"]) > 0
+    ]
     total = sum(s for _, s in saved)
     if total <= 0:
         return []
     top = sorted(saved, key=lambda pair: (-pair[1], str(pair[0]["query_hash"])))[:TOP_REPEATS]
     runs = sum(int(r["jobs"]) for r, _ in saved)
-    return [{
-        "kind": "cache_repeats",
-        "title": f"{len(saved)} identical queries ran {runs} times; answering every run after the first from a "
-                 f"cache would have saved ${micros_to_usd(total)}.",
-        "savings_micros": total, "repeated_queries": len(saved), "runs": runs,
-        "top": [{"query_hash": r["query_hash"], "jobs": int(r["jobs"]), "cost_micros": int(r["cost_micros"]),
-                 "savings_micros": s} for r, s in top],
-    }]
+    return [
+        {
+            "kind": "cache_repeats",
+            "title": f"{len(saved)} identical queries ran {runs} times; answering every run after the first from a "
+            f"cache would have saved ${micros_to_usd(total)}.",
+            "savings_micros": total,
+            "repeated_queries": len(saved),
+            "runs": runs,
+            "top": [
+                {
+                    "query_hash": r["query_hash"],
+                    "jobs": int(r["jobs"]),
+                    "cost_micros": int(r["cost_micros"]),
+                    "savings_micros": s,
+                }
+                for r, s in top
+            ],
+        }
+    ]
 
 
-def recommendations(by_model: dict[str, dict[str, int]], repeated: list[dict[str, Any]],
-                    prices: PriceBook) -> list[dict[str, Any]]:
+def recommendations(
+    by_model: dict[str, dict[str, int]], repeated: list[dict[str, Any]], prices: PriceBook
+) -> list[dict[str, Any]]:
     """Every recommendation that saves something, largest saving first.
 
     Args:

@@ -32,11 +32,11 @@ def usd_to_micros(value: Decimal | str | int | float) -> int:
         ValueError: `value` is not a number, is negative, NaN or infinite, or exceeds what a 64-bit counter holds.
     """
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not an amount of dollars; give a number such as 25 or \"25.50\".")
+        raise ValueError(f'{value!r} is not an amount of dollars; give a number such as 25 or "25.50".')
     try:
         amount = value if isinstance(value, Decimal) else Decimal(str(value).strip())
     except InvalidOperation as ex:
-        raise ValueError(f"{value!r} is not an amount of dollars; give a number such as 25 or \"25.50\".") from ex
+        raise ValueError(f'{value!r} is not an amount of dollars; give a number such as 25 or "25.50".') from ex
     if not amount.is_finite() or amount < 0:
         raise ValueError(f"{value!r} is not a non-negative, finite amount of dollars; give a number such as 25.")
     if amount.adjusted() > 13:  # fast refusal before building a huge integer

@@ -88,8 +88,11 @@ def call_cost_bound(price: ModelPrice, *, prompt_bytes: int, max_tokens: int) ->
 def worst_case_micros(price: ModelPrice, spec: AgentSpec, *, query_bytes: int, max_tokens: int) -> int:
     """The hold for a job of the agent `spec`: its model calls, the conversation growing by each answer and the
     tool results the agent lets through."""
-    growth = max_tokens * BYTES_PER_OUTPUT_TOKEN + spec.tool_results_per_call * (spec.max_tool_result_chars +
-                                                                                 MESSAGE_OVERHEAD_BYTES)
+    growth = max_tokens * BYTES_PER_OUTPUT_TOKEN + spec.tool_results_per_call * (
+        spec.max_tool_result_chars + MESSAGE_OVERHEAD_BYTES
+    )
     first = query_bytes + spec.prompt_overhead_bytes
-    return sum(call_cost_bound(price, prompt_bytes=first + k * growth, max_tokens=max_tokens)
-               for k in range(spec.max_llm_calls))
+    return sum(
+        call_cost_bound(price, prompt_bytes=first + k * growth, max_tokens=max_tokens)
+        for k in range(spec.max_llm_calls)
+    )

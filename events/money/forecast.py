@@ -43,8 +43,9 @@ def _fit(values: list[int]) -> tuple[Fraction, Fraction, float]:
     return slope, intercept, math.sqrt(squares / (n - 2)) if n > 2 else 0.0
 
 
-def forecast(daily: list[tuple[date, int]], *, today: date, period_end: date, limit_micros: int | None,
-             spent_micros: int) -> dict[str, Any]:
+def forecast(
+    daily: list[tuple[date, int]], *, today: date, period_end: date, limit_micros: int | None, spent_micros: int
+) -> dict[str, Any]:
     """Projects spend to `period_end` and when `limit_micros` runs out, from the daily spend history.
 
     Args:

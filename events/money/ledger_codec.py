@@ -13,8 +13,13 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 # Figure names in Redis -> what the API calls them.
-FIGURES = {"cost": "cost_micros", "in": "input_tokens", "out": "output_tokens", "cached": "cached_input_tokens",
-           "calls": "calls"}
+FIGURES = {
+    "cost": "cost_micros",
+    "in": "input_tokens",
+    "out": "output_tokens",
+    "cached": "cached_input_tokens",
+    "calls": "calls",
+}
 GROUPS = {"model": "m", "agent": "a", "session": "s", "user": "u"}
 _PREFIX_GROUP = {prefix: group for group, prefix in GROUPS.items()}
 
@@ -81,5 +86,7 @@ def repeated_queries(raw: Mapping[str, int], at_least: int = 2) -> list[dict[str
     for name, jobs in raw.items():
         if name.startswith("n:") and jobs >= at_least:
             query_hash = name[2:]
-            found.append({"query_hash": query_hash, "jobs": jobs, "cost_micros": raw.get(query_fields(query_hash)[1], 0)})
+            found.append(
+                {"query_hash": query_hash, "jobs": jobs, "cost_micros": raw.get(query_fields(query_hash)[1], 0)}
+            )
     return found

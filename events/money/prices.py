@@ -32,9 +32,24 @@ from events.telemetry.metrics import CACHE_OPS, CACHE_SIZE
 
 DEFAULT_PRICES_FILE = Path(__file__).resolve().parents[2] / "ops" / "prices.yaml"
 # Well-known models shown by GET /costs/models when genai-prices resolves them.
-LISTED = ("gpt-4o", "gpt-4o-mini", "gpt-4-turbo", "gpt-3.5-turbo", "o1", "o3-mini", "gpt-4.1", "gpt-4.1-mini",
-          "gpt-4.1-nano", "text-embedding-3-small", "text-embedding-3-large", "claude-3-5-sonnet",
-          "claude-3-5-haiku", "claude-3-opus", "gemini-1.5-pro", "gemini-1.5-flash")
+LISTED = (
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-4-turbo",
+    "gpt-3.5-turbo",
+    "o1",
+    "o3-mini",
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-4.1-nano",
+    "text-embedding-3-small",
+    "text-embedding-3-large",
+    "claude-3-5-sonnet",
+    "claude-3-5-haiku",
+    "claude-3-opus",
+    "gemini-1.5-pro",
+    "gemini-1.5-flash",
+)
 MTOK = Decimal(1_000_000)
 MAX_CACHED_MODELS = 1024  # model names come from requests: bound what a process remembers
 
@@ -47,7 +62,8 @@ class UnknownModelError(DomainError, LookupError):
     def __init__(self, model: str) -> None:
         super().__init__(
             f"Model '{model}' has no price. Add it under `models:` in ops/prices.yaml (or the file PRICES_FILE "
-            f"names), e.g. `{model}: {{input: 1.0, output: 2.0}}` in USD per million tokens.")
+            f"names), e.g. `{model}: {{input: 1.0, output: 2.0}}` in USD per million tokens."
+        )
         self.model = model
 
 
@@ -101,13 +117,20 @@ class ModelPrice:
 
     def as_listing(self) -> dict[str, Any]:
         """As GET /costs/models shows it: prices as decimal strings; `tiers` is empty for a flat price."""
-        return {"model": self.model, **_listed(self), "source": self.source, "tiered": self.tiered,
-                "tiers": [{"min_input_tokens": t.above_input_tokens + 1, **_listed(t)} for t in self.tiers]}
+        return {
+            "model": self.model,
+            **_listed(self),
+            "source": self.source,
+            "tiered": self.tiered,
+            "tiers": [{"min_input_tokens": t.above_input_tokens + 1, **_listed(t)} for t in self.tiers],
+        }
 
 
 def _listed(rates: ModelPrice | PriceTier) -> dict[str, str]:
-    return {f"{name}_usd_per_mtok": format(getattr(rates, f"{name}_per_mtok"), "f")
-            for name in ("input", "output", "cached_input")}
+    return {
+        f"{name}_usd_per_mtok": format(getattr(rates, f"{name}_per_mtok"), "f")
+        for name in ("input", "output", "cached_input")
+    }
 
 
 class _Loader(yaml.SafeLoader):  # type: ignore[misc, unused-ignore]
@@ -145,8 +168,10 @@ def load_overrides(path: Path) -> dict[str, ModelPrice]:
     if doc is None or doc == {"models": None}:
         return {}
     if not isinstance(doc, dict) or set(doc) != {"models"} or not isinstance(doc["models"], dict):
-        raise PriceFileError(f"{path} must hold one `models:` mapping of model name to prices, "
-                             "e.g. `models: {my-model: {input: 1.0, output: 2.0}}`.")
+        raise PriceFileError(
+            f"{path} must hold one `models:` mapping of model name to prices, "
+            "e.g. `models: {my-model: {input: 1.0, output: 2.0}}`."
+        )
     found = {}
     for model, entry in doc["models"].items():
         where = f"{path}: models.{model}"
@@ -156,12 +181,17 @@ def load_overrides(path: Path) -> dict[str, ModelPrice]:
             raise PriceFileError(f"{where} needs `input` and `output` prices (USD per million tokens).")
         unknown = set(entry) - {"input", "output", "cached_input"}
         if unknown:
-            raise PriceFileError(f"{where} has unknown keys: {', '.join(sorted(map(str, unknown)))}; "
-                                 "use input, output and cached_input.")
+            raise PriceFileError(
+                f"{where} has unknown keys: {', '.join(sorted(map(str, unknown)))}; use input, output and cached_input."
+            )
         rate_in = _number(entry["input"], f"{where}.input")
-        found[model] = ModelPrice(model, rate_in, _number(entry["output"], f"{where}.output"),
-                                  _number(entry.get("cached_input", rate_in), f"{where}.cached_input"),
-                                  f"overrides:{path.name}")
+        found[model] = ModelPrice(
+            model,
+            rate_in,
+            _number(entry["output"], f"{where}.output"),
+            _number(entry.get("cached_input", rate_in), f"{where}.cached_input"),
+            f"overrides:{path.name}",
+        )
     return found
 
 
@@ -174,8 +204,13 @@ def _rate(value: Decimal | TieredPrices | None, input_tokens: int) -> Decimal | 
 
 def _schedule(prices: list[Any]) -> list[PriceTier] | None:
     """Every tier of the genai-prices ModelPrices given, each field the highest of them; None if not per token."""
-    starts = {-1} | {tier.start for p in prices for key in ("input_mtok", "output_mtok", "cache_read_mtok")
-                     if isinstance(getattr(p, key), TieredPrices) for tier in getattr(p, key).tiers}
+    starts = {-1} | {
+        tier.start
+        for p in prices
+        for key in ("input_mtok", "output_mtok", "cache_read_mtok")
+        if isinstance(getattr(p, key), TieredPrices)
+        for tier in getattr(p, key).tiers
+    }
     rows = []
     for start in sorted(starts):
         found = []
@@ -211,8 +246,7 @@ class PriceBook:
         PriceFileError: The overrides file is missing or malformed.
     """
 
-    def __init__(self, overrides: Path | None = DEFAULT_PRICES_FILE, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, overrides: Path | None = DEFAULT_PRICES_FILE, *, clock: Callable[[], float] = time.time) -> None:
         self.path = overrides
         self.overrides = load_overrides(overrides) if overrides is not None else {}
         self.version = importlib.metadata.version("genai-prices")
@@ -237,8 +271,9 @@ class PriceBook:
     def _from_genai_prices(self, model: str) -> ModelPrice:
         now = datetime.fromtimestamp(self.clock(), UTC)
         try:
-            calc = genai_prices.calc_price(genai_prices.Usage(input_tokens=1), model_ref=model,
-                                           genai_request_timestamp=now)
+            calc = genai_prices.calc_price(
+                genai_prices.Usage(input_tokens=1), model_ref=model, genai_request_timestamp=now
+            )
         except (LookupError, ValueError) as ex:  # no match, or data it cannot price per token
             raise UnknownModelError(model) from ex
         candidates = _prices_today(calc, now)
@@ -246,8 +281,7 @@ class PriceBook:
         if rows is None:
             raise UnknownModelError(model)
         top = PriceTier(-1, *(max(column) for column in zip(*(row[1:] for row in rows), strict=True)))
-        notes = [note for note, on in (("tiered", len(rows) > 1), ("peak", len(set(map(repr, candidates))) > 1))
-                 if on]
+        notes = [note for note, on in (("tiered", len(rows) > 1), ("peak", len(set(map(repr, candidates))) > 1)) if on]
         source = f"genai-prices {self.version}:{calc.provider.id}" + (f" ({', '.join(notes)})" if notes else "")
         return ModelPrice(model, *top[1:], source, tuple(rows) if len(rows) > 1 else ())
 

@@ -35,15 +35,24 @@ DEDUPE_WINDOW_S = 7 * 24 * 3600  # far longer than an entry stays pending before
 PAGE = 1000  # records read per XRANGE while verifying or trimming
 QUERY_SCAN_MAX = 10_000  # records one query() call looks at before it returns a short page with a cursor
 CLOCK_SKEW_S = 300.0  # how far a record's ts may run ahead of the time it was appended
+
+
 class AuditQueryError(DomainError):
     """Raised when a query's cursor is not a cursor that query() returned."""
 
     code = "invalid_cursor"
 
 
-
-def audit_event(actor: str, action: str, *, resource: str = "", result: str = "success", ip: str = "",
-                details: Mapping[str, Any] | None = None, ts: float) -> Event:
+def audit_event(
+    actor: str,
+    action: str,
+    *,
+    resource: str = "",
+    result: str = "success",
+    ip: str = "",
+    details: Mapping[str, Any] | None = None,
+    ts: float,
+) -> Event:
     """An audit event (type "audit", no job) for `stream:audit`.
 
     Args:
@@ -56,8 +65,14 @@ def audit_event(actor: str, action: str, *, resource: str = "", result: str = "s
             record is kept for the whole retention period and shown to every auditor.
         ts: When it happened, epoch seconds.
     """
-    data = {"actor": actor, "action": action, "resource": resource, "result": result, "ip": ip,
-            "details": dict(details or {})}
+    data = {
+        "actor": actor,
+        "action": action,
+        "resource": resource,
+        "result": result,
+        "ip": ip,
+        "details": dict(details or {}),
+    }
     return Event("audit", "", 0, ts, 0, data)
 
 
@@ -115,8 +130,11 @@ class AuditChain:
                 prev = digest
             if not fresh:
                 return 0
-            appended = self.scripts.run(audit_scripts.append(head_seq=int(head[0] or 0),
-                                                             head_hash=text(head[1]) if head[1] else "", links=links))
+            appended = self.scripts.run(
+                audit_scripts.append(
+                    head_seq=int(head[0] or 0), head_hash=text(head[1]) if head[1] else "", links=links
+                )
+            )
             if appended is not None:  # else another consumer appended first: recompute from its head
                 return appended
 
@@ -166,8 +184,13 @@ def _walk(client: Any, checkpoint: tuple[int, str], limit: int | None) -> dict[s
 
     def outcome(at: int | None = None, reason: str = "", detail: str = "") -> dict[str, Any]:
         broken = None if at is None else {"seq": at, "reason": reason, "detail": detail}
-        return {"ok": broken is None, "checked": checked, "head_seq": head_seq, "from_checkpoint": checkpoint[0],
-                "first_broken": broken}
+        return {
+            "ok": broken is None,
+            "checked": checked,
+            "head_seq": head_seq,
+            "from_checkpoint": checkpoint[0],
+            "first_broken": broken,
+        }
 
     if head_seq < seq or (head_seq == seq and seq and head_hash != prev):
         return outcome(seq, "head mismatch", "The head does not match the checkpoint.")
@@ -193,8 +216,7 @@ def _walk(client: Any, checkpoint: tuple[int, str], limit: int | None) -> dict[s
     return outcome()
 
 
-def trim(client: Any, *, keep_last: int | None = None, older_than_s: float | None = None,
-         now: float) -> dict[str, Any]:
+def trim(client: Any, *, keep_last: int | None = None, older_than_s: float | None = None, now: float) -> dict[str, Any]:
     """Remove the oldest records (beyond `keep_last`, or older than `older_than_s`), checkpointing the last one.
 
     Only a prefix that verifies is removed: at a broken link trimming stops, so the evidence stays, and the
@@ -218,8 +240,14 @@ def trim(client: Any, *, keep_last: int | None = None, older_than_s: float | Non
     return result
 
 
-def _trim_from(client: Any, scripts: Scripts, checkpoint: tuple[int, str], keep_last: int | None,
-               older_than_s: float | None, now: float) -> tuple[int, dict[str, Any] | None]:
+def _trim_from(
+    client: Any,
+    scripts: Scripts,
+    checkpoint: tuple[int, str],
+    keep_last: int | None,
+    older_than_s: float | None,
+    now: float,
+) -> tuple[int, dict[str, Any] | None]:
     seq, prev = checkpoint
     excess = client.xlen(LOG) - keep_last if keep_last is not None else 0
     removed, taken, chunk = 0, 0, list[str]()
@@ -248,8 +276,16 @@ def _ts(fields: Mapping[str, str], default: float) -> float:
         return default
 
 
-def query(client: Any, *, actor: str | None = None, action: str | None = None, since: float | None = None,
-          until: float | None = None, cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
+def query(
+    client: Any,
+    *,
+    actor: str | None = None,
+    action: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> dict[str, Any]:
     """Records newest first, filtered by actor, action and ts range (epoch s, inclusive).
 
     Returns {"entries": [record fields + seq + hash], "next_cursor"}; pass next_cursor back to continue. A page
@@ -279,8 +315,12 @@ def query(client: Any, *, actor: str | None = None, action: str | None = None, s
             if not isinstance(record, dict):  # damaged: shown as such (verify names the broken link)
                 record = {"unreadable": True}
             ts = float_field(str(record.get("ts", ""))) or 0.0
-            if (actor is None or record.get("actor") == actor) and (action is None or record.get("action") == action) \
-                    and (since is None or ts >= since) and (until is None or ts <= until):
+            if (
+                (actor is None or record.get("actor") == actor)
+                and (action is None or record.get("action") == action)
+                and (since is None or ts >= since)
+                and (until is None or ts <= until)
+            ):
                 found.append({**record, "seq": int_field(fields.get("seq")), "hash": fields.get("hash", "")})
                 if len(found) == limit:
                     break

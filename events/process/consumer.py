@@ -25,7 +25,6 @@ Entry = tuple[str, Event]
 Handler = Callable[[Sequence[Entry]], None]
 
 
-
 @dataclass
 class GroupStats:
     """What one runner did since it started."""

@@ -37,18 +37,27 @@ def increments(entry_id: str, event: Event) -> Increments:
     model = str(data.get("model") or "unknown")
     agent = str(data.get("agent") or "")
     session = str(data.get("session_id") or "")
-    figures = {"cost": _int(data, "cost_micros"), "in": _int(data, "input_tokens"),
-               "out": _int(data, "output_tokens"), "cached": _int(data, "cached_input_tokens"), "calls": 1}
+    figures = {
+        "cost": _int(data, "cost_micros"),
+        "in": _int(data, "input_tokens"),
+        "out": _int(data, "output_tokens"),
+        "cached": _int(data, "cached_input_tokens"),
+        "calls": 1,
+    }
     bucket = hour_bucket(event.ts)
     mine, everyone = keyspace.ledger_hour(user, bucket), keyspace.ledger_hour("all", bucket)
     ops: list[tuple[str, str, int]] = []
     for key in (mine, everyone, keyspace.ledger_total(user), keyspace.ledger_total("all")):
         ops += [(key, total_field(name), value) for name, value in figures.items()]
-    ops += [(key, member_field("model", model, name), value) for key in (mine, everyone)
-            for name, value in figures.items()]
+    ops += [
+        (key, member_field("model", model, name), value) for key in (mine, everyone) for name, value in figures.items()
+    ]
     if agent:
-        ops += [(key, member_field("agent", agent, name), figures[name]) for key in (mine, everyone)
-                for name in ("cost", "calls")]
+        ops += [
+            (key, member_field("agent", agent, name), figures[name])
+            for key in (mine, everyone)
+            for name in ("cost", "calls")
+        ]
     if session:
         ops += [(mine, member_field("session", session, name), figures[name]) for name in ("cost", "calls")]
     ops += [(everyone, member_field("user", user, name), value) for name, value in figures.items()]

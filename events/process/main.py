@@ -54,23 +54,41 @@ def main() -> None:
     client = sync_client(settings.redis_url, socket_timeout=10)
     consumer = f"{socket.gethostname()}-{os.getpid()}"
     groups = [
-        ConsumerGroup(client, stream, group, consumer, handler, claim_idle_ms=settings.consumer_claim_idle_ms,
-                      max_deliveries=settings.consumer_max_deliveries)
+        ConsumerGroup(
+            client,
+            stream,
+            group,
+            consumer,
+            handler,
+            claim_idle_ms=settings.consumer_claim_idle_ms,
+            max_deliveries=settings.consumer_max_deliveries,
+        )
         for stream, group, handler in (
             (keyspace.LIFECYCLE_STREAM, LIFECYCLE_GROUP, LifecycleCounter(client)),
             (keyspace.USAGE_STREAM, LEDGER_GROUP, Ledger(client)),
             (keyspace.AUDIT_STREAM, AUDIT_GROUP, AuditChain(client)),
         )
     ]
-    sweeper = Sweeper(client, settings.queue, grace_s=settings.lease_s, job_ttl_s=settings.job_ttl_s,
-                      stream_ttl_s=settings.stream_ttl_s, hold_ttl_s=settings.hold_ttl_s,
-                      auth_window_s=settings.auth_failure_window_s)
+    sweeper = Sweeper(
+        client,
+        settings.queue,
+        grace_s=settings.lease_s,
+        job_ttl_s=settings.job_ttl_s,
+        stream_ttl_s=settings.stream_ttl_s,
+        hold_ttl_s=settings.hold_ttl_s,
+        auth_window_s=settings.auth_failure_window_s,
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     threads = [threading.Thread(target=g.run, args=(stop,), name=f"group-{g.group}") for g in groups]
-    threads.append(threading.Thread(target=sweep_forever, name="sweeper", args=(
-        sweeper, stop, settings.heartbeat_s, settings.audit_retention_days * 86400)))
+    threads.append(
+        threading.Thread(
+            target=sweep_forever,
+            name="sweeper",
+            args=(sweeper, stop, settings.heartbeat_s, settings.audit_retention_days * 86400),
+        )
+    )
     for thread in threads:
         thread.start()
     log.info("events process started", extra={"consumer": consumer, "groups": [g.group for g in groups]})

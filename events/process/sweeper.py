@@ -65,16 +65,24 @@ class Sweeper:
                 continue
             attempt_no = int(attempt or 0)
             message = task_message(RUN_AGENT_TASK, [job_id, attempt_no + 1], self.queue, origin="sweeper")
-            outcome = self.scripts.run(job_scripts.requeue(
-                job_id=job_id, attempt=attempt_no, now=now, message=message, max_attempts=self.max_attempts,
-                queue=self.queue, job_ttl_s=self.job_ttl_s, stream_ttl_s=self.stream_ttl_s))
+            outcome = self.scripts.run(
+                job_scripts.requeue(
+                    job_id=job_id,
+                    attempt=attempt_no,
+                    now=now,
+                    message=message,
+                    max_attempts=self.max_attempts,
+                    queue=self.queue,
+                    job_ttl_s=self.job_ttl_s,
+                    stream_ttl_s=self.stream_ttl_s,
+                )
+            )
             outcomes[outcome.value] = outcomes.get(outcome.value, 0) + 1
             if outcome in (Requeued.FAILED, Requeued.CANCELLED) and owner is not None:
                 settle_hold(self.scripts, user_id=text(owner), job_id=job_id, now=now)  # ended for good
             if outcome not in (Requeued.ALIVE, Requeued.CHANGED):
                 log.warning("job %s lost its worker on attempt %d: %s", job_id, attempt_no, outcome.value)
         return outcomes
-
 
     def sweep_holds(self, batch: int = 500) -> dict[str, int]:
         """Settle holds past their expiry whose job has ended or is gone; extend those of live jobs."""
@@ -103,6 +111,9 @@ class Sweeper:
         written = 0
         for raw in self.client.zrangebyscore(keyspace.AUTH_FAILURE_WINDOWS, "-inf", f"({current}"):
             window = int(text(raw))
-            written += self.scripts.run(user_scripts.summarise_auth_failures(
-                window=window, window_s=self.auth_window_s, now=now, audit_max_len=keyspace.AUDIT_STREAM_MAXLEN))
+            written += self.scripts.run(
+                user_scripts.summarise_auth_failures(
+                    window=window, window_s=self.auth_window_s, now=now, audit_max_len=keyspace.AUDIT_STREAM_MAXLEN
+                )
+            )
         return written

@@ -36,5 +36,4 @@ def append(*, head_seq: int, head_hash: str, links: Sequence[Link]) -> Call[int 
 
 def cut(*, seq: int, hash: str, entry_ids: Sequence[str]) -> Call[int]:
     """Remove the records `entry_ids` (a verified prefix) and move the checkpoint to (`seq`, `hash`)."""
-    return call("audit_cut", [keyspace.AUDIT_LOG, keyspace.AUDIT_CHECKPOINT], [seq, hash, *entry_ids],
-                lambda r: int(r))
+    return call("audit_cut", [keyspace.AUDIT_LOG, keyspace.AUDIT_CHECKPOINT], [seq, hash, *entry_ids], lambda r: int(r))

@@ -81,29 +81,55 @@ def _held(reply: Any) -> HoldReply:
     return HoldReply(outcome, int(text(reply[1])) if outcome is Held.HELD and len(reply) > 1 else 0)
 
 
-def hold(*, user_id: str, job_id: str, amount_micros: int, scopes: Sequence[str], now: float,
-         expires_at: float) -> Call[HoldReply]:
+def hold(
+    *, user_id: str, job_id: str, amount_micros: int, scopes: Sequence[str], now: float, expires_at: float
+) -> Call[HoldReply]:
     """Reserve `amount_micros` for a job against every scope's budget, all or nothing."""
     ids = period_id_list(now)
-    return call("hold", [keyspace.budget_config(user_id), *period_keys(user_id, ids),
-                         keyspace.budget_hold(user_id, job_id), keyspace.HOLDS_INDEX],
-                [amount_micros, f"{expires_at:.6f}", hold_member(user_id, job_id), job_id, user_id, PERIOD_TTLS, ids,
-                 json.dumps(list(scopes))], _held)
+    return call(
+        "hold",
+        [
+            keyspace.budget_config(user_id),
+            *period_keys(user_id, ids),
+            keyspace.budget_hold(user_id, job_id),
+            keyspace.HOLDS_INDEX,
+        ],
+        [
+            amount_micros,
+            f"{expires_at:.6f}",
+            hold_member(user_id, job_id),
+            job_id,
+            user_id,
+            PERIOD_TTLS,
+            ids,
+            json.dumps(list(scopes)),
+        ],
+        _held,
+    )
 
 
 def extend(*, user_id: str, job_id: str, needed_micros: int, period_ids: str) -> Call[HoldReply]:
     """Grow a job's hold to `needed_micros` against every budget that applies now (`period_ids` as the hold
     recorded them)."""
-    return call("extend", [keyspace.budget_config(user_id), keyspace.budget_hold(user_id, job_id),
-                           *period_keys(user_id, period_ids)], [needed_micros, period_ids, PERIOD_TTLS], _held)
+    return call(
+        "extend",
+        [keyspace.budget_config(user_id), keyspace.budget_hold(user_id, job_id), *period_keys(user_id, period_ids)],
+        [needed_micros, period_ids, PERIOD_TTLS],
+        _held,
+    )
 
 
-def charge(*, user_id: str, job_id: str, attempt: int, charge_id: str, cost_micros: int, now: float,
-           usage: Mapping[str, Any]) -> Call[int]:
+def charge(
+    *, user_id: str, job_id: str, attempt: int, charge_id: str, cost_micros: int, now: float, usage: Mapping[str, Any]
+) -> Call[int]:
     """Record one call's cost on the hold, the job and the usage stream, once per `charge_id`; returns the
     hold's spend so far (-1 without a hold)."""
-    return call("charge", [keyspace.budget_hold(user_id, job_id), keyspace.job(job_id), keyspace.USAGE_STREAM],
-                [cost_micros, charge_id, job_id, f"{now:.6f}", attempt, json.dumps(usage)], lambda r: int(r))
+    return call(
+        "charge",
+        [keyspace.budget_hold(user_id, job_id), keyspace.job(job_id), keyspace.USAGE_STREAM],
+        [cost_micros, charge_id, job_id, f"{now:.6f}", attempt, json.dumps(usage)],
+        lambda r: int(r),
+    )
 
 
 class Settled(StrEnum):
@@ -154,19 +180,35 @@ def settle(*, user_id: str, job_id: str, now: float, period_ids: str | None = No
     in other periods answers MOVED with its own ids, to settle again with.
     """
     period_ids = period_ids or period_id_list(now)
-    return call("settle", [keyspace.budget_hold(user_id, job_id), keyspace.HOLDS_INDEX,
-                           keyspace.budget_config(user_id), keyspace.ALERTS_STREAM,
-                           *period_keys(user_id, period_ids)],
-                [hold_member(user_id, job_id), f"{now:.6f}", period_ids, PERIOD_TTLS], _settled)
+    return call(
+        "settle",
+        [
+            keyspace.budget_hold(user_id, job_id),
+            keyspace.HOLDS_INDEX,
+            keyspace.budget_config(user_id),
+            keyspace.ALERTS_STREAM,
+            *period_keys(user_id, period_ids),
+        ],
+        [hold_member(user_id, job_id), f"{now:.6f}", period_ids, PERIOD_TTLS],
+        _settled,
+    )
 
 
-def spend(*, user_id: str, cost_micros: int, scopes: Sequence[str], now: float,
-          usage: Mapping[str, Any]) -> Call[list[Alert]]:
+def spend(
+    *, user_id: str, cost_micros: int, scopes: Sequence[str], now: float, usage: Mapping[str, Any]
+) -> Call[list[Alert]]:
     """Record spend that had no hold (usage tracked by hand) against every scope's budget, with its usage event."""
-    return call("spend", [keyspace.budget_config(user_id), *period_keys(user_id, period_id_list(now)),
-                          keyspace.ALERTS_STREAM, keyspace.USAGE_STREAM],
-                [cost_micros, user_id, f"{now:.6f}", PERIOD_TTLS, json.dumps(list(scopes)), json.dumps(usage)],
-                _alerts)
+    return call(
+        "spend",
+        [
+            keyspace.budget_config(user_id),
+            *period_keys(user_id, period_id_list(now)),
+            keyspace.ALERTS_STREAM,
+            keyspace.USAGE_STREAM,
+        ],
+        [cost_micros, user_id, f"{now:.6f}", PERIOD_TTLS, json.dumps(list(scopes)), json.dumps(usage)],
+        _alerts,
+    )
 
 
 def settle_hold(scripts: Scripts, *, user_id: str, job_id: str, now: float) -> SettleReply:

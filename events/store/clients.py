@@ -32,9 +32,14 @@ def _backoff() -> ExponentialBackoff:
 def sync_client(url: str, *, socket_timeout: float, connect_timeout: float = 2, **options: Any) -> redis.Redis:
     """A client for threads and processes that block (workers, the events process, scripts)."""
     return redis.Redis.from_url(
-        url, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout,
-        health_check_interval=HEALTH_CHECK_S, retry_on_error=[redis.ConnectionError],
-        retry=Retry(_backoff(), RETRIES, supported_errors=(redis.ConnectionError,)), **options)
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        health_check_interval=HEALTH_CHECK_S,
+        retry_on_error=[redis.ConnectionError],
+        retry=Retry(_backoff(), RETRIES, supported_errors=(redis.ConnectionError,)),
+        **options,
+    )
 
 
 class WaitingConnectionPool(aioredis.ConnectionPool):
@@ -82,14 +87,27 @@ class WaitingConnectionPool(aioredis.ConnectionPool):
                 return
 
 
-def async_client(url: str, *, socket_timeout: float, max_connections: int, pool_timeout: float,
-                 connect_timeout: float = 1, **options: Any) -> aioredis.Redis:
+def async_client(
+    url: str,
+    *,
+    socket_timeout: float,
+    max_connections: int,
+    pool_timeout: float,
+    connect_timeout: float = 1,
+    **options: Any,
+) -> aioredis.Redis:
     """An asyncio client whose pool queues a burst for up to `pool_timeout` seconds rather than failing it."""
     pool = WaitingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=pool_timeout, socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout, health_check_interval=HEALTH_CHECK_S,
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        health_check_interval=HEALTH_CHECK_S,
         retry_on_error=[redis.ConnectionError],
-        retry=AsyncRetry(_backoff(), RETRIES, supported_errors=(redis.ConnectionError,)), **options)
+        retry=AsyncRetry(_backoff(), RETRIES, supported_errors=(redis.ConnectionError,)),
+        **options,
+    )
     return aioredis.Redis.from_pool(pool)
 
 

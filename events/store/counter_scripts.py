@@ -18,8 +18,12 @@ def count_lifecycle(*, group: str, entries: Sequence[tuple[str, str]], dedupe_tt
     """Add one to the job counter named for each (entry id, counter) pair, once per entry; returns how many
     entries were applied."""
     marks = [keyspace.dedupe(group, entry_id) for entry_id, _ in entries]
-    return call("lifecycle_count", [keyspace.JOB_COUNTS, *marks], [dedupe_ttl_s, *(name for _, name in entries)],
-                lambda r: int(r))
+    return call(
+        "lifecycle_count",
+        [keyspace.JOB_COUNTS, *marks],
+        [dedupe_ttl_s, *(name for _, name in entries)],
+        lambda r: int(r),
+    )
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,11 @@ def apply_ledger(*, group: str, batch: Sequence[Increments], dedupe_ttl_s: int) 
     def index(key: str) -> int:
         return counters.setdefault(key, len(marks) + len(counters) + 1)  # Lua counts KEYS from 1
 
-    encoded = [{"ops": [[index(key), name, delta] for key, name, delta in item.ops],
-                "ttl": [[index(key), seconds] for key, seconds in item.ttls]} for item in batch]
+    encoded = [
+        {
+            "ops": [[index(key), name, delta] for key, name, delta in item.ops],
+            "ttl": [[index(key), seconds] for key, seconds in item.ttls],
+        }
+        for item in batch
+    ]
     return call("ledger_apply", [*marks, *counters], [dedupe_ttl_s, json.dumps(encoded)], lambda r: int(r))

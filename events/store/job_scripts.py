@@ -40,16 +40,50 @@ def _submitted(reply: Any) -> SubmitReply:
     return SubmitReply(outcome, job_id, digest)
 
 
-def submit(*, job_id: str, owner: str, fields: Mapping[str, str], now: float, job_ttl_s: int, queue: str,
-           message: str, idempotency_key: str | None, digest: str, idempotency_ttl_s: int,
-           lifecycle: Mapping[str, Any], audit: Mapping[str, Any] | None, audit_max_len: int) -> Call[SubmitReply]:
+def submit(
+    *,
+    job_id: str,
+    owner: str,
+    fields: Mapping[str, str],
+    now: float,
+    job_ttl_s: int,
+    queue: str,
+    message: str,
+    idempotency_key: str | None,
+    digest: str,
+    idempotency_ttl_s: int,
+    lifecycle: Mapping[str, Any],
+    audit: Mapping[str, Any] | None,
+    audit_max_len: int,
+) -> Call[SubmitReply]:
     """Save a queued job, index it, push its task message and write its lifecycle and audit events."""
     idem = keyspace.idempotency(owner, idempotency_key) if idempotency_key else keyspace.idempotency(owner, "-")
-    return call("submit", [keyspace.job(job_id), keyspace.user_jobs(owner), keyspace.JOBS_ALL,
-                           keyspace.LIFECYCLE_STREAM, queue, idem, keyspace.AUDIT_STREAM],
-                [job_id, f"{now:.6f}", job_ttl_s, message, digest, "1" if idempotency_key else "0",
-                 idempotency_ttl_s, json.dumps(lifecycle), audit_max_len, json.dumps(audit) if audit else "",
-                 json.dumps(dict(fields))], _submitted)
+    return call(
+        "submit",
+        [
+            keyspace.job(job_id),
+            keyspace.user_jobs(owner),
+            keyspace.JOBS_ALL,
+            keyspace.LIFECYCLE_STREAM,
+            queue,
+            idem,
+            keyspace.AUDIT_STREAM,
+        ],
+        [
+            job_id,
+            f"{now:.6f}",
+            job_ttl_s,
+            message,
+            digest,
+            "1" if idempotency_key else "0",
+            idempotency_ttl_s,
+            json.dumps(lifecycle),
+            audit_max_len,
+            json.dumps(audit) if audit else "",
+            json.dumps(dict(fields)),
+        ],
+        _submitted,
+    )
 
 
 class StartOutcome(StrEnum):
@@ -84,15 +118,25 @@ def _started(reply: Any) -> Started:
 
 
 def _attempt_keys(job_id: str) -> list[str]:
-    return [keyspace.job(job_id), keyspace.job_lease(job_id), keyspace.job_stream(job_id), keyspace.RUNNING_JOBS,
-            keyspace.LIFECYCLE_STREAM]
+    return [
+        keyspace.job(job_id),
+        keyspace.job_lease(job_id),
+        keyspace.job_stream(job_id),
+        keyspace.RUNNING_JOBS,
+        keyspace.LIFECYCLE_STREAM,
+    ]
 
 
-def start(*, job_id: str, attempt: int, now: float, lease_token: str, lease_ms: int, worker: str,
-          data: Mapping[str, Any]) -> Call[Started]:
+def start(
+    *, job_id: str, attempt: int, now: float, lease_token: str, lease_ms: int, worker: str, data: Mapping[str, Any]
+) -> Call[Started]:
     """Take the job's lease for `attempt`, mark it running and emit `start` with `data`."""
-    return call("start", _attempt_keys(job_id),
-                [job_id, attempt, f"{now:.6f}", lease_token, lease_ms, worker, json.dumps(data)], _started)
+    return call(
+        "start",
+        _attempt_keys(job_id),
+        [job_id, attempt, f"{now:.6f}", lease_token, lease_ms, worker, json.dumps(data)],
+        _started,
+    )
 
 
 @dataclass(frozen=True)
@@ -105,8 +149,12 @@ class Beat:
 
 def heartbeat(*, job_id: str, lease_token: str, lease_ms: int) -> Call[Beat]:
     """Renew the lease if it is still ours, and read the cancel flag."""
-    return call("heartbeat", [keyspace.job_lease(job_id), keyspace.job(job_id)], [lease_token, lease_ms],
-                lambda r: Beat(bool(int(r[0])), text(r[1]) == "1"))
+    return call(
+        "heartbeat",
+        [keyspace.job_lease(job_id), keyspace.job(job_id)],
+        [lease_token, lease_ms],
+        lambda r: Beat(bool(int(r[0])), text(r[1]) == "1"),
+    )
 
 
 @dataclass(frozen=True)
@@ -120,15 +168,34 @@ class Outcome:
     error: Mapping[str, str] | None = None
 
 
-def finish(*, job_id: str, attempt: int, now: float, lease_token: str, outcome: Outcome, usage: Mapping[str, Any],
-           seq: int, job_ttl_s: int, stream_ttl_s: int) -> Call[bool]:
+def finish(
+    *,
+    job_id: str,
+    attempt: int,
+    now: float,
+    lease_token: str,
+    outcome: Outcome,
+    usage: Mapping[str, Any],
+    seq: int,
+    job_ttl_s: int,
+    stream_ttl_s: int,
+) -> Call[bool]:
     """Store the attempt's outcome and emit its terminal event at `seq`; False when the lease was lost."""
-    ended = {"status": outcome.status, "result": outcome.result,
-             "error": json.dumps(outcome.error) if outcome.error else "", "usage": json.dumps(usage),
-             "event": outcome.event, "data": json.dumps(outcome.data), "seq": seq}
-    return call("finish", _attempt_keys(job_id),
-                [job_id, attempt, f"{now:.6f}", lease_token, job_ttl_s, stream_ttl_s, json.dumps(ended)],
-                lambda r: text(r) == "ok")
+    ended = {
+        "status": outcome.status,
+        "result": outcome.result,
+        "error": json.dumps(outcome.error) if outcome.error else "",
+        "usage": json.dumps(usage),
+        "event": outcome.event,
+        "data": json.dumps(outcome.data),
+        "seq": seq,
+    }
+    return call(
+        "finish",
+        _attempt_keys(job_id),
+        [job_id, attempt, f"{now:.6f}", lease_token, job_ttl_s, stream_ttl_s, json.dumps(ended)],
+        lambda r: text(r) == "ok",
+    )
 
 
 class Cancelled(StrEnum):
@@ -143,8 +210,12 @@ class Cancelled(StrEnum):
 
 def cancel(*, job_id: str, now: float, job_ttl_s: int, stream_ttl_s: int, data: Mapping[str, Any]) -> Call[Cancelled]:
     """Cancel a job: a queued one ends now, a running one is flagged for its worker."""
-    return call("cancel", [keyspace.job(job_id), keyspace.job_stream(job_id), keyspace.LIFECYCLE_STREAM],
-                [job_id, f"{now:.6f}", job_ttl_s, stream_ttl_s, json.dumps(data)], lambda r: Cancelled(text(r)))
+    return call(
+        "cancel",
+        [keyspace.job(job_id), keyspace.job_stream(job_id), keyspace.LIFECYCLE_STREAM],
+        [job_id, f"{now:.6f}", job_ttl_s, stream_ttl_s, json.dumps(data)],
+        lambda r: Cancelled(text(r)),
+    )
 
 
 class Requeued(StrEnum):
@@ -158,9 +229,21 @@ class Requeued(StrEnum):
     CANCELLED = "cancelled"
 
 
-def requeue(*, job_id: str, attempt: int, now: float, message: str, max_attempts: int, queue: str, job_ttl_s: int,
-            stream_ttl_s: int) -> Call[Requeued]:
+def requeue(
+    *,
+    job_id: str,
+    attempt: int,
+    now: float,
+    message: str,
+    max_attempts: int,
+    queue: str,
+    job_ttl_s: int,
+    stream_ttl_s: int,
+) -> Call[Requeued]:
     """Run a job whose worker died again as the next attempt, or end it (cancelled, out of attempts)."""
-    return call("requeue", [*_attempt_keys(job_id), queue],
-                [job_id, attempt, f"{now:.6f}", message, max_attempts, job_ttl_s, stream_ttl_s],
-                lambda r: Requeued(text(r)))
+    return call(
+        "requeue",
+        [*_attempt_keys(job_id), queue],
+        [job_id, attempt, f"{now:.6f}", message, max_attempts, job_ttl_s, stream_ttl_s],
+        lambda r: Requeued(text(r)),
+    )

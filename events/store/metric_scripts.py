@@ -34,9 +34,20 @@ def _registered(reply: Any) -> RegisterReply:
     return RegisterReply(outcome, text(reply[1]) if outcome is Registered.CONFLICT else "")
 
 
-def register(*, family: str, kind: str, label_names: Sequence[str], label_values: Sequence[str],
-             max_families: int, max_series: int) -> Call[RegisterReply]:
+def register(
+    *,
+    family: str,
+    kind: str,
+    label_names: Sequence[str],
+    label_values: Sequence[str],
+    max_families: int,
+    max_series: int,
+) -> Call[RegisterReply]:
     """Register `family` as a `kind` with `label_names`, and the label set `label_values`, within the bounds."""
     definition = json.dumps({"kind": kind, "labels": list(label_names)})
-    return call("metric_register", [keyspace.CUSTOM_METRICS, keyspace.custom_metric_series(family)],
-                [family, definition, json.dumps(list(label_values)), max_families, max_series], _registered)
+    return call(
+        "metric_register",
+        [keyspace.CUSTOM_METRICS, keyspace.custom_metric_series(family)],
+        [family, definition, json.dumps(list(label_values)), max_families, max_series],
+        _registered,
+    )

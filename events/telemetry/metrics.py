@@ -3,8 +3,9 @@
 Families kept per process (requests, auth, agents, tokens, cost, LLM errors) are plain prometheus-client
 objects. Where processes fork (gunicorn's workers, Celery's pool) the start-up hook sets up a shared directory
 (events/telemetry/multiprocess.py) before this module is imported, each process writes its samples to files
-there, and the process that serves `/metrics` adds them up (`render`). State that lives in Redis (queue depth, consumer lag, holds, ...) is read
-at scrape time by `api.system_state` and is the same from every instance: aggregate it with `max`, not `sum`.
+there, and the process that serves `/metrics` adds them up (`render`). State that lives in Redis (queue depth,
+consumer lag, holds, ...) is read at scrape time by `api.system_state` and is the same from every instance:
+aggregate it with `max`, not `sum`.
 """
 
 from __future__ import annotations
@@ -34,32 +35,46 @@ HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 AGENT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 # The seed's families.
-HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests answered, by method, route template and status.",
-                        ["method", "route", "status"])
-HTTP_DURATION = Histogram("http_request_duration_seconds", "Time to answer an HTTP request (SSE: until headers).",
-                          ["method", "route"], buckets=HTTP_BUCKETS)
-AGENT_QUERIES = Counter("agent_queries_total", "Job attempts that ended, by agent type and outcome.",
-                        ["agent_type", "status"])
-AGENT_DURATION = Histogram("agent_query_duration_seconds", "Run time of a job attempt, by agent type.",
-                           ["agent_type"], buckets=AGENT_BUCKETS)
+HTTP_REQUESTS = Counter(
+    "http_requests_total",
+    "HTTP requests answered, by method, route template and status.",
+    ["method", "route", "status"],
+)
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time to answer an HTTP request (SSE: until headers).",
+    ["method", "route"],
+    buckets=HTTP_BUCKETS,
+)
+AGENT_QUERIES = Counter(
+    "agent_queries_total", "Job attempts that ended, by agent type and outcome.", ["agent_type", "status"]
+)
+AGENT_DURATION = Histogram(
+    "agent_query_duration_seconds", "Run time of a job attempt, by agent type.", ["agent_type"], buckets=AGENT_BUCKETS
+)
 COST = Counter("api_cost_dollars", "Money charged for model calls, in US dollars, by model.", ["model"])
 TOKENS = Counter("api_tokens", "Tokens of model calls, by model and type (input or output).", ["model", "type"])
-CACHE_OPS = Counter("cache_operations_total", "Cache lookups, by cache and result (hit or miss).",
-                    ["cache", "result"])
-CACHE_SIZE = Gauge("cache_size_bytes", "Approximate bytes held by a cache, summed over processes.", ["cache"],
-                   multiprocess_mode="livesum")
-AUTH_ATTEMPTS = Counter("auth_attempts_total", "Authentication attempts, by credential and result.",
-                        ["method", "result"])
-PERMISSION_CHECKS = Counter("permission_checks_total", "Permission checks, by permission and result.",
-                            ["permission", "result"])
+CACHE_OPS = Counter("cache_operations_total", "Cache lookups, by cache and result (hit or miss).", ["cache", "result"])
+CACHE_SIZE = Gauge(
+    "cache_size_bytes",
+    "Approximate bytes held by a cache, summed over processes.",
+    ["cache"],
+    multiprocess_mode="livesum",
+)
+AUTH_ATTEMPTS = Counter(
+    "auth_attempts_total", "Authentication attempts, by credential and result.", ["method", "result"]
+)
+PERMISSION_CHECKS = Counter(
+    "permission_checks_total", "Permission checks, by permission and result.", ["permission", "result"]
+)
 ACTIVE_REQUESTS = Gauge("active_requests", "HTTP requests being answered now.", multiprocess_mode="livesum")
 # Ours.
 SSE_STREAMS = Gauge("agentic_sse_streams_open", "Server-Sent Event streams open now.", multiprocess_mode="livesum")
-LLM_ERRORS = Counter("llm_errors_total", "Failed LLM calls (each retry counts), by provider and kind.",
-                     ["provider", "kind"])
+LLM_ERRORS = Counter(
+    "llm_errors_total", "Failed LLM calls (each retry counts), by provider and kind.", ["provider", "kind"]
+)
 LLM_CALLS = Counter("llm_calls_total", "LLM calls made, by provider and model.", ["provider", "model"])
 RATE_LIMITED = Counter("agentic_rate_limited_total", "Requests refused by the per-key rate limit.")
-
 
 
 def count_usage(model: str, input_tokens: int, output_tokens: int, cost_micros: int) -> None:
@@ -69,11 +84,26 @@ def count_usage(model: str, input_tokens: int, output_tokens: int, cost_micros: 
     COST.labels(model).inc(cost_micros / 1_000_000)
 
 
-BUILTIN_NAMES = frozenset({
-    "http_requests", "http_request_duration_seconds", "agent_queries", "agent_query_duration_seconds",
-    "api_cost_dollars", "api_tokens", "cache_operations", "cache_size_bytes", "auth_attempts", "permission_checks",
-    "active_requests", "active_sessions", "llm_errors", "llm_calls", "up", "scrape_duration_seconds",
-})
+BUILTIN_NAMES = frozenset(
+    {
+        "http_requests",
+        "http_request_duration_seconds",
+        "agent_queries",
+        "agent_query_duration_seconds",
+        "api_cost_dollars",
+        "api_tokens",
+        "cache_operations",
+        "cache_size_bytes",
+        "auth_attempts",
+        "permission_checks",
+        "active_requests",
+        "active_sessions",
+        "llm_errors",
+        "llm_calls",
+        "up",
+        "scrape_duration_seconds",
+    }
+)
 RESERVED_PREFIXES = ("agentic_", "process_", "python_", "flower_", "celery_", "prometheus_", "scrape_")
 
 
@@ -142,14 +172,17 @@ def family_name(name: str, kind: str = "counter") -> str:
 def check_name(name: str, kind: str = "counter") -> str:
     """Return the family name of a custom metric of `kind`, or raise MetricError."""
     if not NAME.fullmatch(name or ""):
-        raise MetricError(f"Metric name {name!r} is not valid: use letters, digits and _ (not first), at most "
-                          "100 characters.")
+        raise MetricError(
+            f"Metric name {name!r} is not valid: use letters, digits and _ (not first), at most 100 characters."
+        )
     family = family_name(name, kind)
     if family in BUILTIN_NAMES or family.startswith(RESERVED_PREFIXES) or name.startswith("__"):
         raise MetricError(f"Metric name {name!r} belongs to the system; pick another name for a custom metric.")
     if family.endswith(SAMPLE_SUFFIXES):
-        raise MetricError(f"Metric name {name!r} ends like a sample of another metric ({', '.join(SAMPLE_SUFFIXES)}"
-                          "); only a counter's name may end in _total.")
+        raise MetricError(
+            f"Metric name {name!r} ends like a sample of another metric ({', '.join(SAMPLE_SUFFIXES)}"
+            "); only a counter's name may end in _total."
+        )
     return family
 
 

@@ -52,8 +52,11 @@ def configure(settings: Settings, component: str) -> bool:
     shutdown()  # configured again (tests build several apps in one process): the old exporter stops first
     endpoint = f"{settings.otlp_endpoint.rstrip('/')}/v1/traces"
     provider = TracerProvider(resource=Resource.create({"service.name": f"{settings.service_name}-{component}"}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT_S),
-                                                   schedule_delay_millis=EXPORT_DELAY_MS))
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            OTLPSpanExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT_S), schedule_delay_millis=EXPORT_DELAY_MS
+        )
+    )
     _provider, _tracer = provider, provider.get_tracer("agentic")
     log.info("tracing on: spans go to %s", endpoint, extra={"service": f"{settings.service_name}-{component}"})
     return True
@@ -126,8 +129,14 @@ def _random_hex(bits: int) -> str:
     return f"{secrets.randbits(bits) or 1:0{bits // 4}x}"  # all zeros is the one invalid id
 
 
-def start_span(name: str, *, kind: SpanKind, parent: str | None = None, parent_state: str | None = None,
-               attributes: Mapping[str, AttributeValue] | None = None) -> trace.Span:
+def start_span(
+    name: str,
+    *,
+    kind: SpanKind,
+    parent: str | None = None,
+    parent_state: str | None = None,
+    attributes: Mapping[str, AttributeValue] | None = None,
+) -> trace.Span:
     """Start a span (not made current), child of the `parent` traceparent (with its `tracestate`) if given, else
     of the current span.
 
@@ -144,8 +153,14 @@ def start_span(name: str, *, kind: SpanKind, parent: str | None = None, parent_s
 
 
 @contextlib.contextmanager
-def in_span(name: str, *, kind: SpanKind, parent: str | None = None, parent_state: str | None = None,
-            attributes: Mapping[str, AttributeValue] | None = None) -> Iterator[trace.Span]:
+def in_span(
+    name: str,
+    *,
+    kind: SpanKind,
+    parent: str | None = None,
+    parent_state: str | None = None,
+    attributes: Mapping[str, AttributeValue] | None = None,
+) -> Iterator[trace.Span]:
     """A span that is current inside the `with` block and ends with it; an exception marks it failed."""
     span = start_span(name, kind=kind, parent=parent, parent_state=parent_state, attributes=attributes)
     with trace.use_span(span, end_on_exit=True):

@@ -124,9 +124,17 @@ def call_model(ctx: AgentContext, messages: list[dict[str, Any]], tools: list[To
             elif isinstance(item, Usage):
                 ctx.on_usage(item, call)
             elif isinstance(item, Retrying):
-                ctx.events.emit("metadata", {"event": "llm_retry", "call": call, "retry": item.retry,
-                                             "delay_s": round(item.delay_s, 3), "reason": item.reason,
-                                             "discard_partial": item.discard_partial})
+                ctx.events.emit(
+                    "metadata",
+                    {
+                        "event": "llm_retry",
+                        "call": call,
+                        "retry": item.retry,
+                        "delay_s": round(item.delay_s, 3),
+                        "reason": item.reason,
+                        "discard_partial": item.discard_partial,
+                    },
+                )
             elif isinstance(item, Completion):
                 completion = item
     finally:
@@ -156,8 +164,16 @@ def run_tool(ctx: AgentContext, tools: Mapping[str, Tool], call: ToolCall, max_r
         result = f"error: {ex}"
     if len(result) > max_result_chars:
         result = result[:max_result_chars] + "…"
-    ctx.events.emit("tool_end", {"tool": call.name, "call_id": call.id, "ok": ok, "result": result,
-                                 "duration_ms": round((ctx.clock() - started) * 1000, 3)})
+    ctx.events.emit(
+        "tool_end",
+        {
+            "tool": call.name,
+            "call_id": call.id,
+            "ok": ok,
+            "result": result,
+            "duration_ms": round((ctx.clock() - started) * 1000, 3),
+        },
+    )
     return result
 
 
@@ -171,13 +187,22 @@ def tool_loop(ctx: AgentContext, system: str, tools: list[Tool], spec: AgentSpec
         completion = call_model(ctx, messages, offered)
         if not completion.tool_calls:
             return completion.text
-        messages.append({
-            "role": "assistant",
-            "content": completion.text or None,
-            "tool_calls": [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                           for c in completion.tool_calls],
-        })
+        messages.append(
+            {
+                "role": "assistant",
+                "content": completion.text or None,
+                "tool_calls": [
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in completion.tool_calls
+                ],
+            }
+        )
         for call in completion.tool_calls:
-            messages.append({"role": "tool", "tool_call_id": call.id,
-                             "content": run_tool(ctx, by_name, call, spec.max_tool_result_chars)})
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": call.id,
+                    "content": run_tool(ctx, by_name, call, spec.max_tool_result_chars),
+                }
+            )
     raise AgentError(f"The agent used all {max_calls} model calls without answering.")

@@ -62,13 +62,16 @@ def compose_answer(request: ChatRequest) -> str:
     for message in request.messages:
         for call in message.get("tool_calls") or []:
             names[call["id"]] = call["function"]["name"]
-    results = [(names.get(m.get("tool_call_id"), "tool"), str(m.get("content")))
-               for m in request.messages if m.get("role") == "tool"]
+    results = [
+        (names.get(m.get("tool_call_id"), "tool"), str(m.get("content")))
+        for m in request.messages
+        if m.get("role") == "tool"
+    ]
     if results:
         found = "; ".join(f"{name}: {content}" for name, content in results)
         return f"[offline model] From my tools: {found}."
     question = _last_user_text(request.messages)
-    return f"[offline model] You asked {count_tokens(question)} tokens' worth: \"{question[:200]}\"."
+    return f'[offline model] You asked {count_tokens(question)} tokens\' worth: "{question[:200]}".'
 
 
 class OfflineProvider:

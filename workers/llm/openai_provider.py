@@ -41,8 +41,9 @@ _KEY_LIKE = re.compile(r"\b(sk|rk|pk)-[A-Za-z0-9_\-*]{6,}")
 class _Transient(Exception):
     """Raised inside one attempt when the failure is worth retrying."""
 
-    def __init__(self, reason: str, detail: str, *, kind: str, rate_limited: bool = False,
-                 retry_after: float | None = None):
+    def __init__(
+        self, reason: str, detail: str, *, kind: str, rate_limited: bool = False, retry_after: float | None = None
+    ):
         super().__init__(detail)
         self.reason, self.detail, self.rate_limited, self.retry_after = reason, detail, rate_limited, retry_after
         self.kind = kind  # the `kind` label of llm_errors_total: a handful of fixed words
@@ -93,9 +94,16 @@ class OpenAIProvider:
 
     name = "openai"
 
-    def __init__(self, *, api_key: str, base_url: str = "", timeout_s: float = 60.0, max_retries: int = 3,
-                 sleep: Callable[[float], None] = time.sleep,
-                 rand: float | Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str = "",
+        timeout_s: float = 60.0,
+        max_retries: int = 3,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: float | Callable[[], float] | None = None,
+    ) -> None:
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -142,10 +150,17 @@ class OpenAIProvider:
         The span is never made current: this is a generator, and a context attached here would leak into the
         caller between items.
         """
-        span = tracing.start_span(f"chat {request.model}", kind=SpanKind.CLIENT, attributes={
-            "gen_ai.operation.name": "chat", "gen_ai.system": "openai", "gen_ai.request.model": request.model,
-            "gen_ai.request.max_tokens": request.max_tokens,
-            "server.address": urlsplit(self.base_url).hostname or ""})
+        span = tracing.start_span(
+            f"chat {request.model}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.system": "openai",
+                "gen_ai.request.model": request.model,
+                "gen_ai.request.max_tokens": request.max_tokens,
+                "server.address": urlsplit(self.base_url).hostname or "",
+            },
+        )
         try:
             yield from self._call(request, attempt, tracing.headers(span))
         except _Transient as ex:
@@ -169,9 +184,14 @@ class OpenAIProvider:
         stream = None
         try:
             stream = self._client.chat.completions.create(
-                model=request.model, messages=cast(Any, request.messages), max_tokens=request.max_tokens,
-                stream=True, stream_options={"include_usage": True}, extra_headers=headers or None,
-                tools=cast(Any, request.tools) if request.tools else openai.omit)  # omit: some servers reject []
+                model=request.model,
+                messages=cast(Any, request.messages),
+                max_tokens=request.max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_headers=headers or None,
+                tools=cast(Any, request.tools) if request.tools else openai.omit,
+            )  # omit: some servers reject []
             for chunk in stream:
                 if chunk.usage is not None:
                     attempt.usage = self._usage(request.model, chunk.usage)
@@ -194,8 +214,9 @@ class OpenAIProvider:
             reason = "stream broke mid-way" if stream is not None else "connection failed"
             raise _Transient(reason, f"{reason}: {cause}", kind="connection") from ex
         except openai.APIError as ex:  # an error event inside the stream: the service failed mid-answer
-            raise _Transient("stream error", f"an error event mid-stream: {self._redact(ex.message)}",
-                             kind="stream_error") from ex
+            raise _Transient(
+                "stream error", f"an error event mid-stream: {self._redact(ex.message)}", kind="stream_error"
+            ) from ex
         finally:
             if stream is not None:
                 stream.close()  # also aborts the HTTP call when our caller closes this generator early
@@ -207,20 +228,31 @@ class OpenAIProvider:
         message = self._redact(_service_message(ex))
         status = ex.status_code
         if status == 429:
-            return _Transient("rate limited (HTTP 429)", f"HTTP 429: {message}", kind="rate_limited", rate_limited=True,
-                              retry_after=retry_after_s(ex.response.headers))
+            return _Transient(
+                "rate limited (HTTP 429)",
+                f"HTTP 429: {message}",
+                kind="rate_limited",
+                rate_limited=True,
+                retry_after=retry_after_s(ex.response.headers),
+            )
         if status >= 500 or status == 408:
             return _Transient(f"server error (HTTP {status})", f"HTTP {status}: {message}", kind="server_error")
-        return LLMRequestError(f"The LLM service at {self.base_url} rejected the request with HTTP {status}: "
-                               f"{message}. Retrying cannot help; fix the request, the model name or the API key.")
+        return LLMRequestError(
+            f"The LLM service at {self.base_url} rejected the request with HTTP {status}: "
+            f"{message}. Retrying cannot help; fix the request, the model name or the API key."
+        )
 
     def _give_up(self, ex: _Transient, retries: int) -> Exception:
         tries = f"{retries + 1} attempt{'s' if retries else ''}"
         if ex.rate_limited:
-            return LLMRateLimitedError(f"The LLM service at {self.base_url} still rate-limited after {tries}; the "
-                                       f"last answer was {ex.detail}. Lower the load or raise the account's limit.")
-        return LLMUnavailableError(f"The LLM service at {self.base_url} failed {tries}; the last failure was "
-                                   f"{ex.detail}. Check that it is up, or raise LLM_TIMEOUT_S / LLM_MAX_RETRIES.")
+            return LLMRateLimitedError(
+                f"The LLM service at {self.base_url} still rate-limited after {tries}; the "
+                f"last answer was {ex.detail}. Lower the load or raise the account's limit."
+            )
+        return LLMUnavailableError(
+            f"The LLM service at {self.base_url} failed {tries}; the last failure was "
+            f"{ex.detail}. Check that it is up, or raise LLM_TIMEOUT_S / LLM_MAX_RETRIES."
+        )
 
     def _backoff(self, retry: int) -> float:
         rand = self.rand() if callable(self.rand) else self.rand
