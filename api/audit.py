@@ -7,9 +7,11 @@ tamper-evident log. Callers pass ids and key prefixes, never a secret.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
+from api.address import client_ip
 from events.envelope import Event
+from events.process.audit_chain import audit_event
 from events.store import keyspace
 
 
@@ -20,39 +22,24 @@ class AuditLog:
         self.client = client
         self.clock = clock
 
-    def event(
-        self,
-        actor: str,
-        action: str,
-        *,
-        resource: str = "",
-        result: str = "success",
-        ip: str = "",
-        details: Mapping[str, Any] | None = None,
-    ) -> Event:
-        """The audit event for one action."""
-        data = {
-            "actor": actor,
-            "action": action,
-            "resource": resource,
-            "result": result,
-            "ip": ip,
-            "details": dict(details or {}),
-        }
-        return Event("audit", "", 0, self.clock(), 0, data)
+    def event(self, actor: str, action: str, **fields: Any) -> Event:
+        """The audit event for one action (the fields of `audit_event`), stamped with this log's clock."""
+        return audit_event(actor, action, ts=self.clock(), **fields)
 
-    async def record(
-        self,
-        actor: str,
-        action: str,
-        *,
-        resource: str = "",
-        result: str = "success",
-        ip: str = "",
-        details: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Append one record."""
-        event = self.event(actor, action, resource=resource, result=result, ip=ip, details=details)
+    async def record(self, actor: str, action: str, **fields: Any) -> None:
+        """Append one record: `resource`, `result`, `ip` and `details` as `audit_event` takes them."""
+        event = self.event(actor, action, **fields)
         await self.client.xadd(
             keyspace.AUDIT_STREAM, event.to_fields(), maxlen=keyspace.AUDIT_STREAM_MAXLEN, approximate=True
+        )
+
+    async def access_denied(self, req: Any, resource: str) -> None:
+        """Audit a request for something that is not the caller's (answered 404, so it reveals nothing)."""
+        await self.record(
+            req.context.principal.user_id,
+            "access.denied",
+            resource=resource,
+            result="denied",
+            ip=client_ip(req),
+            details={"path": req.path, "method": req.method},
         )

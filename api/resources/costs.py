@@ -26,14 +26,7 @@ async def subject(req: falcon.asgi.Request, audit: AuditLog, asked: str | None =
     if not USER_ID.fullmatch(wanted):
         raise bad_request("user_id must be 1 to 64 letters, digits, '_', '.', '@' or '-'.", code="invalid_field")
     if wanted != principal.user_id and not allowed(principal.role, Permission.COSTS_ADMIN):
-        await audit.record(
-            principal.user_id,
-            "access.denied",
-            resource=f"costs/{wanted}",
-            result="denied",
-            ip=client_ip(req),
-            details={"path": req.path, "method": req.method},
-        )
+        await audit.access_denied(req, f"costs/{wanted}")
         raise not_found(f"There is no user {wanted!r} whose costs you can see.", code="user_not_found")
     return wanted
 

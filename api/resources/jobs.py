@@ -61,14 +61,7 @@ async def visible_job(req: falcon.asgi.Request, service: JobService, audit: Audi
     if job is not None:
         if job.get("owner") == principal.user_id or allowed(principal.role, Permission.JOBS_READ_ALL):
             return job
-        await audit.record(
-            principal.user_id,
-            "access.denied",
-            resource=job_id,
-            result="denied",
-            ip=client_ip(req),
-            details={"path": req.path, "method": req.method},
-        )
+        await audit.access_denied(req, job_id)
     raise not_found(f"There is no job {job_id!r} that you can see.", code="job_not_found")
 
 

@@ -39,14 +39,7 @@ class _Security:
         if not USER_ID.fullmatch(user_id):
             raise not_found(f"There is no user {printable(user_id)!r}.", code="user_not_found")
         if principal.user_id != user_id and not allowed(principal.role, Permission.USERS_ADMIN):
-            await self.audit.record(
-                principal.user_id,
-                "access.denied",
-                resource=f"users/{user_id}",
-                result="denied",
-                ip=client_ip(req),
-                details={"path": req.path, "method": req.method},
-            )
+            await self.audit.access_denied(req, f"users/{user_id}")
             raise not_found(f"There is no user {user_id!r} that you can see.", code="user_not_found")
         return principal
 

@@ -1,7 +1,10 @@
-"""Every Redis key and stream name, in one place.
+"""Every Redis key and stream name, in one place (docs/architecture.md maps them).
 
-One logical database, names by prefix. Keys that one Lua script touches together share a hash tag
-(the part in braces), so the same scripts run on Redis Cluster.
+One logical database, names by prefix. Every Lua script is given each key it touches in KEYS, so its slots are
+known. A job's own keys (its hash, stream and lease) share the job's hash tag and a user's budget keys share the
+user's, which is what a later move of job state and budgets onto Redis Cluster needs; the scripts that also
+write the shared streams or the Celery queue list would then run on the plain Redis that the broker needs
+anyway (kombu has no Cluster transport).
 """
 
 from __future__ import annotations
