@@ -1,4 +1,5 @@
-"""The audit hash chain on a Redis of its own (the API's tests write audit entries to the shared one).
+"""The audit hash chain (events/process/audit_chain.py) on a Redis of its own (the API's tests write audit
+entries to the shared one).
 
 Covers: records chain and verify; tampering (edit, delete, reorder, forgery, truncation, rewrite) is found at
 the first broken seq; redeliveries and racing consumers append once and never fork; a real ConsumerGroup
@@ -439,6 +440,10 @@ def test_query_filters_newest_first_and_pages_by_cursor(client: redis.Redis) -> 
     assert [e["actor"] for e in query(client, actor="bob")["entries"]] == ["bob"] * 6
     submits = query(client, actor="alice", action="job.submit")["entries"]
     assert [e["resource"] for e in submits] == ["r21", "r15", "r9", "r3"]
+    first = query(client, actor="alice", action="job.submit", limit=3)
+    rest = query(client, actor="alice", action="job.submit", limit=3, cursor=first["next_cursor"])
+    assert len(first["entries"]) == 3 and rest["next_cursor"] is None
+    assert [e["resource"] for e in first["entries"] + rest["entries"]] == ["r21", "r15", "r9", "r3"]
     window = query(client, since=1010.0, until=1012.0)["entries"]
     assert [e["ts"] for e in window] == [1012.0, 1011.0, 1010.0]
 
@@ -451,7 +456,7 @@ def test_query_filters_newest_first_and_pages_by_cursor(client: redis.Redis) -> 
         if cursor is None:
             break
         assert len(page["entries"]) == 7
-    assert seen == list(range(24, 0, -1))
+    assert seen == list(range(24, 0, -1)) and cursor is None
 
 
 def test_query_refuses_a_cursor_it_did_not_make(client: redis.Redis) -> None:

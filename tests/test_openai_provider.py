@@ -1,4 +1,6 @@
-"""OpenAIProvider against the LLM simulator over real HTTP, through the real `openai` client."""
+"""OpenAIProvider against the LLM simulator over real HTTP, through the real `openai` client; first the pure parts
+it relies on: the simulator's tokens, the Retry-After header, and the backoff between retries
+(workers/llm/provider.py)."""
 
 from __future__ import annotations
 
@@ -119,7 +121,7 @@ def make_provider(sim_url: str, sleeps: Sleeps) -> Iterator[Callable[..., OpenAI
         provider.close()
 
 
-# The simulator's pure parts.
+# The pure parts: the simulator's tokens, Retry-After, backoff.
 
 
 @pytest.mark.parametrize(
@@ -164,6 +166,23 @@ def test_simulator_default_reply_echoes_the_question_or_the_tool_result() -> Non
 )
 def test_retry_after_header_is_read_in_seconds_and_capped(headers: dict[str, str], expected: float | None) -> None:
     assert retry_after_s(headers) == expected
+
+
+@pytest.mark.parametrize(
+    ("retry", "rand", "kwargs", "delay"),
+    [
+        (1, 0.0, {}, 0.25),
+        (1, 1.0, {}, 0.5),
+        (2, 1.0, {}, 1.0),
+        (3, 0.5, {}, 1.5),
+        (5, 1.0, {}, 8.0),
+        (12, 1.0, {}, 8.0),
+        (12, 0.0, {}, 4.0),
+        (3, 1.0, {"base": 1.0, "cap": 3.0}, 3.0),
+    ],
+)
+def test_backoff_delay_grows_exponentially_with_jitter_up_to_the_cap(retry, rand, kwargs, delay) -> None:
+    assert backoff_delay(retry, rand=rand, **kwargs) == pytest.approx(delay)
 
 
 def test_simulator_rejects_requests_without_a_key_in_openai_error_shape(sim_url: str) -> None:

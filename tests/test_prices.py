@@ -1,4 +1,5 @@
-"""Money helpers and the price book: genai-prices' bundled data, the overrides file, and how calls are charged."""
+"""The price book (events/money/prices.py): genai-prices' bundled data, the overrides file, and how calls are
+charged. Pure: no Redis (amounts themselves are in test_amounts.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import genai_prices
 import pytest
 
-from events.money.amounts import MICROS_PER_USD, ceil_micros, micros_to_usd, usd_to_micros
+from events.money.amounts import ceil_micros, micros_to_usd, usd_to_micros
 from events.money.prices import DEFAULT_PRICES_FILE, PriceBook, PriceFileError, UnknownModelError
 
 BOOK = PriceBook()
@@ -23,99 +24,18 @@ def write(tmp_path: Path, text: str, name: str = "prices.yaml") -> Path:
     return path
 
 
-@pytest.mark.parametrize(
-    ("usd", "micros"),
-    [
-        ("0.0075", 7_500),
-        ("12.345678", 12_345_678),
-        (D("0.000001"), 1),
-        (7, 7_000_000),
-        (2.5, 2_500_000),
-        (0.1, 100_000),
-        ("1e-3", 1_000),
-        ("0", 0),
-        (" 3 ", 3_000_000),
-        ("0.0000005", 1),
-        ("0.0000015", 2),
-        ("0.0000025", 3),  # half up, not to even
-        ("0.0000004999", 0),
-        ("0.0000014999", 1),
-        ("9223372036854.775807", 2**63 - 1),
-    ],
-)
-def test_dollars_become_micros_exactly_rounding_half_up(usd: object, micros: int) -> None:
-    assert usd_to_micros(usd) == micros  # type: ignore[arg-type]
-    assert MICROS_PER_USD == 1_000_000
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        "-1",
-        "-0.000001",
-        "nan",
-        "NaN",
-        "sNaN",
-        "inf",
-        "-Infinity",
-        "abc",
-        "",
-        "1,5",
-        float("nan"),
-        float("inf"),
-        True,
-        "9223372036854.775808",
-        "1e999999",
-    ],
-)
-def test_negative_non_finite_non_numeric_or_huge_dollars_are_refused(bad: object) -> None:
-    with pytest.raises(ValueError, match="dollars"):
-        usd_to_micros(bad)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("micros", "usd"),
-    [
-        (7_500, "0.007500"),
-        (0, "0.000000"),
-        (1, "0.000001"),
-        (1_000_000, "1.000000"),
-        (123_456_789, "123.456789"),
-        (-5, "-0.000005"),
-        (-1_234_567, "-1.234567"),
-        (10**20, "100000000000000.000000"),
-    ],
-)
-def test_micros_show_as_six_decimal_dollars(micros: int, usd: str) -> None:
-    assert micros_to_usd(micros) == usd
-
-
-@pytest.mark.parametrize(
-    ("usd", "micros"),
-    [
-        ("0", 0),
-        ("0.0000001", 1),
-        ("0.000002", 2),
-        ("0.0075", 7_500),
-        ("0.0000010000001", 2),
-        ("0.3300025", 330_003),
-        ("1.0000000000000000000000000000001E-6", 2),
-    ],
-)
-def test_costs_round_up_to_the_micro_so_nothing_is_under_charged(usd: str, micros: int) -> None:
-    assert ceil_micros(D(usd)) == micros
-
-
-def test_a_non_finite_cost_is_refused() -> None:
-    with pytest.raises(ValueError, match="finite"):
-        ceil_micros(D("NaN"))
-
-
-def test_bundled_prices_of_gpt_4o_and_gpt_4o_mini() -> None:
-    gpt4o, mini = BOOK.price("gpt-4o"), BOOK.price("gpt-4o-mini")
-    assert (gpt4o.input_per_mtok, gpt4o.output_per_mtok, gpt4o.cached_input_per_mtok) == (D("2.5"), D(10), D("1.25"))
-    assert (mini.input_per_mtok, mini.output_per_mtok, mini.cached_input_per_mtok) == (D("0.15"), D("0.6"), D("0.075"))
-    version = importlib.metadata.version("genai-prices")
+def test_bundled_prices_come_from_genai_prices_with_the_figures_the_hand_computed_costs_use() -> None:
+    figures = {
+        m: (BOOK.price(m).input_per_mtok, BOOK.price(m).output_per_mtok, BOOK.price(m).cached_input_per_mtok)
+        for m in ("gpt-4o", "gpt-4o-mini", "claude-3-opus", "claude-3-5-sonnet")
+    }
+    assert figures == {  # what this file's and test_advice.py's figures are computed from
+        "gpt-4o": (D("2.5"), D(10), D("1.25")),
+        "gpt-4o-mini": (D("0.15"), D("0.6"), D("0.075")),
+        "claude-3-opus": (D(15), D(75), D("1.5")),
+        "claude-3-5-sonnet": (D(3), D(15), D("0.3")),
+    }
+    gpt4o, version = BOOK.price("gpt-4o"), importlib.metadata.version("genai-prices")
     assert BOOK.version == version and gpt4o.source == f"genai-prices {version}:openai" and not gpt4o.tiered
 
 
@@ -152,8 +72,10 @@ def test_the_shipped_overrides_make_offline_free_and_price_a_self_hosted_model()
     assert offline.source == llama.source == f"overrides:{DEFAULT_PRICES_FILE.name}"
     assert BOOK.cost_micros("offline", 10**6, 10**6) == 0
     assert llama.cached_input_per_mtok == llama.input_per_mtok  # cached_input defaults to input
-    assert BOOK.cost_micros("llama-3.1-8b-instruct", 10**6, 10**6) == usd_to_micros(
-        llama.input_per_mtok + llama.output_per_mtok
+    assert (
+        BOOK.cost_micros("llama-3.1-8b-instruct", 10**6, 10**6)
+        == usd_to_micros(llama.input_per_mtok + llama.output_per_mtok)
+        == 130_000
     )
 
 
@@ -172,6 +94,8 @@ def test_an_unknown_model_is_refused_saying_how_to_price_it() -> None:
         "e.g. `foo: {input: 1.0, output: 2.0}` in USD per million tokens."
     )
     assert caught.value.model == "foo" and isinstance(caught.value, LookupError)
+    with pytest.raises(UnknownModelError, match=r"Model 'nope-7' has no price\. Add it under `models:`"):
+        BOOK.price("nope-7")
     assert not BOOK.known("foo") and BOOK.known("gpt-4o")
 
 

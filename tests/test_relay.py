@@ -1,21 +1,53 @@
-"""The SSE relay in-process on real Redis: one reader multiplexes streams, wakes for new subscribers, drops laggards."""
+"""The SSE relay (api/relay.py): its pure parts (stream ids parsed and ordered, entries decoded and serialised
+once), then in-process on real Redis: one reader multiplexes streams, wakes for new subscribers, drops laggards."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from typing import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
-from api.relay import Relay
+from api.relay import Relay, decode_entry, parse_id
 from events.envelope import Event
 from events.store import keyspace
 from tests.stack import RedisServer
 
 _ids = itertools.count()
+
+
+@pytest.mark.parametrize(
+    ("entry_id", "pair"), [("1700000000000-0", (1700000000000, 0)), ("5-12", (5, 12)), ("0-0", (0, 0)), ("42", (42, 0))]
+)
+def test_parse_id_reads_stream_ids(entry_id: str, pair: tuple[int, int]) -> None:
+    assert parse_id(entry_id) == pair
+    assert parse_id("1-2") < parse_id("1-10") < parse_id("2-0")
+
+
+@pytest.mark.parametrize("entry_id", ["", "abc", "1-", "-1", "1-x", "1-2-3", "$", "+1-0"])
+def test_parse_id_refuses_malformed_ids(entry_id: str) -> None:
+    with pytest.raises(ValueError):
+        parse_id(entry_id)
+
+
+def test_decode_entry_serialises_events_and_skips_non_events() -> None:
+    delivery = decode_entry("1-0", {b"type": b"done", b"job_id": b"j", b"seq": b"4", b"data": b'{"result":"ok"}'})
+    assert delivery is not None and delivery.terminal
+    assert json.loads(delivery.payload) == {
+        "id": "1-0",
+        "type": "done",
+        "job_id": "j",
+        "seq": 4,
+        "ts": 0.0,
+        "attempt": 0,
+        "data": {"result": "ok"},
+        "v": 1,
+    }
+    assert decode_entry("2-0", {b"w": b"1"}) is None
 
 
 @pytest.fixture
