@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 
 PERIODS = ("daily", "weekly", "monthly", "total")
 
@@ -28,7 +29,13 @@ def period_id(period: str, ts: float) -> str:
 
 def period_ids(ts: float) -> dict[str, str]:
     """The id of every period at moment `ts`."""
-    return {period: period_id(period, ts) for period in PERIODS}
+    return dict(_day_period_ids(int(ts // 86400)))
+
+
+@lru_cache(maxsize=8)
+def _day_period_ids(day: int) -> tuple[tuple[str, str], ...]:
+    # Every period id changes only at a UTC midnight, so one day's ids serve every moment in it.
+    return tuple((period, period_id(period, day * 86400)) for period in PERIODS)
 
 
 def period_bounds(period: str, ts: float) -> tuple[date, date]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 from events.envelope import text
@@ -29,13 +30,23 @@ def hold_member(user_id: str, job_id: str) -> str:
 
 def period_id_list(now: float) -> str:
     """The ids of the four periods at `now`, as a hold records them (JSON, in the order of PERIODS)."""
-    ids = period_ids(now)
+    return _period_id_json(int(now // 86400))
+
+
+@lru_cache(maxsize=8)
+def _period_id_json(day: int) -> str:
+    ids = period_ids(day * 86400)
     return json.dumps([ids[p] for p in PERIODS])
+
+
+@lru_cache(maxsize=64)
+def _period_id_names(ids: str) -> tuple[str, ...]:
+    return tuple(json.loads(ids))
 
 
 def period_keys(user_id: str, ids: str) -> list[str]:
     """The user's four period keys named by a hold's recorded period ids."""
-    return [keyspace.budget_period(user_id, period) for period in json.loads(ids)]
+    return [keyspace.budget_period(user_id, period) for period in _period_id_names(ids)]
 
 
 PERIOD_TTLS = json.dumps([PERIOD_TTL_S[p] for p in PERIODS])

@@ -39,15 +39,15 @@ def apply_ledger(*, group: str, batch: Sequence[Increments], dedupe_ttl_s: int) 
     """Apply each event's increments once, summed per counter; returns how many events were applied."""
     marks = [keyspace.dedupe(group, item.entry_id) for item in batch]
     counters: dict[str, int] = {}
-
-    def index(key: str) -> int:
-        return counters.setdefault(key, len(marks) + len(counters) + 1)  # Lua counts KEYS from 1
-
-    encoded = [
-        {
-            "ops": [[index(key), name, delta] for key, name, delta in item.ops],
-            "ttl": [[index(key), seconds] for key, seconds in item.ttls],
-        }
-        for item in batch
-    ]
+    encoded = []
+    for item in batch:
+        local: dict[str, int] = {}  # an event touches a handful of hashes; index each once
+        for key in dict.fromkeys([*(op[0] for op in item.ops), *(ttl[0] for ttl in item.ttls)]):
+            local[key] = counters.setdefault(key, len(marks) + len(counters) + 1)  # Lua counts KEYS from 1
+        encoded.append(
+            {
+                "ops": [[local[key], name, delta] for key, name, delta in item.ops],
+                "ttl": [[local[key], seconds] for key, seconds in item.ttls],
+            }
+        )
     return call("ledger_apply", [*marks, *counters], [dedupe_ttl_s, json.dumps(encoded)], lambda r: int(r))
