@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 install:  ## Debian packages, venv and the pip packages of requirements.lock (idempotent)
 	@bash ops/install.sh
@@ -14,6 +14,11 @@ lock: install  ## rewrite requirements.lock from pyproject.toml (LOCK_ARGS=--upg
 
 run: install  ## set up and run the whole system (Ctrl-C stops it)
 	@bash ops/run.sh
+
+rolling-restart:  ## restart a running make run's API instances one at a time, each drained first
+	@lock="$${VAR_DIR:-var}/run.lock"; pid=$$(head -n1 "$$lock" 2>/dev/null); \
+	if [ -z "$$pid" ] || ! kill -0 "$$pid" 2>/dev/null; then echo "no make run is running with VAR_DIR=$${VAR_DIR:-var}"; exit 1; fi; \
+	kill -HUP "$$pid" && echo "asked make run (pid $$pid) for a rolling restart; its terminal shows the progress"
 
 test:  ## set up and run lint and the whole test suite
 	@bash ops/install.sh test
@@ -29,4 +34,4 @@ lint: install  ## ruff (lint and format) and mypy
 bench: install  ## run the benchmarks (prints figures beside same-run baselines)
 	$(PY) -m bench
 
-.PHONY: help install lock run test lint bench
+.PHONY: help install lock run rolling-restart test lint bench

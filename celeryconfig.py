@@ -4,7 +4,9 @@ from settings import Settings as _Settings
 
 _settings = _Settings.from_env()
 
-broker_url = _settings.redis_url
+broker_url = _settings.redis_url  # credentials merged in; Celery and Flower print it with the password masked
+# For rediss://: the CA, client certificate and verification of REDIS_TLS_* (without it kombu would not verify).
+broker_use_ssl = _settings.redis.client_options() or None
 broker_connection_retry_on_startup = True
 broker_transport_options = {
     # Above the hard time limit: a live job is never delivered twice. A dead worker's job is re-run

@@ -1,7 +1,8 @@
 """All configuration, read from the environment in one place.
 
 Every process (API, worker, events, CLI) builds one frozen `Settings` with `Settings.from_env()`.
-A bad value fails at start-up with the variable's name.
+A bad value fails at start-up with the variable's name. Secrets come from the environment or from a file named
+by the same variable with `_FILE` appended (`REDIS_PASSWORD_FILE`); an error names the variable, never the value.
 """
 
 from __future__ import annotations
@@ -10,16 +11,22 @@ import ipaddress
 import math
 import os
 import secrets
+import ssl
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any, Mapping
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent
 
 
 class SettingsError(ValueError):
     """Raised when an environment variable holds a value we cannot use."""
+
+
+class InsecureSettingWarning(UserWarning):
+    """Raised (as a warning) when a setting turns a protection off, such as REDIS_TLS_VERIFY=none."""
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int = 0, high: int | None = None) -> int:
@@ -63,12 +70,46 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return found
 
 
+def _secret(env: Mapping[str, str], name: str) -> str:
+    """`name`'s value, or the contents of the file that `name`_FILE names (trailing newline stripped); '' if
+    neither is set. Errors name the variable and the path, never the contents."""
+    value = env.get(name, "")
+    file_var = f"{name}_FILE"
+    path = env.get(file_var, "")
+    if value and path:
+        raise SettingsError(f"Set {name} or {file_var}, not both.")
+    if not path:
+        return value
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SettingsError(f"{file_var} names {path}, which does not exist.") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{file_var} names {path}, which is not UTF-8 text.") from None
+    except OSError as ex:
+        raise SettingsError(f"{file_var} names {path}, which cannot be read ({ex.strerror}).") from None
+    secret = text.rstrip("\r\n")
+    if not secret.strip():
+        raise SettingsError(f"{file_var} names {path}, which is empty; put the secret in it.")
+    return secret
+
+
+def _readable_file(env: Mapping[str, str], name: str) -> str:
+    """The path in `name` if it is a file this process can read, '' when unset."""
+    path = env.get(name, "")
+    if path and not (Path(path).is_file() and os.access(path, os.R_OK)):
+        raise SettingsError(f"{name} names {path}, which is not a readable file.")
+    return path
+
+
 def _secret_key(env: Mapping[str, str]) -> str:
-    """The server secret: AGENTIC_SECRET_KEY, else a file made once with 0600 permissions."""
-    key = env.get("AGENTIC_SECRET_KEY", "")
+    """The server secret: AGENTIC_SECRET_KEY or AGENTIC_SECRET_KEY_FILE, else a file made once with 0600
+    permissions (AGENTIC_SECRET_FILE, for local runs)."""
+    key = _secret(env, "AGENTIC_SECRET_KEY")
     if key:
+        source = "AGENTIC_SECRET_KEY_FILE" if env.get("AGENTIC_SECRET_KEY_FILE") else "AGENTIC_SECRET_KEY"
         if len(key) < 32:
-            raise SettingsError("AGENTIC_SECRET_KEY must be at least 32 characters long.")
+            raise SettingsError(f"{source} must hold at least 32 characters.")
         return key
     path = Path(env.get("AGENTIC_SECRET_FILE", str(ROOT / "var" / "secret_key")))
     if not path.exists():
@@ -82,11 +123,141 @@ def _secret_key(env: Mapping[str, str]) -> str:
     return key
 
 
+def _redis_url(env: Mapping[str, str]) -> str:
+    """REDIS_URL with REDIS_USERNAME and REDIS_PASSWORD (or REDIS_PASSWORD_FILE) merged in."""
+    url = env.get("REDIS_URL") or RedisConnection.url
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(
+            f"REDIS_URL must start with redis://, rediss:// (TLS) or unix://, got {mask_password(url)!r}."
+        )
+    password, username = _secret(env, "REDIS_PASSWORD"), env.get("REDIS_USERNAME", "")
+    query = dict(parse_qsl(parts.query))
+    url_password = parts.password or query.get("password")
+    url_username = unquote(parts.username or "") or query.get("username", "")
+    if password and url_password:
+        raise SettingsError(
+            "REDIS_URL already holds a password and REDIS_PASSWORD (or REDIS_PASSWORD_FILE) gives one too; "
+            "keep only one, preferably REDIS_PASSWORD_FILE, with no password in REDIS_URL."
+        )
+    if username and url_username and username != url_username:
+        raise SettingsError("REDIS_URL and REDIS_USERNAME name different users; keep only one of them.")
+    if username and not (password or url_password):
+        raise SettingsError("REDIS_USERNAME needs a password: set REDIS_PASSWORD_FILE (or REDIS_PASSWORD).")
+    if not password and not username:
+        return url
+    user = quote(username, safe="") if username else (parts.username or "")
+    secret = quote(password, safe="") if password else (parts.password or "")
+    credentials = f"{user}:{secret}" if secret else user
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{credentials}@{host}"))
+
+
+@dataclass(frozen=True)
+class RedisConnection:
+    """How every process reaches Redis: REDIS_URL (credentials merged in) and the TLS options of a rediss:// URL."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_verify: str = "required"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RedisConnection:
+        """Read REDIS_URL, REDIS_USERNAME, REDIS_PASSWORD(_FILE) and REDIS_TLS_*; the settings of `make run` too."""
+        connection = cls(
+            url=_redis_url(env),
+            tls_ca_file=_readable_file(env, "REDIS_TLS_CA_FILE"),
+            tls_cert_file=_readable_file(env, "REDIS_TLS_CERT_FILE"),
+            tls_key_file=_readable_file(env, "REDIS_TLS_KEY_FILE"),
+            tls_verify=(env.get("REDIS_TLS_VERIFY") or cls.tls_verify).lower(),
+        )
+        connection.check()
+        if connection.tls and connection.tls_verify == "none":
+            warnings.warn(
+                "REDIS_TLS_VERIFY=none: the Redis server's certificate is NOT checked, so anyone on the network "
+                "path can pose as Redis and read its password and every job. Set REDIS_TLS_CA_FILE and "
+                "REDIS_TLS_VERIFY=required.",
+                InsecureSettingWarning,
+                stacklevel=2,
+            )
+        return connection
+
+    def check(self) -> None:
+        """Fail on TLS options that would be ignored or cannot work."""
+        if self.tls_verify not in ("required", "none"):
+            raise SettingsError(f"REDIS_TLS_VERIFY must be required or none, got {self.tls_verify!r}.")
+        given = [name for name, value in self._tls_files() if value]
+        if given and not self.tls:
+            raise SettingsError(
+                f"{', '.join(given)} only applies to TLS, but REDIS_URL is not rediss://; "
+                "use rediss://host:port/db to connect with TLS, or unset them."
+            )
+        if self.tls_key_file and not self.tls_cert_file:
+            raise SettingsError("REDIS_TLS_KEY_FILE needs REDIS_TLS_CERT_FILE (the client certificate it belongs to).")
+
+    def _tls_files(self) -> tuple[tuple[str, str], ...]:
+        return (
+            ("REDIS_TLS_CA_FILE", self.tls_ca_file),
+            ("REDIS_TLS_CERT_FILE", self.tls_cert_file),
+            ("REDIS_TLS_KEY_FILE", self.tls_key_file),
+        )
+
+    @property
+    def tls(self) -> bool:
+        """True for a rediss:// URL."""
+        return urlsplit(self.url).scheme == "rediss"
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments for redis-py (and Celery's `broker_use_ssl`): the TLS options; none for plain Redis."""
+        if not self.tls:
+            return {}
+        options: dict[str, Any] = {
+            "ssl_cert_reqs": self.tls_verify,
+            "ssl_check_hostname": self.tls_verify == "required",
+        }
+        for key, value in (
+            ("ssl_ca_certs", self.tls_ca_file),
+            ("ssl_certfile", self.tls_cert_file),
+            ("ssl_keyfile", self.tls_key_file),
+        ):
+            if value:
+                options[key] = value
+        return options
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client TLS context with these options, trusting what redis-py trusts: the system's CAs and
+        REDIS_TLS_CA_FILE (for code that opens its own sockets)."""
+        context = ssl.create_default_context()
+        if self.tls_ca_file:
+            context.load_verify_locations(self.tls_ca_file)
+        if self.tls_verify == "none":
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.tls_cert_file:
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file or None)
+        return context
+
+    def public(self) -> dict[str, str]:
+        """These settings as an operator sees them: the URL with its password masked, the TLS file paths."""
+        return {
+            "redis_url": mask_password(self.url),
+            "redis_tls_ca_file": self.tls_ca_file,
+            "redis_tls_cert_file": self.tls_cert_file,
+            "redis_tls_key_file": self.tls_key_file,
+            "redis_tls_verify": self.tls_verify,
+        }
+
+    def __repr__(self) -> str:
+        return f"RedisConnection({mask_password(self.url)!r}, tls={self.tls}, verify={self.tls_verify!r})"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Configuration of every process; see the README's configuration table."""
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis: RedisConnection = field(default_factory=RedisConnection)
     queue: str = "agents"
     port: int = 8000
     secret_key: str = field(default="", repr=False)
@@ -104,6 +275,7 @@ class Settings:
     stream_ttl_s: int = 24 * 3600
     heartbeat_s: float = 2.0
     lease_s: float = 10.0
+    queued_recheck_s: float = 120.0
     soft_time_limit_s: int = 540
     hard_time_limit_s: int = 600
     visibility_timeout_s: int = 900
@@ -134,6 +306,11 @@ class Settings:
     service_name: str = "agentic"
 
     @property
+    def redis_url(self) -> str:
+        """REDIS_URL with the credentials of REDIS_USERNAME and REDIS_PASSWORD(_FILE) merged in."""
+        return self.redis.url
+
+    @property
     def provider_mode(self) -> str:
         """'openai' when an API key or base URL is configured, else 'offline'."""
         return "openai" if (self.openai_api_key or self.openai_base_url) else "offline"
@@ -142,11 +319,11 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read every setting from `env` (default: os.environ)."""
         env = os.environ if env is None else env
-        openai_key = env.get("OPENAI_API_KEY", "")
+        openai_key = _secret(env, "OPENAI_API_KEY")
         base_url = env.get("OPENAI_BASE_URL", "")
         default_model = env.get("DEFAULT_MODEL") or ("gpt-4o-mini" if (openai_key or base_url) else "offline")
         settings = cls(
-            redis_url=env.get("REDIS_URL", cls.redis_url),
+            redis=RedisConnection.from_env(env),
             queue=env.get("AGENT_QUEUE", cls.queue),
             port=_int(env, "PORT", cls.port, 1, 65535),
             secret_key=_secret_key(env),
@@ -164,6 +341,7 @@ class Settings:
             stream_ttl_s=_int(env, "STREAM_TTL_S", cls.stream_ttl_s, 1),
             heartbeat_s=_float(env, "JOB_HEARTBEAT_S", cls.heartbeat_s, 0.1),
             lease_s=_float(env, "JOB_LEASE_S", cls.lease_s, 0.5),
+            queued_recheck_s=_float(env, "QUEUED_RECHECK_S", cls.queued_recheck_s, 1.0),
             soft_time_limit_s=_int(env, "TASK_SOFT_TIME_LIMIT_S", cls.soft_time_limit_s, 1),
             hard_time_limit_s=_int(env, "TASK_HARD_TIME_LIMIT_S", cls.hard_time_limit_s, 1),
             visibility_timeout_s=_int(env, "BROKER_VISIBILITY_TIMEOUT_S", cls.visibility_timeout_s, 1),
@@ -216,9 +394,9 @@ class Settings:
 
     def public(self) -> dict[str, object]:
         """The settings that matter to an operator, without secrets (a password in REDIS_URL is masked)."""
-        hidden = {"secret_key", "openai_api_key"}
+        hidden = {"secret_key", "openai_api_key", "redis"}
         shown: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
-        shown["redis_url"] = mask_password(self.redis_url)
+        shown.update(self.redis.public())
         return shown
 
 

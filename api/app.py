@@ -17,6 +17,7 @@ from api.audit import AuditLog
 from api.auth import AuthMiddleware
 from api.body import TextMiddleware
 from api.cost_service import CostService
+from api.drain import PROCESS, Drain
 from api.job_service import JobService, new_job_id
 from api.lockout import Lockout
 from api.models import ModelsMiddleware, RequestModels
@@ -86,13 +87,13 @@ def redis_clients(settings: Settings) -> tuple[Any, Any]:
     """The request client (short timeouts: fail fast to 503; a burst queues for a connection) and the relay's
     reader (outlives its block)."""
     client = async_client(
-        settings.redis_url,
+        settings.redis,
         socket_timeout=2,
         max_connections=settings.redis_max_connections,
         pool_timeout=settings.redis_pool_timeout_s,
     )
     reader = async_client(
-        settings.redis_url,
+        settings.redis,
         socket_timeout=RELAY_BLOCK_MS / 1000 + 5,
         max_connections=4,
         pool_timeout=settings.redis_pool_timeout_s,
@@ -107,14 +108,16 @@ def create_app(
     reader: Any = None,
     clock: Callable[[], float] = time.time,
     new_id: Callable[[], str] = new_job_id,
+    drain: Drain = PROCESS,
 ) -> falcon.asgi.App:
-    """Build the ASGI app; tests pass their own settings, Redis clients, clock and id maker."""
+    """Build the ASGI app; tests pass their own settings, Redis clients, clock, id maker and drain."""
     settings = settings or Settings.from_env()
     logs.setup(settings.log_level)
     if redis is None or reader is None:
         redis, reader = redis_clients(settings)
     instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     relay = Relay(reader, redis, instance, block_ms=RELAY_BLOCK_MS, buffer=settings.sse_buffer)
+    drain.on_begin(relay.hand_over)
     users = UserStore(redis, settings.secret_key, clock)
     prices = PriceBook(Path(settings.prices_file))
     service = JobService(redis, relay, settings, prices, clock=clock, new_id=new_id)
@@ -158,7 +161,7 @@ def create_app(
     errors.install(app)
     app.add_route("/api/v1/health", HealthResource(redis, settings))
     app.add_route("/api/v1/monitoring/live", LiveResource())
-    app.add_route("/api/v1/monitoring/ready", ReadyResource(redis))
+    app.add_route("/api/v1/monitoring/ready", ReadyResource(redis, drain))
     app.add_route("/api/v1/monitoring/metrics", MetricsResource(redis, settings))
     app.add_route("/api/v1/monitoring/summary", SummaryResource(redis, settings))
     app.add_route("/api/v1/monitoring/health", MonitoringHealthResource(redis, settings))

@@ -24,7 +24,7 @@ from api import promconfig
 from api.audit import AuditLog
 from api.permissions import Role
 from api.users import UserError, UserStore
-from events.store.clients import async_client
+from events.store.clients import access_problem, async_client
 from settings import Settings, SettingsError
 
 
@@ -101,7 +101,7 @@ async def run(args: argparse.Namespace, store: UserStore, audit: AuditLog) -> An
 
 
 async def _main(args: argparse.Namespace, settings: Settings) -> Any:
-    client = async_client(settings.redis_url, socket_timeout=5, max_connections=8, pool_timeout=5)
+    client = async_client(settings.redis, socket_timeout=5, max_connections=8, pool_timeout=5)
     try:
         return await run(args, UserStore(client, settings.secret_key), AuditLog(client))
     finally:
@@ -118,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agentic: {ex}", file=sys.stderr)
         return 1
     except redis.RedisError as ex:
-        print(f"agentic: cannot reach Redis ({type(ex).__name__}); is it running? Check REDIS_URL.", file=sys.stderr)
+        # Over TLS 1.3 a Redis refusing a client without a certificate may just close: that looks like an outage.
+        tls = ", its TLS port and, if Redis asks for one, REDIS_TLS_CERT_FILE" if settings.redis.tls else ""
+        unreachable = f"cannot reach Redis ({type(ex).__name__}); is it running? Check REDIS_URL{tls}."
+        print(f"agentic: {access_problem(ex) or unreachable}", file=sys.stderr)
         return 2
     if isinstance(result, dict) and "api_key" in result:
         print("Store this key now; it is not shown again.", file=sys.stderr)

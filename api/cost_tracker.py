@@ -102,7 +102,7 @@ def get_cost_tracker(settings: Settings | None = None, *, clock: Callable[[], fl
 
 
 def _make(settings: Settings, clock: Callable[[], float]) -> CostTracker:
-    client = async_client(settings.redis_url, socket_timeout=5, max_connections=8, pool_timeout=5)
+    client = async_client(settings.redis, socket_timeout=5, max_connections=8, pool_timeout=5)
     service = CostService(
         client,
         PriceBook(Path(settings.prices_file)),

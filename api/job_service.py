@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 
 from api.body import printable
 from api.params import parse_number
-from api.relay import Relay
+from api.relay import HANDOVER, Relay
 from events import job_record
 from events.catalog import AGENT_TYPES
 from events.envelope import STREAM_ID, text
@@ -294,8 +294,8 @@ class JobService:
                 delivery = await sub.next(left)
                 if delivery is None or delivery.terminal or sub.dropped:
                     job = await self.load(job_id)
-                    if delivery is None:
-                        break
+                    if delivery is None or delivery is HANDOVER:
+                        break  # the time is up, or this process is stopping: answer with the job as it is
         finally:
             self.relay.unsubscribe(sub)
         return job

@@ -88,5 +88,5 @@ def get_rbac_service(settings: Settings | None = None, *, clock: Callable[[], fl
 
 
 def _make(settings: Settings, clock: Callable[[], float]) -> RBACService:
-    client = async_client(settings.redis_url, socket_timeout=5, max_connections=8, pool_timeout=5)
+    client = async_client(settings.redis, socket_timeout=5, max_connections=8, pool_timeout=5)
     return RBACService(UserStore(client, settings.secret_key, clock), AuditLog(client, clock))

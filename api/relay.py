@@ -45,6 +45,9 @@ class Delivery:
         return self.type in TERMINAL_TYPES
 
 
+HANDOVER = Delivery("", "handover", b"")  # the last thing a subscriber gets from a draining process
+
+
 @dataclass(eq=False)
 class Subscription:
     """One client's view of one job stream."""
@@ -52,7 +55,7 @@ class Subscription:
     key: str
     pos: tuple[int, int]
     queue: asyncio.Queue[Delivery] = field(repr=False)
-    dropped: bool = False
+    dropped: bool = False  # too slow, or handed over: no more events come; the client resumes elsewhere
     since: int = 0  # the relay's read in flight when it subscribed: that read's entries are not for it
 
     async def next(self, timeout: float) -> Delivery | None:
@@ -97,6 +100,7 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self._has_subs = asyncio.Event()
         self._closing = False
+        self._handing_over = False
 
     @property
     def streams_open(self) -> int:
@@ -114,11 +118,27 @@ class Relay:
         if self._in_flight:
             # The read in flight may move this stream's cursor past `pos`: after it, read again from `pos`.
             self._rewound[key] = min(self._rewound.get(key, pos), pos)
+        if self._handing_over:
+            self._hand_over(sub)
+            return sub
         self._has_subs.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="sse-relay")
         self._wake()
         return sub
+
+    def hand_over(self) -> None:
+        """This process is stopping: every subscriber, now and later, gets what is queued for it, then HANDOVER."""
+        self._handing_over = True
+        for subs in list(self.subs.values()):
+            for sub in list(subs):
+                self._hand_over(sub)
+
+    def _hand_over(self, sub: Subscription) -> None:
+        sub.dropped = True
+        self.unsubscribe(sub)
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue ends its stream anyway: the sub is dropped
+            sub.queue.put_nowait(HANDOVER)
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop following; the stream's cursor goes when its last subscriber does."""

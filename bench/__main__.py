@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import sys
 
-from bench import auth, latency, metrics, money, streams, submit
+from bench import auth, capacity, latency, metrics, money, streams, submit
 
 BENCHES = {
     "submit": submit.run,
@@ -14,6 +14,7 @@ BENCHES = {
     "money": money.run,
     "auth": auth.run,
     "metrics": metrics.run,
+    "capacity": capacity.run,
 }
 
 

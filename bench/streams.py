@@ -71,9 +71,11 @@ def publish_rounds(client: redis.Redis, ids: list[str], rounds: int, stop: threa
             pipe.execute()
 
 
-async def _hold(
+async def hold_streams(
     port: int, key: str, ids: list[str], received: dict[str, int], lags: list[float], opened: threading.Event
 ) -> None:
+    """Follow each job of `ids` on its own connection to `port`, counting its events in `received` and their lags
+    in `lags`; set `opened` once all are open, and hold them through every round."""
     headers = {"Authorization": f"Bearer {key}"}
 
     async def follow(job_id: str) -> Connection:
@@ -121,7 +123,7 @@ def run() -> None:
         stop, opened = threading.Event(), threading.Event()
         publisher = threading.Thread(target=_publish_when_open, args=(client, ids, pid, opened, stop))
         publisher.start()
-        asyncio.run(_hold(stack.port, key, ids, received, lags, opened))
+        asyncio.run(hold_streams(stack.port, key, ids, received, lags, opened))
         stop.set()
         publisher.join()
         after = _peak["rss"]

@@ -25,6 +25,9 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v curl >/dev/null || missing+=(curl)
 command -v prometheus >/dev/null || missing+=(prometheus)  # make run scrapes the stack; promtool checks ops/
+# nginx: API_INSTANCES=N make run puts it in front of the instances; openssl: the tests' throwaway certificates.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ "${1:-}" = "test" ]; then
   [ -x /usr/bin/chromium ] || missing+=(chromium)  # the browser test drives it with Playwright
 fi

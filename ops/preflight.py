@@ -1,6 +1,8 @@
 """Checks before `make run` starts anything: the lock on VAR_DIR, free ports, and whether a Redis answers.
 
-Standard library only, like the rest of ops/: the Redis check speaks RESP over a plain socket (AUTH, PING).
+Standard library only, like the rest of ops/: the Redis check speaks RESP over a socket (AUTH, PING), wrapped
+in TLS for rediss://. The one import of ours is settings.py (itself standard library only, and installed in the
+venv that runs ops/), so that the Redis credentials and TLS files are read exactly as every process reads them.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import fcntl
 import os
 import socket
 import ssl
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from settings import RedisConnection, SettingsError
 
 
 class StartError(Exception):
@@ -27,12 +32,23 @@ class RedisAddress:
     port: int
     path: str
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)
     tls: bool
     shown: str
+    connection: RedisConnection | None = None  # the TLS options; None: verify against the system's CAs
 
     @classmethod
-    def parse(cls, url: str) -> RedisAddress:
+    def from_env(cls, env: Mapping[str, str]) -> RedisAddress:
+        """Where REDIS_URL points, with REDIS_USERNAME, REDIS_PASSWORD(_FILE) and REDIS_TLS_* as the processes
+        read them (settings.py); a bad one is a StartError naming the variable."""
+        try:
+            connection = RedisConnection.from_env(env)
+        except SettingsError as ex:
+            raise StartError(str(ex)) from None
+        return cls.parse(connection.url, connection)
+
+    @classmethod
+    def parse(cls, url: str, connection: RedisConnection | None = None) -> RedisAddress:
         """Parse redis://[user:password@]host:port/db (also rediss:// and unix://path?password=...)."""
         parts = urlsplit(url)
         try:
@@ -58,6 +74,7 @@ class RedisAddress:
             password,
             parts.scheme == "rediss",
             shown,
+            connection,
         )
 
 
@@ -86,15 +103,35 @@ def _connect(address: RedisAddress, timeout: float) -> socket.socket:
     else:
         sock = socket.create_connection((address.host, address.port), timeout=timeout)
     if address.tls:
-        sock = ssl.create_default_context().wrap_socket(sock, server_hostname=address.host)
+        context = address.connection.ssl_context() if address.connection else ssl.create_default_context()
+        try:
+            sock = context.wrap_socket(sock, server_hostname=address.host)
+        except ssl.SSLCertVerificationError as ex:
+            sock.close()
+            raise StartError(
+                f"Redis at {address.shown} has a TLS certificate we do not trust ({ex.verify_message}). "
+                "Point REDIS_TLS_CA_FILE at the CA that signed it, and name the host as the certificate does."
+            ) from None
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            sock.close()
+            raise  # closed mid-handshake: perhaps restarting; an OSError, so ping says "not yet"
+        except ssl.SSLError as ex:
+            sock.close()
+            raise StartError(
+                f"The TLS handshake with Redis at {address.shown} failed ({ex.reason or ex.strerror}). Is that port "
+                "TLS (rediss://; redis:// for a plain one)? For mutual TLS set REDIS_TLS_CERT_FILE and _KEY_FILE."
+            ) from None
+        except BaseException:
+            sock.close()
+            raise
     return sock
 
 
 def ping(address: RedisAddress, timeout: float = 1.0) -> bool:
     """True when Redis answers PING; False when it does not (yet).
 
-    Raises StartError when it refuses our credentials, which waiting will not mend. Its replies are shown by
-    their error code only, so nothing of a password can reach the terminal.
+    Raises StartError when it refuses our credentials or its TLS certificate is not trusted, which waiting will
+    not mend. Its replies are shown by their error code only, so nothing of a password can reach the terminal.
     """
     try:
         with _connect(address, timeout) as sock:
@@ -102,13 +139,17 @@ def ping(address: RedisAddress, timeout: float = 1.0) -> bool:
                 reply = _call(sock, "AUTH", *filter(None, [address.username, address.password]))
                 if reply.startswith("-"):
                     code = reply[1:].partition(" ")[0]
-                    raise StartError(f"Redis at {address.shown} refused the credentials in REDIS_URL ({code}).")
+                    raise StartError(
+                        f"Redis at {address.shown} refused our credentials ({code}); check REDIS_USERNAME and "
+                        "REDIS_PASSWORD_FILE (or the credentials in REDIS_URL)."
+                    )
             reply = _call(sock, "PING")
     except OSError:
         return False
     if reply.startswith(("-NOAUTH", "-WRONGPASS")):
         raise StartError(
-            f"Redis at {address.shown} wants a password: put it in REDIS_URL (redis://:PASSWORD@host:port/0)."
+            f"Redis at {address.shown} wants a password: put it in a file named by REDIS_PASSWORD_FILE (with "
+            "REDIS_USERNAME for an ACL user), or in REDIS_URL (redis://:PASSWORD@host:port/0)."
         )
     return reply == "+PONG"  # -LOADING (reading its AOF) and the like: not yet
 

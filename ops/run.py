@@ -1,5 +1,9 @@
 """`make run`: Redis, the API, a Celery worker, the events process, Flower and Prometheus, kept running.
 
+With API_INSTANCES=N (N > 1) the API runs as N instances on PORT+1 .. PORT+N behind nginx on PORT (ops/nginx.conf),
+the scaled set-up of docs/SCALING_GUIDE.md on one host. SIGHUP to this process restarts the instances one at a
+time, each drained and back before the next (`make rolling-restart`).
+
 Checks come first (the lock on VAR_DIR, every port, Redis); then each process starts in its own process group,
 logging to $VAR_DIR/log/<name>.log with its PID in $VAR_DIR/run/<name>.pid, and is restarted with backoff
 when it exits (ops/supervise.py). Exits 0 after Ctrl-C or SIGTERM, 1 when a check fails or a process keeps
@@ -19,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import nginx_conf
 from preflight import RedisAddress, StartError, check_ports, hold_lock, ping
 from supervise import Child, Policy, Supervisor
 
@@ -26,6 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 REDIS_START_S = 10.0
 API_START_S = 30.0
+MAX_INSTANCES = 32
+SECURED_REDIS = (  # what only a Redis of your own can use (settings.py)
+    "REDIS_PASSWORD",
+    "REDIS_PASSWORD_FILE",
+    "REDIS_USERNAME",
+    "REDIS_TLS_CA_FILE",
+    "REDIS_TLS_CERT_FILE",
+    "REDIS_TLS_KEY_FILE",
+)
 
 
 def _port(env: Mapping[str, str], name: str, default: int, *, zero_is_off: bool = False) -> int:
@@ -56,34 +70,68 @@ class Config:
     queue: str
     flower_auth: str
     flower_auth_made: bool
+    api_instances: int = 1
+    nginx: str = ""
+    max_body_bytes: int | None = None
+
+    @property
+    def instance_ports(self) -> list[int]:
+        """Where the API instances listen: PORT alone, or PORT+1 .. PORT+N behind nginx on PORT."""
+        if self.api_instances == 1:
+            return [self.port]
+        return [self.port + i for i in range(1, self.api_instances + 1)]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
         """Read the settings; REDIS_URL unset means we start our own redis-server on REDIS_PORT."""
         own_redis_port = None if env.get("REDIS_URL") else _port(env, "REDIS_PORT", 6379)
+        if own_redis_port is not None:
+            given = [name for name in SECURED_REDIS if env.get(name)]
+            if given:
+                raise StartError(
+                    f"{', '.join(given)} set, but no REDIS_URL: make run would start its own plain Redis, which has "
+                    "no password or TLS. Set REDIS_URL to your secured Redis, or unset these."
+                )
         redis_url = env.get("REDIS_URL") or f"redis://127.0.0.1:{own_redis_port}/0"
         flower_auth = env.get("FLOWER_BASIC_AUTH") or f"admin:{secrets.token_urlsafe(12)}"
+        instances = env.get("API_INSTANCES") or "1"
+        if not instances.isdigit() or not 1 <= int(instances) <= MAX_INSTANCES:
+            raise StartError(f"API_INSTANCES must be a whole number from 1 to {MAX_INSTANCES}, not {instances!r}.")
+        nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin") or ""
+        if int(instances) > 1 and not nginx:
+            raise StartError(
+                "API_INSTANCES above 1 runs nginx in front of them: apt-get install nginx (or make install)."
+            )
+        body = env.get("MAX_BODY_BYTES") or ""
+        port = _port(env, "PORT", 8000)
+        if int(instances) > 1 and port + int(instances) > 65535:
+            raise StartError(f"PORT {port} leaves no room for {instances} instances above it (PORT+1 .. PORT+N).")
         return cls(
             var=(ROOT / (env.get("VAR_DIR") or "var")).resolve(),
-            port=_port(env, "PORT", 8000),
+            port=port,
             api_host=env.get("HOST") or "127.0.0.1",  # where ops/gunicorn.conf.py binds
             flower_port=_port(env, "FLOWER_PORT", 5555),
             worker_metrics_port=_port(env, "WORKER_METRICS_PORT", 9540, zero_is_off=True),
             worker_metrics_host=env.get("WORKER_METRICS_HOST") or "127.0.0.1",
             prometheus_port=_port(env, "PROMETHEUS_PORT", 9090),
             prometheus=env.get("PROMETHEUS", "1") != "0" and shutil.which("prometheus") is not None,
-            redis=RedisAddress.parse(redis_url),
+            redis=RedisAddress.from_env({**env, "REDIS_URL": redis_url}),  # with its password and TLS files
             redis_url=redis_url,
             own_redis_port=own_redis_port,
             worker_autoscale=env.get("WORKER_AUTOSCALE") or "8,2",
             queue=env.get("AGENT_QUEUE") or "agents",
             flower_auth=flower_auth,
             flower_auth_made=not env.get("FLOWER_BASIC_AUTH"),
+            api_instances=int(instances),
+            nginx=nginx,
+            max_body_bytes=int(body) if body.isdigit() else None,  # the API itself rejects a bad value
         )
 
     def listeners(self) -> list[tuple[str, str, int]]:
         """(variable, host, port) for every port this run will listen on."""
         ports = [("PORT", self.api_host, self.port), ("FLOWER_PORT", "127.0.0.1", self.flower_port)]
+        if self.api_instances > 1:
+            ports += [(f"PORT+{i} (API instance {i})", "127.0.0.1", p) for i, p in enumerate(self.instance_ports, 1)]
         if self.own_redis_port is not None:
             ports.insert(0, ("REDIS_PORT", "127.0.0.1", self.own_redis_port))
         if self.worker_metrics_port:
@@ -109,6 +157,7 @@ class Stack:
     def __init__(self, config: Config, supervisor: Supervisor) -> None:
         self.config = config
         self.supervisor = supervisor
+        self.apis: list[Child] = []
         self.env = {
             k: v
             for k, v in os.environ.items()
@@ -123,12 +172,14 @@ class Stack:
         """Where process `name` logs."""
         return self.config.var / "log" / f"{name}.log"
 
-    def _start(self, name: str, argv: list[str], *, stops_last: bool = False) -> None:
+    def _start(self, name: str, argv: list[str], *, stops_last: bool = False, **env: str) -> Child:
         pid_path = self.config.var / "run" / f"{name}.pid"
         for path in (pid_path, self.log(name)):
             path.parent.mkdir(exist_ok=True)
         try:
-            self.supervisor.start(Child(name, argv, self.env, self.log(name), pid_path, stops_last=stops_last))
+            return self.supervisor.start(
+                Child(name, argv, {**self.env, **env}, self.log(name), pid_path, stops_last=stops_last)
+            )
         except OSError as ex:
             raise StartError(f"cannot start {name} ({argv[0]}): {ex.strerror}. Is `make install` done?") from ex
 
@@ -144,14 +195,16 @@ class Stack:
         self._start(
             "worker", [*celery, "worker", "-Q", config.queue, f"--autoscale={config.worker_autoscale}", "-lINFO"]
         )
-        self._start("api", [str(BIN / "gunicorn"), "-c", "ops/gunicorn.conf.py", "api.asgi:app"])
+        self._start_apis()
         flower = [*celery, "flower", "--address=127.0.0.1", f"--port={config.flower_port}"]
         self._start("flower", [*flower, f"--basic-auth={config.flower_auth}"])
-        up = supervisor.supervise(lambda: api_live(config.port), timeout=API_START_S)
+        up = supervisor.supervise(lambda: all(api_live(p) for p in config.instance_ports), timeout=API_START_S)
         if supervisor.stop_requested or supervisor.failure:
             return False
         if not up:  # slow, not failed: go on; should it exit, it is restarted like any other
             print(f"run: the API does not answer yet after {API_START_S:g} s; see {self.log('api')}", file=sys.stderr)
+        if config.api_instances > 1:
+            self._start_nginx()
         if config.prometheus:
             prom = config.var / "prometheus"
             self._prometheus_config(prom)
@@ -161,6 +214,54 @@ class Stack:
                 ["prometheus", f"--config.file={prom}/prometheus.yml", f"--storage.tsdb.path={prom}/data", listen],
             )
         return not supervisor.stop_requested
+
+    def _start_apis(self) -> None:
+        """One API (gunicorn) on PORT, or one per instance port behind nginx, trusting its forwarded headers."""
+        config = self.config
+        gunicorn = [str(BIN / "gunicorn"), "-c", "ops/gunicorn.conf.py", "api.asgi:app"]
+        if config.api_instances == 1:
+            self.apis = [self._start("api", gunicorn)]
+            return
+        trusted = self.env.get("TRUSTED_PROXIES") or "127.0.0.1"  # nginx, on this host
+        self.apis = [
+            self._start(f"api{i}", gunicorn, PORT=str(port), HOST="127.0.0.1", TRUSTED_PROXIES=trusted)
+            for i, port in enumerate(config.instance_ports, 1)
+        ]
+
+    def _start_nginx(self) -> None:
+        """nginx on HOST:PORT in front of the instances (ops/nginx.conf, rendered into $VAR_DIR/nginx)."""
+        config = self.config
+        out = config.var / "nginx"
+        conf = nginx_conf.render(
+            out,
+            listen=f"{config.api_host}:{config.port}",
+            instances=[f"127.0.0.1:{p}" for p in config.instance_ports],
+            max_body_bytes=config.max_body_bytes,
+        )
+        check = subprocess.run(nginx_conf.argv(config.nginx, out, conf, test=True), capture_output=True, text=True)
+        if check.returncode:
+            last = (check.stderr.strip().splitlines() or ["no message"])[-1]
+            raise StartError(f"nginx -t failed for {conf}: {last}")
+        self._start("nginx", nginx_conf.argv(config.nginx, out, conf))
+        up = self.supervisor.supervise(lambda: api_live(config.port), timeout=API_START_S)
+        if not (up or self.supervisor.stop_requested or self.supervisor.failure):
+            print(f"run: nginx does not answer yet on port {config.port}; see {out}/logs", file=sys.stderr)
+
+    def rolling_restart(self) -> bool:
+        """Restart the API instances one at a time: each drains (SIGTERM), starts again and answers before the
+        next goes. False when a stop or a failure came first."""
+        for n, (child, port) in enumerate(zip(self.apis, self.config.instance_ports, strict=True)):
+            if n:  # nginx takes an instance that failed back only after its fail_timeout
+                self.supervisor.supervise(timeout=nginx_conf.FAIL_TIMEOUT_S)
+                if self.supervisor.stop_requested or self.supervisor.failure:
+                    return False
+            print(f"run: rolling restart: {child.name}", flush=True)
+            if not self.supervisor.restart(child, lambda p=port: api_live(p), timeout=API_START_S):
+                if self.supervisor.stop_requested or self.supervisor.failure:
+                    return False
+                print(f"run: {child.name} does not answer after {API_START_S:g} s; going on", file=sys.stderr)
+        print("run: rolling restart done", flush=True)
+        return True
 
     def _redis(self, wait_s: float) -> bool:
         """Start our redis-server, or wait for the one REDIS_URL names, until it answers PING."""
@@ -198,8 +299,8 @@ class Stack:
         """Its config, rules and scrape secrets (a readonly user's key, Flower's password) for this run's ports."""
         config = self.config
         user, _, password = config.flower_auth.partition(":")
-        targets = (
-            f"--api 127.0.0.1:{config.port} --workers 127.0.0.1:{config.worker_metrics_port} "
+        targets = "".join(f"--api 127.0.0.1:{port} " for port in config.instance_ports) + (
+            f"--workers 127.0.0.1:{config.worker_metrics_port} "
             f"--flower 127.0.0.1:{config.flower_port} --self 127.0.0.1:{config.prometheus_port}"
         )
         argv = [str(BIN / "agentic"), "prometheus-config", "--out", str(out), *targets.split()]
@@ -223,9 +324,17 @@ class Stack:
             prometheus = "off (PROMETHEUS=0)"
         else:
             prometheus = "not installed (apt-get install prometheus); see ops/README.md"
+        if c.api_instances > 1:
+            ports = ", ".join(str(p) for p in c.instance_ports)
+            api = f"""http://127.0.0.1:{c.port}/api/v1/health     docs: http://127.0.0.1:{c.port}/docs
+             nginx in front of {c.api_instances} instances on ports {ports}
+             rolling restart: make rolling-restart (or kill -HUP {os.getpid()})"""
+        else:
+            api = f"http://127.0.0.1:{c.port}/api/v1/health     docs: http://127.0.0.1:{c.port}/docs"
+        metrics_port = c.instance_ports[0]
         return f"""
-  API        http://127.0.0.1:{c.port}/api/v1/health     docs: http://127.0.0.1:{c.port}/docs
-  Metrics    http://127.0.0.1:{c.port}/api/v1/monitoring/metrics (API key with metrics:read)
+  API        {api}
+  Metrics    http://127.0.0.1:{metrics_port}/api/v1/monitoring/metrics (API key with metrics:read; each instance)
              http://127.0.0.1:{c.worker_metrics_port}/metrics (the worker's pool)
   Flower     http://127.0.0.1:{c.flower_port}   (basic auth from FLOWER_BASIC_AUTH)
   Prometheus {prometheus}
@@ -275,7 +384,10 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack(config, supervisor)
         if stack.start(args.redis_wait):
             print(stack.banner())
-            supervisor.supervise()
+            while supervisor.supervise(lambda: supervisor.reload_requested):
+                supervisor.reload_requested = False
+                if not stack.rolling_restart():
+                    break
     except StartError as ex:
         for line in str(ex).splitlines():
             print(f"run: {line}", file=sys.stderr, flush=True)

@@ -142,23 +142,29 @@ class Supervisor:
         self.out = out
         self.err = err
         self.stop_requested = False
+        self.reload_requested = False  # SIGHUP: the caller restarts what it chooses, one at a time
         self.hurry = False
         self.failure: str | None = None
         self._wake_r, self._wake_w = os.pipe()
 
     def install_signals(self) -> None:
-        """Turn SIGINT and SIGTERM into a graceful stop, and wake the loop on those and on SIGCHLD."""
+        """Turn SIGINT and SIGTERM into a graceful stop and SIGHUP into `reload_requested`, and wake the loop on
+        those and on SIGCHLD."""
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that the wake-up fd hears of it
 
     def _on_stop(self, signum: int, frame: object) -> None:
         # A second Ctrl-C while stopping means: do not wait for the graceful part.
         self.hurry = self.stop_requested
         self.stop_requested = True
+
+    def _on_reload(self, signum: int, frame: object) -> None:
+        self.reload_requested = True
 
     def start(self, child: Child) -> Child:
         """Start `child` and supervise it from now on."""
@@ -187,6 +193,28 @@ class Supervisor:
             wake = min([deadline, now + interval] + [c.restart_at for c in self.children if c.restart_at])
             self._sleep(wake - now)
         return False
+
+    def restart(self, child: Child, ready: Callable[[], object], timeout: float) -> bool:
+        """Stop `child` gracefully (SIGTERM, then SIGKILL after the stop timeout) and start it again at once, not
+        counted as a failure; then supervise until `ready()` (True) or `timeout` seconds (False)."""
+        if child.popen is not None and child.restart_at is None and child.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGTERM)
+            deadline = self.clock() + self.policy.stop_timeout_s
+            while child.popen.poll() is None and self.clock() < deadline and not self.hurry:
+                self._sleep(0.1)
+            if child.popen.poll() is None:
+                print(f"run: {child.name} did not stop in time; killing it", file=self.err, flush=True)
+        child.kill_group(signal.SIGKILL)
+        if child.popen is not None:
+            child.popen.wait()
+        if self.stop_requested:
+            return False
+        child.restart_at = None
+        child.restarts = 0
+        child.start(self.clock())
+        print(f"run: {child.name} restarted (pid {child.pid})", file=self.err, flush=True)
+        return self.supervise(ready, timeout=timeout)
 
     def _check(self) -> None:
         """Start the children whose restart is due; schedule a restart (or give up) for those that exited."""

@@ -1,10 +1,12 @@
-"""Starting the real processes for tests and benchmarks: redis-server, the API, workers, events.
+"""Starting the real processes for tests and benchmarks: redis-server (plain, or TLS and ACL), the API, workers,
+events.
 
 Each runs as a child in its own session, bound to 127.0.0.1 on a free port, and is stopped by PID.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -14,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -113,16 +116,66 @@ class Proc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-class RedisServer:
-    """A throw-away redis-server on a free port."""
+@dataclass(frozen=True)
+class TLSFiles:
+    """A CA and a certificate it signed for 127.0.0.1 and localhost, with its key (PEM files)."""
 
-    def __init__(self, logdir: Path, *, appendonly: bool = False, fsync_always: bool = False) -> None:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls(directory: Path, name: str = "test") -> TLSFiles:
+    """A fresh CA and server certificate in `directory`, made with openssl (valid for a day)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = directory / f"{name}-ca.crt", directory / f"{name}-ca.key"
+    cert, key, csr = directory / f"{name}-server.crt", directory / f"{name}-server.key", directory / f"{name}.csr"
+    ext = directory / f"{name}-san.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    days, san = ["-days", "1"], ["-extfile", ext]
+    for argv in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, *days, "-subj", f"/CN={name}"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, *days, *san],
+    ):
+        subprocess.run(["openssl", *map(str, argv)], check=True, capture_output=True, timeout=30)
+    return TLSFiles(ca, cert, key)
+
+
+def acl_user(name: str, password: str, rules: str) -> str:
+    """An ACL file line for user `name`: on, its password stored as a SHA-256 hash (never in clear), `rules`."""
+    return f"user {name} on #{hashlib.sha256(password.encode()).hexdigest()} {rules}"
+
+
+class RedisServer:
+    """A throw-away redis-server on a free port; with `tls`, TLS only (no plain port; with `mutual_tls`, clients
+    must show a certificate of the same CA), and with `acl_file`, its users from that file (`login` is the user
+    and password the server is pinged with)."""
+
+    def __init__(
+        self,
+        logdir: Path,
+        *,
+        appendonly: bool = False,
+        fsync_always: bool = False,
+        tls: TLSFiles | None = None,
+        mutual_tls: bool = False,
+        acl_file: Path | None = None,
+        login: tuple[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="redis-", dir=logdir))
+        self.tls = tls
+        self.mutual_tls = mutual_tls
+        self.login = login
+        listen = ["--port", str(self.port)]
+        if tls:
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(tls.cert)]
+            listen += ["--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca)]
+            listen += ["--tls-auth-clients", "yes" if mutual_tls else "no"]
         argv = [
             shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(self.port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -136,17 +189,29 @@ class RedisServer:
             "--appendfsync",
             "always" if fsync_always else "everysec",
         ]
+        if acl_file:
+            argv += ["--aclfile", str(acl_file)]
         self.proc = Proc(f"redis-{self.port}", argv, dict(os.environ), logdir)
 
     @property
     def url(self) -> str:
-        """Its URL, database 0."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """Its URL, database 0 (rediss:// with TLS; never with credentials)."""
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    def client(self, **options: Any) -> redis.Redis:
+        """A client of it, logged in as `login`, trusting its CA (and showing its certificate for mutual TLS)."""
+        if self.tls:
+            options = {"ssl": True, "ssl_ca_certs": str(self.tls.ca), **options}
+        if self.tls and self.mutual_tls:
+            options = {"ssl_certfile": str(self.tls.cert), "ssl_keyfile": str(self.tls.key), **options}
+        if self.login:
+            options = {"username": self.login[0], "password": self.login[1], **options}
+        return redis.Redis(port=self.port, **options)
 
     def start(self) -> RedisServer:
         """Start it and wait until it answers PING."""
         self.proc.start()
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = self.client(socket_connect_timeout=0.5)
         wait_for(client.ping, what="redis-server")
         client.close()
         return self

@@ -1,7 +1,8 @@
 """`make run` (ops/run.sh) as a user starts it: every process comes up on the ports it is given, a job runs and
 Prometheus scrapes the stack; a killed process (Redis too) is restarted while the rest keeps running; one that
 keeps crashing ends the run non-zero; busy ports, a second run on one VAR_DIR and a Redis that never answers are
-refused before anything starts; SIGTERM stops it all with exit code 0."""
+refused before anything starts; SIGTERM stops it all with exit code 0. With API_INSTANCES=3, nginx fronts three
+instances that SIGHUP restarts one at a time under load."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.balancer import Load
 from tests.stack import BIN, ROOT, SECRET, free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -140,6 +142,19 @@ def job_succeeds(run: Run) -> dict[str, Any]:
     return done
 
 
+def new_user_key(run: Run, name: str) -> str:
+    """The API key of a new user `name` (role user), made with the CLI against the run's Redis."""
+    made = subprocess.run(
+        [str(BIN / "agentic"), "users", "create", name, "--role", "user"],
+        cwd=ROOT,
+        env={**run.env, "REDIS_URL": run.redis_url},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return str(json.loads(made.stdout)["api_key"])
+
+
 @pytest.fixture(scope="module")
 def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     """One `make run` with every process, shared by the tests up to the one that stops it with SIGTERM."""
@@ -147,15 +162,7 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     run = Run(tmp, run_env(tmp))
     try:
         run.wait_up()
-        made = subprocess.run(
-            [str(BIN / "agentic"), "users", "create", "runner", "--role", "user"],
-            cwd=ROOT,
-            env={**run.env, "REDIS_URL": run.redis_url},
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        run.key = json.loads(made.stdout)["api_key"]
+        run.key = new_user_key(run, "runner")
         yield run
     finally:
         run.stop()
@@ -322,6 +329,17 @@ def test_a_redis_url_that_never_answers_fails_after_the_wait_without_showing_its
     assert not (Path(env["VAR_DIR"]) / "log").exists()
 
 
+def test_redis_credentials_without_a_redis_url_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    secret = tmp_path / "redis_password"
+    secret.write_text("pw-of-a-redis-elsewhere\n")
+    env = run_env(tmp_path, REDIS_PASSWORD_FILE=str(secret))
+    done = subprocess.run(["bash", "ops/run.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "run: REDIS_PASSWORD_FILE set, but no REDIS_URL" in done.stderr
+    assert "pw-of-a-redis-elsewhere" not in done.stdout + done.stderr
+    assert not [name for name in PORTS if listening(int(env[name]))]
+
+
 def _policy() -> Any:
     return runpy.run_path(str(ROOT / "ops" / "supervise.py"))["Policy"]()
 
@@ -337,3 +355,62 @@ def test_restart_delays_double_up_to_a_cap_and_the_sixth_quick_crash_is_the_last
     assert policy.delay(restart) == delay
     # Before restart number n there have been n - 1 restarts; after five, the next crash is the end.
     assert policy.gives_up(restart - 1) is gives_up
+
+
+def free_ports_above(count: int) -> int:
+    """A free port with the `count` ports above it free too."""
+    for _ in range(50):
+        port = free_port()
+        if port + count <= 65535 and not any(listening(port + i) for i in range(1, count + 1)):
+            return port
+    raise RuntimeError("no free run of ports")
+
+
+@pytest.mark.timeout(400)
+def test_api_instances_behind_nginx_share_the_load_and_restart_one_at_a_time_on_sighup(tmp_path: Path) -> None:
+    """`API_INSTANCES=3 make run`: nginx on PORT in front of three instances; SIGHUP (make rolling-restart) restarts
+    them one by one under steady load without one failed request, and Prometheus scrapes all three."""
+    port = free_ports_above(3)
+    env = run_env(tmp_path, API_INSTANCES="3", PORT=str(port), WEB_CONCURRENCY="1", RATE_LIMIT_PER_MIN="100000")
+    run = Run(tmp_path, env)
+    try:
+        run.wait_up()
+        banner = run.output()
+        assert f"nginx in front of 3 instances on ports {port + 1}, {port + 2}, {port + 3}" in banner
+        instances = [f"api{i}" for i in (1, 2, 3)]
+        assert all(group_alive(run.pid(name)) for name in [*instances, "nginx"])
+        run.key = new_user_key(run, "scaled")
+        job_succeeds(run)  # through nginx
+
+        before = {name: run.pid(name) for name in instances}
+        with Load(f"http://127.0.0.1:{port}", run.key) as load:
+            wait_for(lambda: load.requests >= 20, timeout=30, what="load")
+            made_restart = subprocess.run(
+                ["make", "rolling-restart"], cwd=ROOT, env=run.env, capture_output=True, text=True, timeout=30
+            )
+            assert made_restart.returncode == 0, made_restart.stdout + made_restart.stderr
+            wait_for(lambda: "run: rolling restart done" in run.output(), timeout=180, what="the rolling restart")
+            during = load.requests
+            wait_for(lambda: load.requests >= during + 20, timeout=30, what="load after the restart")
+        assert load.failures == []
+        load.check_one_job_per_key(run.redis_url)
+        out = run.output()
+        assert [out.index(f"run: rolling restart: {name}") for name in instances] == sorted(
+            out.index(f"run: rolling restart: {name}") for name in instances
+        )
+        assert all(run.pid(name) != before[name] for name in instances)
+        access = (run.var / "nginx" / "logs" / "access.log").read_text()
+        assert all(f"up=127.0.0.1:{port + i} " in access for i in (1, 2, 3))
+
+        if shutil.which("prometheus"):
+            prom = f"http://127.0.0.1:{env['PROMETHEUS_PORT']}/api/v1"
+
+            def api_targets_up() -> bool:
+                targets = httpx.get(f"{prom}/targets", timeout=5).json()["data"]["activeTargets"]
+                return sum(t["labels"]["job"] == "api" and t["health"] == "up" for t in targets) == 3
+
+            wait_for(api_targets_up, timeout=60, interval=1, what="three API targets up in Prometheus")
+        assert run.stop() == 0
+        assert not [p for p in (port, port + 1, port + 2, port + 3) if listening(p)]
+    finally:
+        run.stop()

@@ -1,5 +1,6 @@
 """The SSE relay (api/relay.py): its pure parts (stream ids parsed and ordered, entries decoded and serialised
-once), then in-process on real Redis: one reader multiplexes streams, wakes for new subscribers, drops laggards."""
+once), then in-process on real Redis: one reader multiplexes streams, wakes for new subscribers, drops laggards,
+and hands every stream over when the process drains (with readiness turning false)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import json
 import time
 from typing import AsyncIterator
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from api.relay import Relay, decode_entry, parse_id
+from api.app import create_app
+from api.drain import Drain
+from api.relay import HANDOVER, Relay, decode_entry, parse_id
 from events.envelope import Event
 from events.store import keyspace
-from tests.stack import RedisServer
+from settings import Settings
+from tests.stack import RedisServer, base_env
 
 _ids = itertools.count()
 
@@ -155,3 +160,39 @@ async def test_a_subscriber_arriving_while_a_read_is_in_flight_gets_every_event_
     finally:
         await relay.close()
         await other.aclose()
+
+
+async def test_a_draining_process_hands_every_stream_over_after_what_it_already_has(clients) -> None:
+    """On SIGTERM (api/drain.py) each subscriber gets the events queued for it, then HANDOVER; so does one that
+    subscribes afterwards, at once, and the relay holds no stream any more."""
+    writer, reader = clients
+    relay = Relay(reader, writer, "t-drain", block_ms=2000)
+    job = new_job()
+    sub = relay.subscribe(job)
+    first = await add(writer, job, 0)
+    while sub.queue.empty():
+        await asyncio.sleep(0.01)
+    relay.hand_over()
+    assert [(await sub.next(2)).id, await sub.next(2)] == [first, HANDOVER]
+    late = relay.subscribe(job)
+    assert await late.next(2) is HANDOVER
+    assert sub.dropped and late.dropped and relay.streams_open == 0
+    await relay.close()
+
+
+async def test_readiness_turns_false_when_the_drain_begins(redis_server: RedisServer) -> None:
+    drain = Drain()
+    redis, reader = aioredis.Redis.from_url(redis_server.url), aioredis.Redis.from_url(redis_server.url)
+    app = create_app(Settings.from_env(base_env(redis_server.url)), redis=redis, reader=reader, drain=drain)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            assert (await client.get("/api/v1/monitoring/ready")).status_code == 200
+            drain.begin()
+            resp = await client.get("/api/v1/monitoring/ready")
+            assert resp.status_code == 503 and resp.json() == {"status": "draining"}
+            assert resp.headers["Retry-After"] == "2"
+            assert (await client.get("/api/v1/monitoring/live")).status_code == 200  # alive, just not taking work
+    finally:
+        await redis.aclose()
+        await reader.aclose()

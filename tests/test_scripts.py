@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import redis
@@ -33,6 +33,7 @@ from events.store.audit_scripts import Link
 from events.store.counter_scripts import Increments
 from events.store.job_scripts import Outcome
 from events.store.scripts import LUA, Call, Scripts, script, script_names
+from events.store.taskmsg import RUN_AGENT_TASK, redelivered, task_message
 from tests.stack import RedisServer, wait_for
 
 _TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"')
@@ -115,7 +116,7 @@ def run_all(r: redis.Redis) -> list[Call[Any]]:
         "now": now,
         "job_ttl_s": 60,
         "queue": queue,
-        "message": "{}",
+        "message": task_message(RUN_AGENT_TASK, [job, 1], queue, task_id=job),
         "digest": "d",
         "idempotency_ttl_s": 60,
         "lifecycle": {"status": "queued"},
@@ -189,7 +190,8 @@ def run_all(r: redis.Redis) -> list[Call[Any]]:
     run(job_scripts.cancel(job_id=job, now=now, job_ttl_s=60, stream_ttl_s=60, data={}))
     run(job_scripts.cancel(job_id="j_missing", now=now, job_ttl_s=60, stream_ttl_s=60, data={}))
     lost = "j_" + "7" * 32
-    requeue = {"now": now, "message": "{}", "max_attempts": 2, "queue": queue, "job_ttl_s": 60, "stream_ttl_s": 60}
+    message = task_message(RUN_AGENT_TASK, [lost, 2], queue, origin="sweeper")
+    requeue = {"now": now, "message": message, "max_attempts": 2, "queue": queue, "job_ttl_s": 60, "stream_ttl_s": 60}
     for attempt, cancel in ((1, "0"), (2, "0"), (1, "1")):
         r.hset(
             keyspace.job(lost),
@@ -197,6 +199,7 @@ def run_all(r: redis.Redis) -> list[Call[Any]]:
         )
         run(job_scripts.requeue(job_id=lost, attempt=attempt, **requeue))
     run(job_scripts.requeue(job_id=lost, attempt=9, **requeue))  # gone
+    recheck_paths(r, run, now, queue)
     r.hset(keyspace.user(user), mapping={"user_id": user, "role": "user"})
     run(user_scripts.create_key(user_id=user, key_hash="h1", key_id="k1", record={"user_id": user}))
     run(user_scripts.create_key(user_id="nobody", key_hash="h2", key_id="k2", record={"user_id": "nobody"}))
@@ -232,6 +235,49 @@ def run_all(r: redis.Redis) -> list[Call[Any]]:
         )
     )
     return calls
+
+
+def recheck_paths(r: redis.Redis, run: Callable[[Call[Any]], Any], now: float, queue: str) -> None:
+    """recheck.lua down each of its paths: waiting, delivered, unknown, missing twice, reenqueued, changed, gone."""
+    job = "j_" + "8" * 32
+    fields = {"id": job, "owner": "scripted", "agent": "query", "status": "queued", "attempt": "1", "query": "2+2"}
+    submit = job_scripts.submit(
+        job_id=job,
+        owner="scripted",
+        fields=fields,
+        now=now,
+        job_ttl_s=60,
+        queue=queue,
+        message=task_message(RUN_AGENT_TASK, [job, 1], queue, task_id=job),
+        idempotency_key=None,
+        digest="d",
+        idempotency_ttl_s=60,
+        lifecycle={"status": "queued"},
+        audit=None,
+        audit_max_len=1000,
+    )
+    run(submit)
+    ids = r.hmget(keyspace.job(job), "msg_id", "msg_origin", "msg_tag")
+    message = task_message(RUN_AGENT_TASK, [job, 1], queue, task_id=ids[0], origin=ids[1], delivery_tag=ids[2])
+    look = {"job_id": job, "attempt": 1, "queue": queue, "message": message, "restored": redelivered(message)}
+    look |= {"depth": 100, "confirm_s": 1.0, "new_message": None}
+    assert run(job_scripts.recheck(now=now, **look)) == "waiting"
+    r.lrem(queue, 0, message)
+    r.hset(keyspace.KOMBU_UNACKED, ids[2], "[]")
+    assert run(job_scripts.recheck(now=now, **look)) == "delivered"
+    r.hdel(keyspace.KOMBU_UNACKED, ids[2])
+    r.rpush(queue, "{}", "{}")
+    assert run(job_scripts.recheck(now=now, **{**look, "depth": 1})) == "unknown"
+    r.delete(queue)
+    new = task_message(RUN_AGENT_TASK, [job, 1], queue, origin="sweeper")
+    assert run(job_scripts.recheck(now=now, **{**look, "new_message": new})) == "missing"  # the first look
+    assert run(job_scripts.recheck(now=now + 0.5, **{**look, "new_message": new})) == "missing"  # too soon
+    assert run(job_scripts.recheck(now=now + 2, **{**look, "new_message": new})) == "reenqueued"
+    assert r.lrange(queue, 0, -1) == [new]
+    assert run(job_scripts.recheck(now=now + 3, **look)) == "changed"  # it has the new message now
+    r.hset(keyspace.job(job), "status", "cancelled")
+    assert run(job_scripts.recheck(now=now + 4, **look)) == "gone"
+    assert r.zscore(keyspace.QUEUED_JOBS, job) is None
 
 
 def test_every_script_touches_only_the_keys_its_call_declares(server: RedisServer, tmp_path: Path) -> None:

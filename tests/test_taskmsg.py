@@ -8,7 +8,7 @@ import json
 
 import celery
 
-from events.store.taskmsg import RUN_AGENT_TASK, task_message
+from events.store.taskmsg import RUN_AGENT_TASK, message_ids, redelivered, task_message
 
 SAME_HEADERS = [
     "lang",
@@ -56,3 +56,16 @@ def test_task_message_carries_what_the_redis_transport_needs() -> None:
     other = json.loads(task_message(RUN_AGENT_TASK, ["j", 1], "q-test"))
     assert other["headers"]["id"] != message["headers"]["id"]
     assert other["properties"]["delivery_tag"] != props["delivery_tag"]
+
+
+def test_the_same_ids_make_the_same_text_and_a_message_knows_its_ids() -> None:
+    message = task_message(RUN_AGENT_TASK, ["j", 2], "q-test", origin="sweeper")
+    ids = message.ids
+    assert task_message(RUN_AGENT_TASK, ["j", 2], "q-test", **vars(ids)) == message
+    assert message_ids(str(message)) == message_ids(message) == ids  # read from the text, or known
+    parsed = json.loads(message)
+    assert (ids.task_id, ids.origin) == (parsed["headers"]["id"], "sweeper")
+    assert ids.delivery_tag == parsed["properties"]["delivery_tag"]
+    again = json.loads(redelivered(message))
+    assert again["headers"]["redelivered"] is again["properties"]["delivery_info"]["redelivered"] is True
+    assert {**again, "headers": parsed["headers"], "properties": parsed["properties"]} == parsed

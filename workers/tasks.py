@@ -40,7 +40,7 @@ def make_provider(settings: Settings) -> Provider:
 def runner() -> JobRunner:
     """One runner per worker process, made after the fork so no connection is shared with the parent."""
     settings = Settings.from_env()
-    client = sync_client(settings.redis_url, socket_timeout=30, connect_timeout=5)
+    client = sync_client(settings.redis, socket_timeout=30, connect_timeout=5)
     return JobRunner(
         client,
         make_provider(settings),

@@ -72,7 +72,7 @@ def _start_metrics(**_: Any) -> None:
 @worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     settings = Settings.from_env()
-    client = sync_client(settings.redis_url, socket_timeout=5)
+    client = sync_client(settings.redis, socket_timeout=5)
     hostname = getattr(sender, "hostname", None) or f"worker@{os.uname().nodename}"
     _state.update(client=client, hostname=hostname)
     threading.Thread(target=_heartbeat, args=(client, hostname), name="worker-seen", daemon=True).start()

@@ -8,6 +8,7 @@ from typing import Any
 import falcon
 import redis
 
+from api.drain import Drain
 from api.permissions import PUBLIC
 from settings import Settings
 
@@ -67,15 +68,20 @@ class LiveResource:
 
 
 class ReadyResource:
-    """GET /api/v1/monitoring/ready: 200 when Redis answers, else 503 so the balancer skips this instance."""
+    """GET /api/v1/monitoring/ready: 200 when Redis answers, else 503 so the balancer skips this instance; 503 too
+    once the process is stopping (draining)."""
 
     permissions = {"GET": PUBLIC}
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, drain: Drain) -> None:
         self.client = client
+        self.drain = drain
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Report readiness."""
+        if self.drain.draining:
+            unavailable(resp, {"status": "draining"})
+            return
         check = await redis_check(self.client)
         if check["status"] == "ok":
             resp.media = {"status": "ready", "redis": check}

@@ -10,7 +10,7 @@ from falcon.asgi import SSEvent
 from api.audit import AuditLog
 from api.job_service import JobService, check_event_id
 from api.permissions import Permission
-from api.relay import Relay, Subscription, parse_id
+from api.relay import HANDOVER, Relay, Subscription, parse_id
 from api.resources.jobs import visible_job
 from events import job_record
 from events.telemetry.metrics import SSE_STREAMS
@@ -61,6 +61,9 @@ async def sse_events(relay: Relay, sub: Subscription, heartbeat_s: float) -> Asy
                     return  # too slow: the client resumes from its last id
                 yield SSEvent(comment="heartbeat")
                 continue
+            if delivery is HANDOVER:
+                yield SSEvent(comment="handover: this server is stopping; reconnect with Last-Event-ID")
+                return
             yield SSEvent(data=delivery.payload, event=delivery.type, event_id=delivery.id)
             if delivery.terminal:
                 return

@@ -218,7 +218,7 @@ class _Chain(_Security):
 
     def __init__(self, users: UserStore, audit: AuditLog, settings: Settings) -> None:
         super().__init__(users, audit, settings)
-        self.sync = sync_client(settings.redis_url, socket_timeout=10, connect_timeout=1, decode_responses=True)
+        self.sync = sync_client(settings.redis, socket_timeout=10, connect_timeout=1, decode_responses=True)
 
 
 class AuditResource(_Chain):

@@ -21,7 +21,7 @@ from events.process.lifecycle import GROUP as LIFECYCLE_GROUP
 from events.process.lifecycle import LifecycleCounter
 from events.process.sweeper import Sweeper
 from events.store import keyspace
-from events.store.clients import sync_client
+from events.store.clients import RedisAccessError, check_access, sync_client
 from events.telemetry import logs
 from settings import Settings
 
@@ -34,6 +34,7 @@ def sweep_forever(sweeper: Sweeper, stop: threading.Event, every_s: float, reten
     while not stop.wait(every_s):
         try:
             sweeper.sweep()
+            sweeper.recheck_queued()
             sweeper.sweep_holds()
             sweeper.summarise_auth_failures()
             if time.monotonic() - last_trim > 60:
@@ -45,13 +46,20 @@ def sweep_forever(sweeper: Sweeper, stop: threading.Event, every_s: float, reten
                     log.error("the audit chain is broken; retention stopped there", extra=trimmed)
         except (redis.ConnectionError, redis.TimeoutError) as ex:
             log.warning("sweeper cannot reach redis: %s", ex)
+        except redis.RedisError:  # e.g. OOM or READONLY: this pass failed, the next one may not (never end the thread)
+            log.exception("sweeper pass failed")
 
 
 def main() -> None:
     """Start every consumer group and the sweeper, each in its own thread."""
     settings = Settings.from_env()
     logs.setup(settings.log_level)
-    client = sync_client(settings.redis_url, socket_timeout=10)
+    client = sync_client(settings.redis, socket_timeout=10)
+    try:
+        check_access(client)  # wrong credentials or an untrusted certificate: stop now, waiting will not mend them
+    except RedisAccessError as ex:
+        log.error("cannot start: %s", ex)
+        raise SystemExit(1) from None
     consumer = f"{socket.gethostname()}-{os.getpid()}"
     groups = [
         ConsumerGroup(
@@ -77,6 +85,7 @@ def main() -> None:
         stream_ttl_s=settings.stream_ttl_s,
         hold_ttl_s=settings.hold_ttl_s,
         auth_window_s=settings.auth_failure_window_s,
+        queued_recheck_s=settings.queued_recheck_s,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

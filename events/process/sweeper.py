@@ -1,6 +1,7 @@
-"""The sweeper: a running job whose lease lapsed (its worker died) runs again as the next attempt, budget holds
-whose job ended or vanished are settled (their spend counted, the rest returned), and windows of failed
-authentications that are over become one audit record per address with its count."""
+"""The sweeper: a running job whose lease lapsed (its worker died) runs again as the next attempt, a job queued for
+long whose Celery message was lost on its way to a worker gets a new one, budget holds whose job ended or vanished
+are settled (their spend counted, the rest returned), and windows of failed authentications that are over become
+one audit record per address with its count."""
 
 from __future__ import annotations
 
@@ -12,11 +13,16 @@ from events import job_record
 from events.envelope import text
 from events.store import job_scripts, keyspace, user_scripts
 from events.store.budget_scripts import settle_hold
-from events.store.job_scripts import Requeued
+from events.store.job_scripts import Rechecked, Requeued
 from events.store.scripts import Scripts
-from events.store.taskmsg import RUN_AGENT_TASK, task_message
+from events.store.taskmsg import RUN_AGENT_TASK, redelivered, task_message
 
 log = logging.getLogger("events.process.sweeper")
+
+
+RECHECK_BATCH = 20  # queued jobs looked at per pass, oldest first
+RECHECK_DEPTH = 10_000  # queue entries searched from the tail per look (LPOS compares about 10 M a second)
+MISSING_CONFIRM_S = 1.0  # a message must be missing on two looks this far apart (one may see it in a worker's hand)
 
 
 class Sweeper:
@@ -33,6 +39,7 @@ class Sweeper:
         max_attempts: int = job_record.MAX_ATTEMPTS,
         hold_ttl_s: int = 600,
         auth_window_s: int = 60,
+        queued_recheck_s: float = 120.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
@@ -44,6 +51,7 @@ class Sweeper:
         self.clock = clock
         self.hold_ttl_s = hold_ttl_s
         self.auth_window_s = auth_window_s
+        self.queued_recheck_s = queued_recheck_s
         self.scripts = Scripts(client)
 
     def sweep(self) -> dict[str, int]:
@@ -82,6 +90,60 @@ class Sweeper:
                 settle_hold(self.scripts, user_id=text(owner), job_id=job_id, now=now)  # ended for good
             if outcome not in (Requeued.ALIVE, Requeued.CHANGED):
                 log.warning("job %s lost its worker on attempt %d: %s", job_id, attempt_no, outcome.value)
+        return outcomes
+
+    def recheck_queued(self) -> dict[str, int]:
+        """Look for the messages of the oldest jobs queued longer than `queued_recheck_s`; send a new one for each
+        job whose message is gone (on two looks). Returns how many jobs had each outcome.
+
+        A worker pops the oldest message first, so a message lost on its way to a worker is always one of the
+        oldest: looking at a few of the oldest jobs each pass finds it, and each look is short, since their
+        messages (if any) wait near the tail the search starts from. A job whose message is in `unacked` or was
+        not found (the list is longer than the search) is looked at again only after another bound.
+        """
+        now = self.clock()
+        due = now - self.queued_recheck_s
+        ids = [text(i) for i in self.client.zrangebyscore(keyspace.QUEUED_JOBS, "-inf", due, 0, RECHECK_BATCH)]
+        outcomes: dict[str, int] = {}
+        if not ids:
+            return outcomes
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(keyspace.job(job_id), "attempt", "msg_id", "msg_origin", "msg_tag", "lost_at")
+        for job_id, fields in zip(ids, pipe.execute(), strict=True):
+            attempt, task_id, origin, tag, lost_at = (text(f) if f is not None else None for f in fields)
+            if attempt is None or task_id is None or origin is None or tag is None:
+                attempt, task_id, origin, tag = "0", "-", "-", "-"  # the job is gone: the script drops it
+            number = int(attempt)
+            message = task_message(
+                RUN_AGENT_TASK, [job_id, number], self.queue, task_id=task_id, origin=origin, delivery_tag=tag
+            )
+            confirmable = lost_at is not None and now - float(lost_at) >= MISSING_CONFIRM_S
+            outcome = self.scripts.run(
+                job_scripts.recheck(
+                    job_id=job_id,
+                    attempt=number,
+                    now=now,
+                    queue=self.queue,
+                    message=message,
+                    restored=redelivered(message),
+                    depth=RECHECK_DEPTH,
+                    confirm_s=MISSING_CONFIRM_S,
+                    new_message=task_message(RUN_AGENT_TASK, [job_id, number], self.queue, origin="sweeper")
+                    if confirmable
+                    else None,
+                )
+            )
+            outcomes[outcome.value] = outcomes.get(outcome.value, 0) + 1
+            if outcome is Rechecked.REENQUEUED:
+                log.warning(
+                    "job %s attempt %d lost its queue message on the way to a worker; sent a new one",
+                    job_id,
+                    number,
+                    extra={"job_id": job_id, "attempt": number},
+                )
+            if outcome is Rechecked.UNKNOWN:
+                break  # one full search per pass at most; the younger jobs' messages wait further in
         return outcomes
 
     def sweep_holds(self, batch: int = 500) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""The job's transitions as typed script calls: submit, start, heartbeat, finish, cancel, requeue.
+"""The job's transitions as typed script calls: submit, start, heartbeat, finish, cancel, requeue, recheck.
 
 Each transition that touches more than one key is one Lua script, so the job hash, its event stream, its lease,
 the running set and the queue never disagree. Every key of a job shares the job's hash tag.
@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from events.envelope import text, text_map
 from events.store import keyspace
 from events.store.scripts import Call, call
+from events.store.taskmsg import MessageIds, message_ids
 
 
 class Submitted(StrEnum):
@@ -58,6 +59,7 @@ def submit(
 ) -> Call[SubmitReply]:
     """Save a queued job, index it, push its task message and write its lifecycle and audit events."""
     idem = keyspace.idempotency(owner, idempotency_key) if idempotency_key else keyspace.idempotency(owner, "-")
+    fields = {**fields, **_message_fields(message_ids(message))}
     return call(
         "submit",
         [
@@ -68,6 +70,7 @@ def submit(
             queue,
             idem,
             keyspace.AUDIT_STREAM,
+            keyspace.QUEUED_JOBS,
         ],
         [
             job_id,
@@ -127,13 +130,18 @@ def _attempt_keys(job_id: str) -> list[str]:
     ]
 
 
+def _message_fields(ids: MessageIds) -> dict[str, str]:
+    """The job's record of its current message (what `recheck` needs to find it)."""
+    return {"msg_id": ids.task_id, "msg_origin": ids.origin, "msg_tag": ids.delivery_tag}
+
+
 def start(
     *, job_id: str, attempt: int, now: float, lease_token: str, lease_ms: int, worker: str, data: Mapping[str, Any]
 ) -> Call[Started]:
     """Take the job's lease for `attempt`, mark it running and emit `start` with `data`."""
     return call(
         "start",
-        _attempt_keys(job_id),
+        [*_attempt_keys(job_id), keyspace.QUEUED_JOBS],
         [job_id, attempt, f"{now:.6f}", lease_token, lease_ms, worker, json.dumps(data)],
         _started,
     )
@@ -212,7 +220,7 @@ def cancel(*, job_id: str, now: float, job_ttl_s: int, stream_ttl_s: int, data: 
     """Cancel a job: a queued one ends now, a running one is flagged for its worker."""
     return call(
         "cancel",
-        [keyspace.job(job_id), keyspace.job_stream(job_id), keyspace.LIFECYCLE_STREAM],
+        [keyspace.job(job_id), keyspace.job_stream(job_id), keyspace.LIFECYCLE_STREAM, keyspace.QUEUED_JOBS],
         [job_id, f"{now:.6f}", job_ttl_s, stream_ttl_s, json.dumps(data)],
         lambda r: Cancelled(text(r)),
     )
@@ -241,9 +249,57 @@ def requeue(
     stream_ttl_s: int,
 ) -> Call[Requeued]:
     """Run a job whose worker died again as the next attempt, or end it (cancelled, out of attempts)."""
+    ids = message_ids(message)
     return call(
         "requeue",
-        [*_attempt_keys(job_id), queue],
-        [job_id, attempt, f"{now:.6f}", message, max_attempts, job_ttl_s, stream_ttl_s],
+        [*_attempt_keys(job_id), queue, keyspace.QUEUED_JOBS],
+        [job_id, attempt, f"{now:.6f}", message, max_attempts, job_ttl_s, stream_ttl_s, *_message_fields(ids).values()],
         lambda r: Requeued(text(r)),
+    )
+
+
+class Rechecked(StrEnum):
+    """What the sweeper learned about the message of a job queued for long."""
+
+    GONE = "gone"  # the job is no longer queued
+    CHANGED = "changed"  # it has another message or attempt since it was read
+    DELIVERED = "delivered"  # in kombu's `unacked`: a worker holds it
+    WAITING = "waiting"  # in the queue list
+    UNKNOWN = "unknown"  # the list is longer than the search, and the message is not in its tail
+    MISSING = "missing"  # found nowhere; re-enqueued only when a later look finds it missing too
+    REENQUEUED = "reenqueued"
+
+
+def recheck(
+    *,
+    job_id: str,
+    attempt: int,
+    now: float,
+    queue: str,
+    message: str,
+    restored: str,
+    depth: int,
+    confirm_s: float,
+    new_message: str | None,
+) -> Call[Rechecked]:
+    """Look for a queued job's `message` (or its `restored` form) in `unacked` and the queue; when it was missing
+    on a look at least `confirm_s` earlier and is missing still, push `new_message` (if given) to the queue's front.
+    """
+    new = list(_message_fields(message_ids(new_message)).values()) if new_message else ["", "", ""]
+    return call(
+        "recheck",
+        [keyspace.job(job_id), keyspace.QUEUED_JOBS, queue, keyspace.KOMBU_UNACKED, keyspace.LIFECYCLE_STREAM],
+        [
+            job_id,
+            f"{now:.6f}",
+            attempt,
+            message_ids(message).delivery_tag,
+            message,
+            restored,
+            max(1, depth),  # LPOS reads MAXLEN 0 as the whole list
+            confirm_s,
+            new_message or "",
+            *new,
+        ],
+        lambda r: Rechecked(text(r)),
     )

@@ -66,6 +66,11 @@ def idempotency(user_id: str, key: str) -> str:
 
 
 RUNNING_JOBS = "jobs:running"
+# Queued jobs by when their current message was pushed (or last looked for without an answer): the sweeper's
+# worklist for messages lost on the way to a worker. Written by submit and requeue, left by start and cancel.
+QUEUED_JOBS = "jobs:queued"
+# kombu's Redis transport keeps each message a worker took and has not acknowledged here, by delivery tag.
+KOMBU_UNACKED = "unacked"
 WORKERS_SEEN = "workers:seen"  # zset: Celery worker hostname -> last heartbeat (epoch seconds)
 WORKER_BEAT_S = 5  # how often a worker marks itself seen
 WORKER_GONE_S = 15  # a worker not seen for this long counts as gone

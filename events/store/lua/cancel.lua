@@ -1,6 +1,6 @@
 -- helpers: emit
 -- Cancel a job: a queued one ends now and never runs; a running one is flagged for its worker.
--- KEYS: job, job stream, lifecycle stream
+-- KEYS: job, job stream, lifecycle stream, queued jobs
 -- ARGV: job id, now, job ttl, stream ttl, event data (JSON)
 -- Returns 'cancelled', 'cancelling', 'missing', or the terminal status the job already had.
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempt')
@@ -12,6 +12,7 @@ if st[1] == 'queued' then
   emit(KEYS[2], 'cancelled', ARGV[1], seq, ARGV[2], st[2], ARGV[5])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[4])
+  redis.call('ZREM', KEYS[4], ARGV[1])
   emit(KEYS[3], 'lifecycle', ARGV[1], 0, ARGV[2], st[2], '{"status":"cancelled"}')
   return 'cancelled'
 end

@@ -1,8 +1,9 @@
 -- helpers: emit
 -- The sweeper found a running job whose lease lapsed: run it again as the next attempt,
 -- or end it when it was cancelled or has used up its attempts.
--- KEYS: job, lease, job stream, running set, lifecycle stream, queue list
--- ARGV: job id, expected attempt, now, task message for the next attempt, max attempts, job ttl, stream ttl
+-- KEYS: job, lease, job stream, running set, lifecycle stream, queue list, queued jobs
+-- ARGV: job id, expected attempt, now, task message for the next attempt, max attempts, job ttl, stream ttl,
+--       the message's task id, origin and delivery tag
 -- Returns 'requeued', 'alive' (the lease is back), 'gone' (not running), 'changed' (another attempt runs),
 -- 'failed' (out of attempts) or 'cancelled'.
 local function lifecycle(attempt, status)
@@ -34,9 +35,12 @@ if ended then
   lifecycle(st[2], ended[1])
   return ended[1]
 end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'attempt', attempt + 1)
+redis.call('HSET', KEYS[1], 'status', 'queued', 'attempt', attempt + 1, 'msg_id', ARGV[8], 'msg_origin', ARGV[9],
+  'msg_tag', ARGV[10])
+redis.call('HDEL', KEYS[1], 'lost_at')
 emit(KEYS[3], 'metadata', ARGV[1], seq, ARGV[3], st[2],
   cjson.encode({event = 'attempt_lost', attempt = attempt, next_attempt = attempt + 1}))
 redis.call('LPUSH', KEYS[6], ARGV[4])
+redis.call('ZADD', KEYS[7], ARGV[3], ARGV[1])
 lifecycle(st[2], 'retried')
 return 'requeued'

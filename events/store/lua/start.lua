@@ -1,6 +1,6 @@
 -- helpers: emit
 -- A worker starts attempt ARGV[2] of a queued job: take the lease, mark it running, emit `start`.
--- KEYS: job, lease, job stream, running set, lifecycle stream
+-- KEYS: job, lease, job stream, running set, lifecycle stream, queued jobs
 -- ARGV: job id, attempt, now, lease token, lease ms, worker name, start data (JSON)
 -- Returns {outcome, next seq, job hash}; outcome 'ok', or why the attempt must not run ('missing', 'stale',
 -- 'leased', or the job's status).
@@ -15,6 +15,7 @@ if tonumber(st[2]) ~= tonumber(ARGV[2]) then return {'stale', 0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'leased', 0} end
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[6])
+redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
 local seq = redis.call('XLEN', KEYS[3])
 emit(KEYS[3], 'start', ARGV[1], seq, ARGV[3], ARGV[2], ARGV[7])

@@ -3,9 +3,10 @@
 -- record, all at once (a submitted job is never missing from the audit trail). Sent again after a lost
 -- connection, it finds its job saved and answers 'created' without doing anything twice.
 -- KEYS: job, user's jobs, all jobs, lifecycle stream, queue list, idempotency key (read only when ARGV[6] is
---       '1'), audit stream
+--       '1'), audit stream, queued jobs
 -- ARGV: job id, now, job ttl, task message, body digest, use idempotency ('1'/'0'), idempotency ttl,
---       lifecycle data (JSON), audit stream max length, audit data (JSON, '' for none), job fields (JSON object)
+--       lifecycle data (JSON), audit stream max length, audit data (JSON, '' for none), job fields (JSON object,
+--       the message's ids among them)
 -- Returns {'created', job id} or {'exists', 'job id:body digest'}.
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'created', ARGV[1]} end
 if ARGV[6] == '1' then
@@ -27,5 +28,6 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', horizon)
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 emit(KEYS[4], 'lifecycle', ARGV[1], 0, ARGV[2], 1, ARGV[8])
 redis.call('LPUSH', KEYS[5], ARGV[4])
+redis.call('ZADD', KEYS[8], ARGV[2], ARGV[1])
 if ARGV[10] ~= '' then emit(KEYS[7], 'audit', '', 0, ARGV[2], 0, ARGV[10], ARGV[9]) end
 return {'created', ARGV[1]}
