@@ -271,6 +271,7 @@ class Settings:
     max_tokens_limit: int = 8192
     max_query_chars: int = 32_000
     max_body_bytes: int = 256 * 1024
+    max_upload_bytes: int = 10 * 1024 * 1024  # POST /documents and /attachments (their own limit, nginx's too)
     job_ttl_s: int = 7 * 24 * 3600
     stream_ttl_s: int = 24 * 3600
     heartbeat_s: float = 2.0
@@ -337,6 +338,7 @@ class Settings:
             max_tokens_limit=_int(env, "MAX_TOKENS_LIMIT", cls.max_tokens_limit, 1),
             max_query_chars=_int(env, "MAX_QUERY_CHARS", cls.max_query_chars, 1),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes, 1024),
+            max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", cls.max_upload_bytes, 1024, 512 * 1024 * 1024),
             job_ttl_s=_int(env, "JOB_TTL_S", cls.job_ttl_s, 60),
             stream_ttl_s=_int(env, "STREAM_TTL_S", cls.stream_ttl_s, 1),
             heartbeat_s=_float(env, "JOB_HEARTBEAT_S", cls.heartbeat_s, 0.1),

@@ -23,5 +23,11 @@ class AgentSpec:
 
 AGENT_TYPES: dict[str, AgentSpec] = {
     spec.name: spec
-    for spec in (AgentSpec("query", "General questions, with a calculator and text statistics.", max_llm_calls=3),)
+    for spec in (
+        AgentSpec("query", "General questions, with a calculator and text statistics.", max_llm_calls=3),
+        AgentSpec("math", "Exact mathematics with sympy: evaluate, solve, simplify, differentiate, integrate.", 4),
+        AgentSpec("code", "Writes Python and runs it in a sandbox; reports stdout, stderr and exit status.", 4),
+        AgentSpec("rag", "Answers from your uploaded documents, citing document, chunk and score.", 3),
+        AgentSpec("vision", "Describes an attached image (a vision model, or its facts offline).", 2),
+    )
 }

@@ -55,6 +55,11 @@ def apikey(key_hash: str) -> str:
     return f"apikey:{key_hash}"
 
 
+def docs_version(user_id: str) -> str:
+    """A counter bumped by every change to a user's documents (upload ready, delete): part of a cache key."""
+    return f"docs:{{{user_id}}}:version"
+
+
 def rate_limit(key_id: str, window: int) -> str:
     """Requests made with one API key in one rate-limit window."""
     return f"ratelimit:{key_id}:{window}"
