@@ -272,6 +272,8 @@ class Settings:
     max_query_chars: int = 32_000
     max_body_bytes: int = 256 * 1024
     max_upload_bytes: int = 10 * 1024 * 1024  # POST /documents and /attachments (their own limit, nginx's too)
+    qdrant_url: str = ""  # a Qdrant server for document vectors; empty: in-memory Qdrant per process
+    qdrant_api_key: str = field(default="", repr=False)
     job_ttl_s: int = 7 * 24 * 3600
     stream_ttl_s: int = 24 * 3600
     heartbeat_s: float = 2.0
@@ -290,6 +292,9 @@ class Settings:
     log_level: str = "INFO"
     prices_file: str = str(ROOT / "ops" / "prices.yaml")
     hold_ttl_s: int = 600
+    cache_ttl_s: int = 3600  # response cache entries live this long; 0 turns the cache and dedup off
+    cache_max_entries: int = 10_000
+    cache_max_bytes: int = 64 * 1024 * 1024
     budget_alert_pct: int = 80
     rate_limit_per_min: int = 600
     cors_origins: tuple[str, ...] = ()
@@ -339,6 +344,8 @@ class Settings:
             max_query_chars=_int(env, "MAX_QUERY_CHARS", cls.max_query_chars, 1),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes, 1024),
             max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", cls.max_upload_bytes, 1024, 512 * 1024 * 1024),
+            qdrant_url=env.get("QDRANT_URL", ""),
+            qdrant_api_key=_secret(env, "QDRANT_API_KEY"),
             job_ttl_s=_int(env, "JOB_TTL_S", cls.job_ttl_s, 60),
             stream_ttl_s=_int(env, "STREAM_TTL_S", cls.stream_ttl_s, 1),
             heartbeat_s=_float(env, "JOB_HEARTBEAT_S", cls.heartbeat_s, 0.1),
@@ -357,6 +364,9 @@ class Settings:
             log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
             prices_file=env.get("PRICES_FILE") or cls.prices_file,
             hold_ttl_s=_int(env, "HOLD_TTL_S", cls.hold_ttl_s, 10),
+            cache_ttl_s=_int(env, "CACHE_TTL_S", cls.cache_ttl_s, 0),
+            cache_max_entries=_int(env, "CACHE_MAX_ENTRIES", cls.cache_max_entries, 1),
+            cache_max_bytes=_int(env, "CACHE_MAX_BYTES", cls.cache_max_bytes, 1024),
             budget_alert_pct=_int(env, "BUDGET_ALERT_PCT", cls.budget_alert_pct, 1, 100),
             rate_limit_per_min=_int(env, "RATE_LIMIT_PER_MIN", cls.rate_limit_per_min, 0),
             cors_origins=_list(env, "CORS_ORIGINS"),
@@ -396,7 +406,7 @@ class Settings:
 
     def public(self) -> dict[str, object]:
         """The settings that matter to an operator, without secrets (a password in REDIS_URL is masked)."""
-        hidden = {"secret_key", "openai_api_key", "redis"}
+        hidden = {"secret_key", "openai_api_key", "qdrant_api_key", "redis"}
         shown: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         shown.update(self.redis.public())
         return shown

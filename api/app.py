@@ -23,6 +23,7 @@ from api.lockout import Lockout
 from api.models import ModelsMiddleware, RequestModels
 from api.relay import Relay
 from api.request_metrics import ActivityTracker, MetricsMiddleware
+from api.resources.attachments import AttachmentResource, AttachmentsResource
 from api.resources.costs import (
     BudgetResource,
     CostsHealthResource,
@@ -34,6 +35,7 @@ from api.resources.costs import (
     UsageResource,
 )
 from api.resources.docs import REDOC, SWAGGER, AssetResource, OpenAPIResource, PageResource
+from api.resources.documents import DocumentResource, DocumentsResource
 from api.resources.health import HealthResource, LiveResource, ReadyResource
 from api.resources.job_events import EventsResource
 from api.resources.jobs import CancelResource, JobResource, JobsResource
@@ -61,6 +63,7 @@ from api.resources.security import (
 from api.resources.stream import DemoResource, StreamHealthResource, StreamSubmitResource
 from api.trace_middleware import TracingMiddleware
 from api.users import UserStore
+from events.docs.store import DocumentStore
 from events.money.prices import PriceBook
 from events.store.clients import async_client
 from events.telemetry import logs, tracing
@@ -171,6 +174,11 @@ def create_app(
     app.add_route("/api/v1/jobs/{job_id}", JobResource(service, settings, audit))
     app.add_route("/api/v1/jobs/{job_id}/cancel", CancelResource(service, settings, audit))
     app.add_route("/api/v1/jobs/{job_id}/events", EventsResource(service, relay, settings, audit))
+    app.add_route("/api/v1/attachments", AttachmentsResource(redis, settings, audit, clock))
+    app.add_route("/api/v1/attachments/{attachment_id}", AttachmentResource(redis))
+    documents = DocumentStore(redis, settings.queue, vectors_on_server=bool(settings.qdrant_url))
+    app.add_route("/api/v1/documents", DocumentsResource(documents, settings, audit, clock))
+    app.add_route("/api/v1/documents/{doc_id}", DocumentResource(documents, audit))
     for path, resource in (
         ("stats", StatsResource),
         ("budget", BudgetResource),

@@ -7,30 +7,48 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from api.body import printable
 from api.params import parse_number
 from api.relay import HANDOVER, Relay
 from events import job_record
+from events.cache_key import CacheRequest, cacheable
 from events.catalog import AGENT_TYPES
 from events.envelope import STREAM_ID, text
 from events.errors import DomainError
 from events.money.amounts import micros_to_usd
 from events.money.budgets import job_scopes, worst_case_micros
 from events.money.prices import PriceBook
-from events.store import budget_scripts, job_scripts, keyspace
+from events.store import budget_scripts, cache_scripts, job_scripts, keyspace
 from events.store.budget_scripts import Settled
-from events.store.job_scripts import Cancelled, Submitted
+from events.store.cache_scripts import shared_failure
+from events.store.job_scripts import CacheRole, Cancelled, SubmitCache, SubmitReply, Submitted
 from events.store.scripts import AsyncScripts
 from events.store.taskmsg import RUN_AGENT_TASK, task_message
 from events.telemetry import tracing
+from events.telemetry.metrics import CACHE_OPS
 from settings import Settings
 
 JOB_ID = re.compile(r"^j_[0-9a-f]{32}$")
 IDEMPOTENCY_TTL_S = 24 * 3600
 MAX_WAIT_S = 60.0
+MAX_FOLLOWERS = 10_000  # identical jobs that may wait for one leader; more run on their own
+LOOKUP_RESULT = {CacheRole.HIT: "hit", CacheRole.FOLLOWER: "joined", CacheRole.LEADER: "miss", CacheRole.NONE: "miss"}
+
+
+# What a job answered without a model call shows as its usage.
+ZERO_USAGE = {
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "cached_input_tokens": 0,
+    "total_tokens": 0,
+    "llm_calls": 0,
+    "estimated": False,
+    "cost_usd": micros_to_usd(0),
+    "cached": True,
+}
 
 
 def new_job_id() -> str:
@@ -54,6 +72,7 @@ class Submission:
     session_id: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     attachments: list[Any] = field(default_factory=list)
+    cache: bool = True
 
 
 class IdempotencyConflictError(DomainError):
@@ -61,6 +80,13 @@ class IdempotencyConflictError(DomainError):
 
     status = 422
     code = "idempotency_conflict"
+
+
+class CancelContendedError(DomainError):
+    """Raised when identical jobs keep joining a queued leader faster than its cancel can end them."""
+
+    status = 409
+    code = "cancel_contended"
 
 
 class BudgetExceededError(DomainError):
@@ -131,7 +157,7 @@ class JobService:
         now = self.clock()
         offline = self.settings.provider_mode == "offline"
         model = "offline" if offline else (sub.model or self.settings.default_model)
-        amount = await self._hold(owner, job_id, sub, model, now)
+        self.prices.price(model)  # an unpriced model is refused before any cache answer
         record = job_record.job_record(
             job_id=job_id,
             owner=owner,
@@ -145,35 +171,97 @@ class JobService:
             attachments=sub.attachments,
             provider=self.settings.provider_mode,
         )
-        record["hold_micros"] = str(amount)
         if sub.model and sub.model != model:
             record["requested_model"] = sub.model
         record.update(tracing.new_trace_context(traceparent, tracestate))
         record["trace_id"] = tracing.trace_id(record["traceparent"])
-        reply = await self.scripts.run(
-            job_scripts.submit(
-                job_id=job_id,
-                owner=owner,
-                fields=record,
-                now=now,
-                job_ttl_s=self.settings.job_ttl_s,
-                queue=self.settings.queue,
-                message=task_message(RUN_AGENT_TASK, [job_id, 1], self.settings.queue, task_id=job_id),
-                idempotency_key=idempotency_key,
-                digest=digest,
-                idempotency_ttl_s=IDEMPOTENCY_TTL_S,
-                lifecycle={"status": "queued", "agent": sub.agent_type, "model": model, "trace_id": record["trace_id"]},
-                audit=audit(record) if audit else None,
-                audit_max_len=keyspace.AUDIT_STREAM_MAXLEN,
+
+        async def save(cache: SubmitCache | None) -> SubmitReply:
+            return await self.scripts.run(
+                job_scripts.submit(
+                    job_id=job_id,
+                    owner=owner,
+                    fields=record,
+                    now=now,
+                    job_ttl_s=self.settings.job_ttl_s,
+                    queue=self.settings.queue,
+                    message=task_message(RUN_AGENT_TASK, [job_id, 1], self.settings.queue, task_id=job_id),
+                    idempotency_key=idempotency_key,
+                    digest=digest,
+                    idempotency_ttl_s=IDEMPOTENCY_TTL_S,
+                    lifecycle={
+                        "status": "queued",
+                        "agent": sub.agent_type,
+                        "model": model,
+                        "trace_id": record["trace_id"],
+                    },
+                    audit=audit(record) if audit else None,
+                    audit_max_len=keyspace.AUDIT_STREAM_MAXLEN,
+                    cache=cache,
+                )
             )
-        )
+
+        cache = await self._cache_request(owner, sub, model)
+        reply: SubmitReply | None = None
+        if cache is not None and await self._answerable(cache.digest):  # a hit or a follower needs no hold
+            record["hold_micros"] = "0"
+            reply = await save(cache)
+            if reply.outcome is Submitted.NEEDS_HOLD:
+                reply = None
+        if reply is None:
+            amount = await self._hold(owner, job_id, sub, model, now)
+            record["hold_micros"] = str(amount)
+            reply = await save(replace(cache, may_run=True) if cache else None)
+            if reply.outcome is Submitted.CREATED and reply.role in (CacheRole.HIT, CacheRole.FOLLOWER):
+                await self.settle(owner, job_id)  # it will never run: return the hold
         if reply.outcome is Submitted.CREATED:
+            CACHE_OPS.labels("response_lookup", LOOKUP_RESULT[reply.role] if cache else "bypass").inc()
+            if reply.role in (CacheRole.HIT, CacheRole.FOLLOWER):
+                return await self.load(job_id) or record, True
             return record, True
-        await self.settle(owner, job_id)  # a concurrent request with the same key won: return our hold
+        if record.get("hold_micros", "0") != "0":
+            await self.settle(owner, job_id)  # a concurrent request with the same key won: return our hold
         first = await self._replay(idem, digest)
         if first is None:
             raise IdempotencyConflictError("This Idempotency-Key belongs to a job that has expired; use a new key.")
         return first, False
+
+    async def _cache_request(self, owner: str, sub: Submission, model: str) -> SubmitCache | None:
+        """The cache's view of a submission (no hold taken yet), or None when it is not cached (docs/cache.md)."""
+        if not cacheable(enabled=sub.cache, ttl_s=self.settings.cache_ttl_s, session_id=sub.session_id):
+            return None
+        version = await self.client.get(keyspace.docs_version(owner))
+        docs_version = text(version) if version is not None else "0"
+        request = CacheRequest(
+            user=owner,
+            agent=sub.agent_type,
+            model=model,
+            query=sub.query,
+            max_tokens=sub.max_tokens,
+            docs_version=docs_version,
+            provider=self.settings.provider_mode,
+            attachments=sub.attachments,
+        )
+        return SubmitCache(
+            digest=request.digest(),
+            docs_version=docs_version,
+            may_run=False,
+            inflight_ttl_s=self.settings.hard_time_limit_s * job_record.MAX_ATTEMPTS
+            + self.settings.visibility_timeout_s,
+            max_followers=MAX_FOLLOWERS,
+            stream_ttl_s=self.settings.stream_ttl_s,
+            followers_ttl_s=self.settings.job_ttl_s,
+            provider=self.settings.provider_mode,
+            usage=ZERO_USAGE,
+        )
+
+    async def _answerable(self, digest: str) -> bool:
+        """Whether the request has a cache entry or a job in flight now (then it is tried without a hold)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hexists(keyspace.CACHE_ENTRIES, digest)
+        pipe.exists(keyspace.cache_inflight(digest))
+        entry, leader = await pipe.execute()
+        return bool(entry) or bool(leader)
 
     async def _replay(self, idem: str, digest: str) -> dict[str, str] | None:
         """The job an Idempotency-Key already made, if any; IdempotencyConflictError if the body differs."""
@@ -259,16 +347,35 @@ class JobService:
         return found, (f"{last[0]!r}:{last[1]}" if last else None)
 
     async def cancel(self, job: dict[str, str]) -> Cancelled:
-        """Cancel a job: a queued one ends now (its whole hold goes back), a running one stops within a second."""
-        outcome = await self.scripts.run(
-            job_scripts.cancel(
-                job_id=job["id"],
-                now=self.clock(),
-                job_ttl_s=self.settings.job_ttl_s,
-                stream_ttl_s=self.settings.stream_ttl_s,
-                data={"reason": "cancelled by request before it started"},
-            )
+        """Cancel a job: a queued one ends now (its whole hold goes back), a running one stops within a second.
+
+        A queued leader of identical requests also ends the jobs waiting for it, as failed (docs/cache.md).
+        """
+        ends: dict[str, Any] = {
+            "job_id": job["id"],
+            "job_ttl_s": self.settings.job_ttl_s,
+            "stream_ttl_s": self.settings.stream_ttl_s,
+            "data": {"reason": "cancelled by request before it started"},
+        }
+        digest = job.get("cache_digest", "")
+        outcome: Cancelled | str = "moved"
+        if not digest:
+            outcome = await self.scripts.run(job_scripts.cancel(now=self.clock(), **ends))
+        shared = shared_failure(
+            job["id"],
+            "cancelled",
+            {"code": "cancelled", "message": "it was cancelled before it started"},
+            job.get("provider", ""),
         )
+        for _ in range(cache_scripts.MAX_READS if digest else 0):
+            followers = sorted(text(f) for f in await self.client.smembers(keyspace.cache_followers(digest)))
+            outcome = await self.scripts.run(
+                cache_scripts.cancel_leader(now=self.clock(), digest=digest, followers=followers, shared=shared, **ends)
+            )
+            if outcome != "moved":
+                break
+        if not isinstance(outcome, Cancelled):
+            raise CancelContendedError("Identical jobs kept joining this one while it was cancelled; cancel it again.")
         if outcome is Cancelled.CANCELLED:
             await self.settle(job.get("owner", ""), job["id"])
         return outcome

@@ -30,6 +30,7 @@ from api.errors import bad_request
 from api.params import INTEGER, parse_number
 from api.permissions import Permission, Role
 from api.users import USER_ID
+from events import attachments
 from events.catalog import AGENT_TYPES
 from events.envelope import STREAM_ID
 from events.job_record import STATUSES
@@ -115,6 +116,7 @@ Epoch = Annotated[float, Field(ge=0, le=EPOCH_MAX), BeforeValidator(_query_numbe
 QueryBool = Annotated[bool, Strict(), BeforeValidator(_query_bool)]
 UserId = Annotated[str, Field(pattern=USER_ID.pattern)]
 SessionId = Annotated[str, Field(pattern=SESSION_ID.pattern)]
+Attachment = Annotated[dict[str, Any], WithJsonSchema(attachments.json_schema())]  # checked by JobFields._images
 Agent = Annotated[
     Literal[AGENT_NAMES],  # type: ignore[valid-type]
     WithJsonSchema({"type": "string", "enum": list(AGENT_NAMES)}),
@@ -142,12 +144,25 @@ def job_models(settings: Settings) -> tuple[type[Body], type[Body]]:
         max_tokens: MaxTokens = settings.max_tokens_default
         session_id: SessionId | None = None
         metadata: dict[str, Any] | None = None
-        attachments: Annotated[list[dict[str, Any]], Field(max_length=MAX_ATTACHMENTS)] | None = None
+        attachments: Annotated[list[Attachment], Field(max_length=MAX_ATTACHMENTS)] | None = None
+        cache: Annotated[bool, Strict()] = Field(
+            True,
+            description="false: never answered from the response cache, never stored in it, never shares the "
+            "run of an identical job in flight.",
+        )
 
         @model_validator(mode="after")
         def _small_metadata(self) -> JobFields:
             if self.metadata and len(json.dumps(self.metadata)) > MAX_METADATA_BYTES:
                 raise ValueError(f"metadata: must be at most {MAX_METADATA_BYTES} bytes as JSON")
+            return self
+
+        @model_validator(mode="after")
+        def _images(self) -> JobFields:
+            try:
+                attachments.parse_all(self.attachments or [], settings.max_upload_bytes)
+            except attachments.AttachmentError as ex:
+                raise ValueError(f"attachments: {ex}") from None
             return self
 
     class JobSubmit(JobFields):
@@ -326,6 +341,14 @@ class JobsQuery(Query):
     all: QueryBool = Field(True, description="Admins: false for only your own jobs.")
 
 
+class DocumentsQuery(Query):
+    """GET /api/v1/documents."""
+
+    limit: PageSize = Field(50, description="How many documents, newest first.")
+    all: QueryBool = Field(False, description="Admins: every user's documents.")
+    user_id: UserId | None = Field(None, description="Admins: this user's documents.")
+
+
 class JobQuery(Query):
     """GET /api/v1/jobs/{job_id}: long-poll up to `wait` seconds."""
 
@@ -406,6 +429,7 @@ class RequestModels:
         self.queries: dict[tuple[str, str], type[Query]] = {
             ("/api/v1/jobs", "GET"): JobsQuery,
             ("/api/v1/jobs/{job_id}", "GET"): JobQuery,
+            ("/api/v1/documents", "GET"): DocumentsQuery,
             ("/api/v1/jobs/{job_id}/events", "GET"): EventsQuery,
             ("/api/v1/costs/stats", "GET"): StatsQuery,
             ("/api/v1/costs/budget", "GET"): CostsQuery,

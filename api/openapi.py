@@ -16,7 +16,9 @@ from api.models import RequestModels
 from api.permissions import PUBLIC
 from api.resources.health import VERSION
 from api.users import USER_ID
+from events.attachments import ATTACHMENT_ID
 from events.catalog import AGENT_TYPES
+from events.docs.records import DOC_ID
 
 SKIP = {"OPTIONS", "HEAD", "CONNECT", "TRACE"}
 ASSETS = {
@@ -36,6 +38,11 @@ SSE_EVENT = {
         "retry": {"type": "integer"},
     },
 }
+UPLOAD = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary", "description": "The document: .txt, .md or .pdf."}},
+}
 ERROR = {
     "type": "object",
     "required": ["title"],
@@ -48,6 +55,8 @@ def path_params(path: str) -> list[dict[str, Any]]:
     shapes = {
         "user_id": {"type": "string", "pattern": USER_ID.pattern},
         "job_id": {"type": "string", "pattern": JOB_ID.pattern},
+        "doc_id": {"type": "string", "pattern": DOC_ID.pattern},
+        "attachment_id": {"type": "string", "pattern": ATTACHMENT_ID.pattern},
         "key_id": {"type": "string", "pattern": r"^[0-9a-f]{16}$"},
         "agent": {"type": "string", "enum": sorted(AGENT_TYPES)},
         "name": {"type": "string", "enum": sorted(ASSETS)},
@@ -81,6 +90,10 @@ def query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
             "required": False,
             "schema": schema,
             "description": info.description or "",
+            # One value each: with the default (form, exploded) an object-valued parameter would be sent as its
+            # own keys, not under this name, and look like a request without it.
+            "style": "form",
+            "explode": False,
         }
         if schema.get("type") in ("string", "boolean") or "enum" in schema:
             param.update(schema={"anyOf": [schema, {"type": "string", "maxLength": 0}]}, allowEmptyValue=True)
@@ -149,6 +162,8 @@ def _operation(
         codes.update({"201": "Created", "202": "Accepted", "402": "Budget exceeded"})
     if path.endswith("/events"):
         codes["204"] = "The stream is over"
+    if method == "DELETE" and path.startswith("/api/v1/documents/"):
+        codes["204"] = "Deleted"
     error = {"application/json": {"schema": ERROR}}
     responses: dict[str, Any] = {}
     for code, text in sorted(codes.items()):
@@ -176,6 +191,8 @@ def _operation(
             "required": (path, method) not in models.optional_bodies,
             "content": {"application/json": {"schema": body_schema(body, components)}},
         }
+    if (path, method) in (("/api/v1/documents", "POST"), ("/api/v1/attachments", "POST")):
+        op["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": UPLOAD}}}
     return op
 
 

@@ -26,10 +26,15 @@ class Permission(StrEnum):
     METRICS_READ = "metrics:read"
     METRICS_WRITE = "metrics:write"
     DOCS_UPLOAD = "docs:upload"
+    DOCS_READ = "docs:read"
+    DOCS_READ_ALL = "docs:read_all"
     KEYS_OWN = "keys:own"
     SECURITY_READ = "security:read"
     AUDIT_READ = "audit:read"
     USERS_ADMIN = "users:admin"
+    # The seed's name for submitting to an agent: an alias (the same member), so it is neither listed twice nor
+    # checked apart from JOBS_SUBMIT.
+    QUERY_AGENT = "jobs:submit"
 
 
 # The seed's table: admins everything; users query agents, view costs, cache and metrics, upload documents
@@ -40,6 +45,7 @@ _VIEW = {
     Permission.CACHE_READ,
     Permission.METRICS_READ,
     Permission.SECURITY_READ,
+    Permission.DOCS_READ,
 }
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
@@ -58,7 +64,9 @@ DESCRIPTIONS = {
     Permission.CACHE_READ: "view cache statistics",
     Permission.METRICS_READ: "view metrics",
     Permission.METRICS_WRITE: "record custom metrics",
-    Permission.DOCS_UPLOAD: "upload documents for RAG",
+    Permission.DOCS_UPLOAD: "upload and delete your documents for RAG",
+    Permission.DOCS_READ: "list and read your documents",
+    Permission.DOCS_READ_ALL: "list, read and delete every user's documents",
     Permission.KEYS_OWN: "create, rotate and revoke your keys",
     Permission.SECURITY_READ: "see your profile and the permission table",
     Permission.AUDIT_READ: "read the audit log",

@@ -3,7 +3,7 @@
 rbac = get_rbac_service()
 user = await rbac.create_user(user_id="user_123", role=Role.USER, metadata={"email": "user@example.com"})
 api_key = await rbac.generate_api_key("user_123")            # "sk_live_…", shown once
-allowed = await rbac.check_permission(user_id="user_123", permission=Permission.JOBS_SUBMIT)
+allowed = await rbac.check_permission(user_id="user_123", permission=Permission.QUERY_AGENT)
 await rbac.log_audit(user_id="user_123", action="query", resource="math_agent", result="success")
 """
 

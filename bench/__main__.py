@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import sys
 
-from bench import auth, capacity, latency, metrics, money, streams, submit
+from bench import auth, cache, capacity, latency, metrics, money, streams, submit
 
 BENCHES = {
     "submit": submit.run,
@@ -15,6 +15,7 @@ BENCHES = {
     "auth": auth.run,
     "metrics": metrics.run,
     "capacity": capacity.run,
+    "cache": cache.run,
 }
 
 

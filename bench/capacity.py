@@ -80,7 +80,7 @@ async def _submit(port: int, key: str, total: int) -> list[str]:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            body = {"agent_type": "query", "query": "What is 6*7?"}
+            body = {"agent_type": "query", "query": "What is 6*7?", "cache": False}  # every job runs, none shared
             status, _, data = await conn.request(
                 "POST", "/api/v1/jobs", {**headers, "Idempotency-Key": uuid.uuid4().hex}, body
             )

@@ -15,7 +15,7 @@ RAW_TASKS = 4000
 
 async def _http_rate(port: int, key: str, total: int, connections: int) -> tuple[float, int]:
     headers = {"Authorization": f"Bearer {key}"}
-    body = {"agent_type": "query", "query": "What is 6*7?"}
+    body = {"agent_type": "query", "query": "What is 6*7?", "cache": False}  # every job runs: no cache hit, no sharing
     conns = [await Connection("127.0.0.1", port).open() for _ in range(connections)]
     remaining = total
     failures = 0

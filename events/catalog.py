@@ -25,9 +25,24 @@ AGENT_TYPES: dict[str, AgentSpec] = {
     spec.name: spec
     for spec in (
         AgentSpec("query", "General questions, with a calculator and text statistics.", max_llm_calls=3),
-        AgentSpec("math", "Exact mathematics with sympy: evaluate, solve, simplify, differentiate, integrate.", 4),
-        AgentSpec("code", "Writes Python and runs it in a sandbox; reports stdout, stderr and exit status.", 4),
-        AgentSpec("rag", "Answers from your uploaded documents, citing document, chunk and score.", 3),
+        AgentSpec(
+            "math",
+            "Exact mathematics with sympy: evaluate, solve, simplify, differentiate, integrate.",
+            4,
+            prompt_overhead_bytes=1536,  # the sympy tool's spec is about 1,100 bytes
+        ),
+        AgentSpec(
+            "code",
+            "Writes Python and runs it in a sandbox; reports stdout, stderr and exit status.",
+            4,
+            max_tool_result_chars=4000,  # a run's status line, then its stdout and stderr
+        ),
+        AgentSpec(
+            "rag",
+            "Answers from your uploaded documents, citing document, chunk and score.",
+            3,
+            max_tool_result_chars=3200,  # four passages of about 600 characters, each with its citation
+        ),
         AgentSpec("vision", "Describes an attached image (a vision model, or its facts offline).", 2),
     )
 }

@@ -104,8 +104,9 @@ class Event:
             raise EnvelopeError(f"The entry has a malformed field: {ex}.") from ex
 
     def to_json(self) -> dict[str, Any]:
-        """What SSE clients receive as `data:`."""
-        return {
+        """What SSE clients receive as `data:`. A token also carries its text as top-level `content`, where the
+        seed's JavaScript client reads it (`data.data.text` stays)."""
+        out: dict[str, Any] = {
             "type": self.type,
             "job_id": self.job_id,
             "seq": self.seq,
@@ -114,3 +115,6 @@ class Event:
             "data": dict(self.data),
             "v": self.v,
         }
+        if self.type == EventType.TOKEN:
+            out["content"] = self.data.get("text", "")
+        return out

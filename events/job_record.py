@@ -38,6 +38,8 @@ def view(job: Mapping[str, str]) -> dict[str, Any]:
         "attempts": int_field(job.get("attempt"), 1),
         "provider": job.get("provider") or None,
         "cancel_requested": job.get("cancel") == "1",
+        "cached": job.get("cached") == "1",  # answered from the response cache or an identical job's run
+        "cache_source": job.get("cache_source") or None,
         "created_at": float_field(job.get("created_at")),
         "started_at": float_field(job.get("started_at")),
         "finished_at": float_field(job.get("finished_at")),

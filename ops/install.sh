@@ -28,6 +28,7 @@ command -v prometheus >/dev/null || missing+=(prometheus)  # make run scrapes th
 # nginx: API_INSTANCES=N make run puts it in front of the instances; openssl: the tests' throwaway certificates.
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v bwrap >/dev/null || missing+=(bubblewrap)  # the code agent's sandbox (workers/sandbox.py)
 if [ "${1:-}" = "test" ]; then
   [ -x /usr/bin/chromium ] || missing+=(chromium)  # the browser test drives it with Playwright
 fi

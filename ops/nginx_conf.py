@@ -1,7 +1,7 @@
 """nginx's configuration for one run: ops/nginx.conf as it is, with the files a deployment writes beside it.
 
 `make run` with API_INSTANCES above 1 (and the tests) render into a directory of their own: the upstream list
-of this run's instances, where to listen, the body size the API accepts and, when asked for, the TLS server.
+of this run's instances, where to listen, the body and upload sizes the API accepts and, when asked for, the TLS server.
 Standard library only, like the rest of what `make run` runs before the venv's packages matter.
 """
 
@@ -48,6 +48,7 @@ def render(
     listen: str,
     instances: list[str],
     max_body_bytes: int | None = None,
+    max_upload_bytes: int | None = None,
     tls: Tls | None = None,
     fail_timeout_s: int = FAIL_TIMEOUT_S,
 ) -> Path:
@@ -70,7 +71,13 @@ def render(
         )
         assert found == 2, "ops/nginx.conf must set client_max_body_size and client_body_buffer_size"
     (conf / "nginx.conf").write_text(main)
-    shutil.copy(PARTS / "locations.conf", conf / "nginx" / "locations.conf")
+    locations = (PARTS / "locations.conf").read_text()
+    if max_upload_bytes is not None:
+        locations, found = re.subn(
+            r"client_max_body_size \S+;", f"client_max_body_size {_size(max_upload_bytes)};", locations
+        )
+        assert found == 1, "ops/nginx/locations.conf must set client_max_body_size for uploads"
+    (conf / "nginx" / "locations.conf").write_text(locations)
     (conf / "nginx" / "listen.conf").write_text(f"listen {listen};\n")
     (conf / "nginx" / "upstream.conf").write_text(upstream(instances, fail_timeout_s=fail_timeout_s))
     if tls is not None:

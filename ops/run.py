@@ -73,6 +73,7 @@ class Config:
     api_instances: int = 1
     nginx: str = ""
     max_body_bytes: int | None = None
+    max_upload_bytes: int | None = None
 
     @property
     def instance_ports(self) -> list[int]:
@@ -103,6 +104,7 @@ class Config:
                 "API_INSTANCES above 1 runs nginx in front of them: apt-get install nginx (or make install)."
             )
         body = env.get("MAX_BODY_BYTES") or ""
+        upload = env.get("MAX_UPLOAD_BYTES") or ""
         port = _port(env, "PORT", 8000)
         if int(instances) > 1 and port + int(instances) > 65535:
             raise StartError(f"PORT {port} leaves no room for {instances} instances above it (PORT+1 .. PORT+N).")
@@ -125,6 +127,7 @@ class Config:
             api_instances=int(instances),
             nginx=nginx,
             max_body_bytes=int(body) if body.isdigit() else None,  # the API itself rejects a bad value
+            max_upload_bytes=int(upload) if upload.isdigit() else None,
         )
 
     def listeners(self) -> list[tuple[str, str, int]]:
@@ -237,6 +240,7 @@ class Stack:
             listen=f"{config.api_host}:{config.port}",
             instances=[f"127.0.0.1:{p}" for p in config.instance_ports],
             max_body_bytes=config.max_body_bytes,
+            max_upload_bytes=config.max_upload_bytes,
         )
         check = subprocess.run(nginx_conf.argv(config.nginx, out, conf, test=True), capture_output=True, text=True)
         if check.returncode:

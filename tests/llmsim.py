@@ -190,6 +190,8 @@ def _validate_step(step: Any) -> str | None:
         return "An error step needs a 'status' between 400 and 599."
     if step["kind"] == "tool_call" and not step.get("name"):
         return "A tool_call step needs a 'name'."
+    if not isinstance(step.get("repeat", 1), int) or not 1 <= step.get("repeat", 1) <= 10:
+        return "A step's 'repeat' is a whole number from 1 to 10."
     return None
 
 
@@ -226,23 +228,32 @@ class ChatCompletions:
                 resp.set_header("Retry-After", str(step["retry_after"]))
             status = int(step["status"])
             return _fail(resp, status, step.get("message") or f"Simulated error with status {status}.")
-        if kind == "tool_call":
+        if kind == "tool_call":  # `repeat`: that many calls of the tool in one reply
             arguments = json.dumps(step.get("arguments") or {})
-            tool = {
-                "id": step.get("id") or f"call_sim_{self.state.seq}",
-                "type": "function",
-                "function": {"name": step["name"], "arguments": arguments},
-            }
+            count = int(step.get("repeat", 1))
+            first_id = step.get("id") or f"call_sim_{self.state.seq}"
+            tools = [
+                {
+                    "id": first_id if n == 0 else f"{first_id}_{n}",
+                    "type": "function",
+                    "function": {"name": step["name"], "arguments": arguments},
+                }
+                for n in range(count)
+            ]
             first = {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [{**tool, "index": 0, "function": {"name": step["name"], "arguments": ""}}],
+                "tool_calls": [
+                    {**tool, "index": n, "function": {"name": step["name"], "arguments": ""}}
+                    for n, tool in enumerate(tools)
+                ],
             }
             deltas = [
-                {"tool_calls": [{"index": 0, "function": {"arguments": arguments[i : i + 8]}}]}
+                {"tool_calls": [{"index": n, "function": {"arguments": arguments[i : i + 8]}}]}
+                for n in range(count)
                 for i in range(0, len(arguments), 8)
             ]
-            message: dict[str, Any] = {"content": None, "tool_calls": [tool]}
+            message: dict[str, Any] = {"content": None, "tool_calls": tools}
             finish = "tool_calls"
         else:
             text = step["text"] if kind == "text" else step.get("text") or default_reply(body["messages"])

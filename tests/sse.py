@@ -19,12 +19,17 @@ class SSE:
 
 
 def parse(lines: Iterator[str]) -> Iterator[SSE | str]:
-    """Events from SSE lines; comments come through as strings."""
+    """Events from SSE lines; comments come through as strings. As in the SSE standard, an id holds until the next
+    one (data-first streams send it in a block of its own); with no `event:` line the JSON's `type` names it."""
     fields: dict[str, str] = {}
+    last_id = ""
     for line in lines:
         if line == "":
+            last_id = fields.get("id", last_id)
             if "data" in fields:
-                yield SSE(fields.get("id", ""), fields.get("event", "message"), json.loads(fields["data"]))
+                data = json.loads(fields["data"])
+                name = fields.get("event") or (data.get("type") if isinstance(data, dict) else None) or "message"
+                yield SSE(last_id, name, data)
             fields = {}
             continue
         if line.startswith(":"):

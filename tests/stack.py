@@ -238,6 +238,9 @@ def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
         WORKER_METRICS_PORT="0",  # Stack.worker(metrics_port=...) turns it on
         AUTH_FAILURES_PER_WINDOW="100000",  # tests fail authentication on purpose, all from 127.0.0.1
+        # Tests submit the same query again and again and count runs, attempts and charges: each job runs. The
+        # response cache and in-flight sharing have their own stack (tests/test_cache.py sets CACHE_TTL_S).
+        CACHE_TTL_S="0",
     )
     env.update(overrides)
     return env

@@ -49,7 +49,7 @@ def test_a_full_submission_keeps_every_field_and_a_whole_float_counts_as_an_inte
         "max_tokens": 200.0,
         "session_id": "s:1",
         "metadata": {"a": 1},
-        "attachments": [{"name": "x"}],
+        "attachments": [{"type": "image", "attachment_id": "att_" + "a" * 22, "name": "x"}],
     }
     job = JobSubmit.model_validate(body)
     assert (job.model, job.max_tokens, job.session_id, job.metadata, job.attachments) == (
@@ -57,7 +57,7 @@ def test_a_full_submission_keeps_every_field_and_a_whole_float_counts_as_an_inte
         200,
         "s:1",
         {"a": 1},
-        [{"name": "x"}],
+        [{"type": "image", "attachment_id": "att_" + "a" * 22, "name": "x"}],
     )
     assert isinstance(job.max_tokens, int)
 

@@ -440,8 +440,8 @@ def test_price_cache_lookups_are_counted(cluster: Cluster) -> None:
             )
             assert reply.status_code == 201, reply.text
         found = samples(admin.get("/api/v1/monitoring/metrics").text)
-    assert total(found, "cache_operations_total", cache="prices", result="miss") >= 1
-    assert total(found, "cache_operations_total", cache="prices", result="hit") >= 1
+    assert total(found, "cache_operations_total", operation="price_lookup", result="miss") >= 1
+    assert total(found, "cache_operations_total", operation="price_lookup", result="hit") >= 1
     assert total(found, "cache_size_bytes", cache="prices") > 0
     assert total(found, "api_cost_dollars_total", model="gpt-4o") == pytest.approx(4 * 0.0075)
 

@@ -116,11 +116,16 @@ def test_the_body_limit_matches_what_the_api_accepts() -> None:
     limit = Settings.max_body_bytes // 1024
     assert f"client_max_body_size {limit}k;" in text
     assert f"client_body_buffer_size {limit}k;" in text
+    uploads = nginx_conf.PARTS.joinpath("locations.conf").read_text()
+    assert f"client_max_body_size {Settings.max_upload_bytes // 1024}k;" in uploads  # documents, attachments
 
 
 def test_a_rendered_configuration_follows_max_body_bytes(tmp_path: Path) -> None:
-    conf = nginx_conf.render(tmp_path, listen="127.0.0.1:1", instances=["127.0.0.1:2"], max_body_bytes=1_000_001)
+    conf = nginx_conf.render(
+        tmp_path, listen="127.0.0.1:1", instances=["127.0.0.1:2"], max_body_bytes=1_000_001, max_upload_bytes=2 << 20
+    )
     assert "client_max_body_size 977k;" in conf.read_text()
+    assert "client_max_body_size 2048k;" in (conf.parent / "nginx" / "locations.conf").read_text()
     check = subprocess.run(nginx_conf.argv(NGINX, tmp_path, conf, test=True), capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
 
@@ -192,6 +197,16 @@ def test_a_body_over_the_limit_gets_nginx_json_413(balanced: Balanced) -> None:
             resp = c.post("/api/v1/jobs", content=big, headers={"Content-Type": "text/plain", **headers})
             assert resp.status_code == 413
             assert resp.json()["code"] == "body_too_large"
+
+
+def test_uploads_have_their_own_larger_limit(balanced: Balanced) -> None:
+    medium = b"x" * (Settings.max_body_bytes * 2)  # over the body limit, well under the upload limit
+    with client(balanced) as c:
+        passed = c.post("/api/v1/documents", content=medium, headers={"Content-Type": "text/plain"})
+        assert passed.status_code != 413  # the API answered (it may refuse the body for its own reasons)
+        huge = b"x" * (Settings.max_upload_bytes + 1)
+        refused = c.post("/api/v1/attachments", content=huge, headers={"Content-Type": "image/png"})
+        assert refused.status_code == 413 and refused.json()["code"] == "body_too_large"
 
 
 def test_no_instance_answering_gets_json_503_with_retry_after(tmp_path: Path) -> None:
@@ -270,7 +285,9 @@ def test_an_instance_killed_under_load_loses_no_idempotent_request(balanced: Bal
     assert load.failures == []
     load.check_one_job_per_key(balanced.redis_url)
     retried = [line for line in balanced.nginx.access_log()[log_from:] if line["up"].startswith(f"{victim}, ")]
-    assert retried and all(line["status"] in ("200", "201", "202") for line in retried), retried
+    assert retried and all(line["status"] in ("200", "201", "202") for line in retried), [
+        (line["method"], line["path"], line["status"], line["up"], line["us"]) for line in retried
+    ]
     balanced.restart(1)
 
 
@@ -339,7 +356,7 @@ def test_a_stream_whose_instance_dies_resumes_through_nginx_exactly_once(balance
     thread = threading.Thread(target=follower.run, daemon=True)
     thread.start()
     wait_for(lambda: any(e.event == "token" for e in follower.events), timeout=30, what="the first tokens")
-    victim = wait_for(lambda: holding(balanced), timeout=10, what="the instance holding the stream")
+    victim = wait_for(lambda: [i for i in [holding(balanced)] if i is not None], timeout=10, what="the instance")[0]
     balanced.apis[victim].kill()
     thread.join(timeout=120)
     assert follower.reconnects >= 1

@@ -9,45 +9,23 @@ import httpx
 import pytest
 import redis
 
+from events.catalog import AGENT_TYPES
 from events.store import keyspace
-from tests.conftest import create_user
-from tests.llmsim import SimControl, run_simulator
+from tests.llmsim import SimControl
+from tests.simstack import PROVIDER_KEY, fresh_user, simulated_stack
 from tests.sse import read_events
-from tests.stack import RedisServer, Stack, wait_for
-
-PROVIDER_KEY = "sk-provider-secret-0123456789abcdef"
+from tests.stack import Stack, wait_for
 
 
 @pytest.fixture(scope="module")
 def sim_stack(logdir: Path) -> Iterator[tuple[Stack, SimControl]]:
-    with run_simulator() as base_url:
-        server = RedisServer(logdir).start()
-        stack = Stack(
-            server.url,
-            logdir,
-            OPENAI_API_KEY=PROVIDER_KEY,
-            OPENAI_BASE_URL=base_url,
-            DEFAULT_MODEL="gpt-4o-mini",
-            LLM_MAX_RETRIES="2",
-            LLM_TIMEOUT_S="5",
-        )
-        stack.events()
-        stack.worker(concurrency=1)
-        stack.api()
-        control = SimControl(base_url)
-        yield stack, control
-        control.close()
-        stack.stop()
-        server.stop()
+    with simulated_stack(logdir, DEFAULT_MODEL="gpt-4o-mini", LLM_MAX_RETRIES="2", LLM_TIMEOUT_S="5") as both:
+        yield both
 
 
 @pytest.fixture
 def api(sim_stack: tuple[Stack, SimControl]) -> Iterator[httpx.Client]:
-    stack, control = sim_stack
-    control.reset()
-    control.config(tokens_per_s=0)
-    _, key = create_user(stack.env["REDIS_URL"])
-    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+    with fresh_user(*sim_stack) as client:
         yield client
 
 
@@ -73,6 +51,18 @@ def test_a_tool_call_from_the_model_runs_the_tool_and_the_answer_streams(sim_sta
     requests = control.requests()
     assert all(r["body"]["max_tokens"] == 1024 and r["body"]["stream_options"]["include_usage"] for r in requests)
     assert len(requests) == 2 and all(r["body"]["tools"] for r in requests)
+
+
+def test_tool_calls_past_the_agents_limit_per_step_are_answered_but_not_run(sim_stack, api: httpx.Client) -> None:
+    _, control = sim_stack
+    limit = AGENT_TYPES["query"].tool_results_per_call
+    control.script({"kind": "tool_call", "name": "calculator", "arguments": {"expression": "6*7"}, "repeat": limit + 1})
+    done, events = run_job(api, "what is six times seven, three times over")
+    assert done["status"] == "succeeded", done
+    assert len([e for e in events if e.event == "tool_start"]) == limit  # the budget hold counts on this bound
+    answered = [m for m in control.requests()[1]["body"]["messages"] if m["role"] == "tool"]
+    assert len(answered) == limit + 1  # every call id gets its answer, as the API requires
+    assert answered[-1]["content"].startswith(f"error: not run: at most {limit} tool calls per step")
 
 
 def test_a_429_is_retried_and_reported_as_a_metadata_event(sim_stack, api: httpx.Client) -> None:

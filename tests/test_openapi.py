@@ -9,6 +9,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from api.app import create_app
 from api.openapi import route_table
+from events.catalog import AGENT_TYPES
 from settings import Settings
 from tests.stack import Stack, base_env
 from tests.test_demo_browser import CHROMIUM, FLAGS
@@ -38,7 +39,8 @@ def test_the_document_is_valid_openapi_and_describes_every_route(spec: dict) -> 
 def test_request_schemas_match_what_the_api_accepts(spec: dict, alice: httpx.Client) -> None:
     submit = spec["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert submit["required"] == ["agent_type", "query"] and submit["additionalProperties"] is False
-    assert submit["properties"]["agent_type"]["enum"] == ["query"]
+    agents = submit["properties"]["agent_type"]["enum"]
+    assert agents == sorted(AGENT_TYPES) == ["code", "math", "query", "rag", "vision"]
     too_many = submit["properties"]["max_tokens"]["maximum"] + 1
     resp = alice.post("/api/v1/jobs", json={"agent_type": "query", "query": "hi", "max_tokens": too_many})
     assert resp.status_code == 400 and "max_tokens" in resp.json()["description"]

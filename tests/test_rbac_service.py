@@ -49,3 +49,41 @@ def test_the_python_rbac_api_creates_users_and_keys_and_audits_them(own_redis: R
         assert verify(r)["ok"]
     finally:
         r.close()
+
+
+def test_the_seeds_python_example_runs_with_query_agent(own_redis: RedisServer) -> None:
+    settings = Settings.from_env(base_env(own_redis.url))
+
+    async def seed_example() -> tuple[str, bool]:
+        # The seed's "Example Usage", verbatim but for the module path and the settings of this test's Redis.
+        rbac = get_rbac_service(settings)
+
+        # Create user
+        user = await rbac.create_user(user_id="user_123", role=Role.USER, metadata={"email": "user@example.com"})
+        assert user["role"] == "user"
+
+        # Generate API key
+        api_key = await rbac.generate_api_key("user_123")
+        # Returns: "sk_live_abc123..."
+
+        # Check permission
+        allowed = await rbac.check_permission(user_id="user_123", permission=Permission.QUERY_AGENT)
+
+        # Log audit event
+        await rbac.log_audit(user_id="user_123", action="query", resource="math_agent", result="success")
+        await rbac.close()
+        return api_key, allowed
+
+    async def others() -> dict[str, bool]:
+        rbac = get_rbac_service(settings)
+        answers = {}
+        for role in (Role.ADMIN, Role.READONLY):
+            await rbac.create_user(user_id=f"{role}_1", role=role)
+            answers[role.value] = await rbac.check_permission(f"{role}_1", Permission.QUERY_AGENT)
+        await rbac.close()
+        return answers
+
+    api_key, allowed = asyncio.run(seed_example())
+    assert api_key.startswith("sk_live_") and allowed
+    assert asyncio.run(others()) == {"admin": True, "readonly": False}
+    assert Permission.QUERY_AGENT is Permission.JOBS_SUBMIT and list(Permission).count(Permission.JOBS_SUBMIT) == 1

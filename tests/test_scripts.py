@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -23,6 +24,7 @@ from events.money.budgets import Budget
 from events.store import (
     audit_scripts,
     budget_scripts,
+    cache_scripts,
     counter_scripts,
     job_scripts,
     keyspace,
@@ -30,8 +32,9 @@ from events.store import (
     user_scripts,
 )
 from events.store.audit_scripts import Link
+from events.store.cache_scripts import Bounds, Shared
 from events.store.counter_scripts import Increments
-from events.store.job_scripts import Outcome
+from events.store.job_scripts import CacheRole, Cancelled, Outcome, SubmitCache, Submitted
 from events.store.scripts import LUA, Call, Scripts, script, script_names
 from events.store.taskmsg import RUN_AGENT_TASK, redelivered, task_message
 from tests.stack import RedisServer, wait_for
@@ -278,6 +281,67 @@ def recheck_paths(r: redis.Redis, run: Callable[[Call[Any]], Any], now: float, q
     r.hset(keyspace.job(job), "status", "cancelled")
     assert run(job_scripts.recheck(now=now + 4, **look)) == "gone"
     assert r.zscore(keyspace.QUEUED_JOBS, job) is None
+    run_cache_paths(run, r, now, queue)
+
+
+def run_cache_paths(run: Callable[[Call[Any]], Any], r: redis.Redis, now: float, queue: str) -> None:
+    """The response cache's paths through submit, finish and cancel: leader, follower, hit, needs_hold."""
+    user, digest = "cached", "c" * 64
+    leader, follower, hit, queued = ("j_" + c * 32 for c in "abcd")
+    cache = SubmitCache(digest, "0", True, 60, 10, 60, 60, "offline", {"llm_calls": 0})
+
+    def submit(job_id: str, **extra: Any) -> Any:
+        fields = {"id": job_id, "owner": user, "agent": "query", "status": "queued", "attempt": "1"}
+        return run(
+            job_scripts.submit(
+                job_id=job_id,
+                owner=user,
+                fields=fields,
+                now=now,
+                job_ttl_s=60,
+                queue=queue,
+                message=task_message(RUN_AGENT_TASK, [job_id, 1], queue, task_id=job_id),
+                idempotency_key=None,
+                digest="d",
+                idempotency_ttl_s=60,
+                lifecycle={"status": "queued"},
+                audit=None,
+                audit_max_len=1000,
+                **extra,
+            )
+        )
+
+    assert submit(hit, cache=replace(cache, may_run=False)).outcome is Submitted.NEEDS_HOLD
+    assert submit(leader, cache=cache).role is CacheRole.LEADER
+    assert submit(follower, cache=replace(cache, may_run=False)).role is CacheRole.FOLLOWER
+    start = {"attempt": 1, "now": now, "lease_token": "t", "lease_ms": 5000, "worker": "w", "data": {}}
+    run(job_scripts.start(job_id=leader, **start))
+    ended = {
+        "job_id": leader,
+        "attempt": 1,
+        "now": now,
+        "lease_token": "t",
+        "outcome": Outcome("succeeded", "done", {"result": "4"}, result="4"),
+        "usage": {},
+        "seq": 1,
+        "job_ttl_s": 60,
+        "stream_ttl_s": 60,
+        "digest": digest,
+        "entry": json.dumps({"result": "4", "source_job": leader}),
+        "bounds": Bounds(60, 1, 10_000),
+        "shared": Shared("succeeded", "offline", result="4", usage={}),
+    }
+    assert run(cache_scripts.finish_leader(**ended, followers=[])).outcome == "moved"
+    assert run(cache_scripts.finish_leader(**ended, followers=[follower])).followers_ended == 1
+    assert submit(hit, cache=replace(cache, may_run=False)).role is CacheRole.HIT
+    assert submit(queued, cache=replace(cache, digest="e" * 64)).role is CacheRole.LEADER
+    failed = Shared("failed", "offline", error={"code": "shared_run_failed", "message": "m"})
+    cancel = {"job_id": queued, "now": now, "job_ttl_s": 60, "stream_ttl_s": 60, "data": {}, "digest": "e" * 64}
+    assert run(cache_scripts.cancel_leader(**cancel, followers=[], shared=failed)) is Cancelled.CANCELLED
+    release = {"job_id": queued, "now": now, "job_ttl_s": 60, "stream_ttl_s": 60, "digest": "e" * 64}
+    assert run(cache_scripts.release(**release, followers=[], shared=failed)) == 0
+    assert run(cache_scripts.release(**release, followers=[hit], shared=failed)) == "moved"
+    assert run(cache_scripts.release(**{**release, "job_id": leader + "x"}, followers=[], shared=failed)) == 0
 
 
 def test_every_script_touches_only_the_keys_its_call_declares(server: RedisServer, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -15,12 +16,13 @@ from events.envelope import text
 from events.money.amounts import micros_to_usd
 from events.money.prices import PriceBook
 from events.publisher import JobPublisher
-from events.store import job_scripts, keyspace
+from events.store import cache_scripts, job_scripts, keyspace
 from events.store.budget_scripts import settle_hold
+from events.store.cache_scripts import Bounds, Shared, shared_failure
 from events.store.job_scripts import Outcome, StartOutcome
 from events.store.scripts import Scripts
 from events.telemetry import tracing
-from events.telemetry.metrics import AGENT_DURATION, AGENT_QUERIES
+from events.telemetry.metrics import AGENT_DURATION, AGENT_QUERIES, CACHE_OPS, CACHE_SIZE
 from workers.agents.agent import Agent, AgentContext, AgentError, AgentStop, Cancelled, LeaseLost
 from workers.heartbeat import Heartbeat
 from workers.llm.provider import LLMError, Provider, Usage
@@ -65,6 +67,11 @@ class Totals:
         }
 
 
+def _zero_usage() -> dict[str, Any]:
+    """The usage of a job answered without a model call."""
+    return {**Totals().as_dict(), "cached": True}
+
+
 def error_outcome(code: str, message: str) -> Outcome:
     """A failed attempt."""
     error = {"code": code, "message": message}
@@ -87,6 +94,7 @@ class JobRunner:
         stream_ttl_s: int,
         flush_ms: int,
         worker: str,
+        cache: Bounds | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
@@ -100,6 +108,7 @@ class JobRunner:
         self.worker = worker
         self.clock = clock
         self.prices = prices
+        self.cache = cache or Bounds(ttl_s=0, max_entries=1, max_bytes=0)  # no bounds given: store nothing
         self.scripts = Scripts(client)
 
     def run(self, job_id: str, attempt: int) -> str:
@@ -163,7 +172,7 @@ class JobRunner:
             if result.status == "failed" and result.error:
                 span.set_status(StatusCode.ERROR, result.error["code"])
                 span.set_attribute("error.type", result.error["code"])
-            status = self._finish(job_id, job.get("owner", ""), attempt, token, publisher, result, totals, ids)
+            status = self._finish(job, attempt, token, publisher, result, totals, ids)
         agent = job.get("agent", "") if job.get("agent", "") in self.agents else "unknown"
         AGENT_QUERIES.labels(agent, status).inc()
         AGENT_DURATION.labels(agent).observe(time.perf_counter() - began)
@@ -225,8 +234,7 @@ class JobRunner:
 
     def _finish(
         self,
-        job_id: str,
-        owner: str,
+        job: Mapping[str, str],
         attempt: int,
         token: str,
         publisher: JobPublisher,
@@ -234,24 +242,26 @@ class JobRunner:
         totals: Totals,
         ids: Mapping[str, str],
     ) -> str:
+        job_id, owner = job["id"], job.get("owner", "")
         seq = publisher.reserve_seq()
         publisher.close()
         data = dict(outcome.data)
         if outcome.status == "failed":
             data["usage"] = totals.as_dict()
-        finished = self.scripts.run(
-            job_scripts.finish(
-                job_id=job_id,
-                attempt=attempt,
-                now=self.clock(),
-                lease_token=token,
-                outcome=replace(outcome, data=data),
-                usage=totals.as_dict(),
-                seq=seq,
-                job_ttl_s=self.job_ttl_s,
-                stream_ttl_s=self.stream_ttl_s,
-            )
-        )
+        ended: dict[str, Any] = {
+            "job_id": job_id,
+            "attempt": attempt,
+            "lease_token": token,
+            "outcome": replace(outcome, data=data),
+            "usage": totals.as_dict(),
+            "seq": seq,
+            "job_ttl_s": self.job_ttl_s,
+            "stream_ttl_s": self.stream_ttl_s,
+        }
+        if job.get("cache_digest"):
+            finished = self._finish_leader(job, ended, outcome)
+        else:
+            finished = self.scripts.run(job_scripts.finish(now=self.clock(), **ended))
         log.info(
             "job %s attempt %d %s",
             job_id,
@@ -263,6 +273,46 @@ class JobRunner:
             return "lease_lost"
         self.settle(owner, job_id, trace_id=ids["trace_id"])
         return outcome.status
+
+    def _finish_leader(self, job: Mapping[str, str], ended: Mapping[str, Any], outcome: Outcome) -> bool:
+        """Finish a leader of identical requests: store its answer, end its followers with its outcome."""
+        digest, job_id = job["cache_digest"], job["id"]
+        provider = job.get("provider", "")
+        if outcome.status == "succeeded":
+            shared = Shared("succeeded", provider, result=outcome.result, usage=_zero_usage())
+        else:
+            shared = shared_failure(job_id, outcome.status, outcome.error, provider)
+        entry = ""
+        if outcome.status == "succeeded" and self.cache.ttl_s > 0:
+            entry = json.dumps({"result": outcome.result, "source_job": job_id, "created_at": self.clock()})
+            if len(entry.encode()) > self.cache.max_bytes:
+                CACHE_OPS.labels("response_store", "too_large").inc()
+                entry = ""
+        reply = cache_scripts.LeaderFinished("moved")
+        for _ in range(cache_scripts.MAX_READS):
+            followers = sorted(text(f) for f in self.client.smembers(keyspace.cache_followers(digest)))
+            reply = self.scripts.run(
+                cache_scripts.finish_leader(
+                    now=self.clock(),
+                    digest=digest,
+                    entry=entry,
+                    bounds=self.cache,
+                    followers=followers,
+                    shared=shared,
+                    **ended,
+                )
+            )
+            if reply.outcome != "moved":
+                break
+        if reply.outcome != "ok":
+            return False
+        if reply.stored:
+            CACHE_OPS.labels("response_store", "stored").inc()
+            CACHE_SIZE.labels("responses").set(reply.cache_bytes)
+        CACHE_OPS.labels("response_evict", "evicted").inc(reply.evicted)
+        CACHE_OPS.labels("response_evict", "expired").inc(reply.expired)
+        CACHE_OPS.labels("inflight_share", "ended").inc(reply.followers_ended)
+        return True
 
     def settle(self, owner: str, job_id: str, *, trace_id: str = "") -> None:
         """Swap the job's hold for its actual spend (once; the sweeper does it if we die first)."""

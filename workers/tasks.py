@@ -9,13 +9,16 @@ from pathlib import Path
 
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
+from events.docs.records import DROP_VECTORS_TASK, INGEST_TASK
 from events.money.prices import PriceBook
+from events.store.cache_scripts import Bounds
 from events.store.clients import sync_client
 from events.store.taskmsg import RUN_AGENT_TASK
 from events.telemetry import logs, tracing
 from settings import Settings
 from workers import app
 from workers.agents import AGENTS
+from workers.agents.rag import default_library
 from workers.llm.provider import Provider
 from workers.runner import JobRunner
 
@@ -52,6 +55,7 @@ def runner() -> JobRunner:
         stream_ttl_s=settings.stream_ttl_s,
         flush_ms=settings.token_flush_ms,
         worker=f"{socket.gethostname()}-{os.getpid()}",
+        cache=Bounds(settings.cache_ttl_s, settings.cache_max_entries, settings.cache_max_bytes),
     )
 
 
@@ -64,6 +68,7 @@ def _json_logs(**_: object) -> None:
 @worker_process_init.connect
 def _child_started(**_: object) -> None:
     runner.cache_clear()
+    default_library.cache_clear()
     tracing.configure(Settings.from_env(), "worker")  # after the fork: the span export thread is this child's
 
 
@@ -76,6 +81,18 @@ def _child_stopping(**_: object) -> None:
 def run_agent(job_id: str, attempt: int) -> str:
     """Run attempt `attempt` of job `job_id`."""
     return runner().run(str(job_id), int(attempt))
+
+
+@app.task(name=INGEST_TASK, acks_late=True)
+def ingest_document(user_id: str, doc_id: str) -> str:
+    """Extract, chunk, embed and index an uploaded document (idempotent: a ready one is left alone)."""
+    return default_library().ingest(str(user_id), str(doc_id))
+
+
+@app.task(name=DROP_VECTORS_TASK, acks_late=True)
+def drop_document_vectors(user_id: str, doc_id: str) -> None:
+    """Remove a deleted document's points from the Qdrant server (searches already skip it)."""
+    default_library().drop_vectors(str(user_id), str(doc_id))
 
 
 @app.task(name="agentic.ping", acks_late=False)

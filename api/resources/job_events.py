@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import falcon
 from falcon.asgi import SSEvent
+from falcon.media import BaseHandler
 
 from api.audit import AuditLog
 from api.job_service import JobService, check_event_id
 from api.permissions import Permission
-from api.relay import HANDOVER, Relay, Subscription, parse_id
+from api.relay import HANDOVER, Delivery, Relay, Subscription, parse_id
 from api.resources.jobs import visible_job
 from events import job_record
 from events.telemetry.metrics import SSE_STREAMS
@@ -49,8 +50,39 @@ class EventsResource:
         resp.sse = sse_events(self.relay, self.relay.subscribe(job_id, after), self.settings.sse_heartbeat_s)
 
 
-async def sse_events(relay: Relay, sub: Subscription, heartbeat_s: float) -> AsyncIterator[SSEvent]:
-    """A subscription as SSE: events until the terminal one, comment heartbeats while idle."""
+class Frame(SSEvent):
+    """One SSE block, already serialised: falcon writes whatever `serialize` returns."""
+
+    __slots__ = ("block",)
+
+    def __init__(self, block: bytes) -> None:
+        super().__init__()
+        self.block = block
+
+    def serialize(self, handler: BaseHandler | None = None) -> bytes:
+        """The block as it was built."""
+        return self.block
+
+
+def typed_frame(delivery: Delivery) -> bytes:
+    """`event:`, `id:` and `data:` in one block: what EventSource's typed listeners and Last-Event-ID need."""
+    return b"event: %s\nid: %s\ndata: %s\n\n" % (delivery.type.encode(), delivery.id.encode(), delivery.payload)
+
+
+def data_first_frame(delivery: Delivery) -> bytes:
+    """For clients that read the body with fetch, like the seed's: every block that starts with `data: ` is that
+    and the JSON only (the seed parses the rest of the block as JSON), so the event's name travels as the JSON's
+    `type` and its stream id as the JSON's `id`. The id also goes first in a block of its own, which sets a
+    standard parser's last event id without dispatching an event (an `event:` line cannot: it would have to share
+    the data's block)."""
+    return b"id: %s\n\ndata: %s\n\n" % (delivery.id.encode(), delivery.payload)
+
+
+async def sse_events(
+    relay: Relay, sub: Subscription, heartbeat_s: float, frame: Callable[[Delivery], bytes] = typed_frame
+) -> AsyncIterator[SSEvent]:
+    """A subscription as SSE, each event framed by `frame`: events until the terminal one, comment heartbeats
+    while idle (comments start with `:`, which every client skips)."""
     SSE_STREAMS.inc()
     try:
         yield SSEvent(retry=RETRY_MS, comment="stream open")
@@ -64,7 +96,7 @@ async def sse_events(relay: Relay, sub: Subscription, heartbeat_s: float) -> Asy
             if delivery is HANDOVER:
                 yield SSEvent(comment="handover: this server is stopping; reconnect with Last-Event-ID")
                 return
-            yield SSEvent(data=delivery.payload, event=delivery.type, event_id=delivery.id)
+            yield Frame(frame(delivery))
             if delivery.terminal:
                 return
             if sub.dropped and sub.queue.empty():

@@ -20,6 +20,7 @@ from api.job_service import (
 )
 from api.models import check_idempotency_key
 from api.permissions import Permission, allowed
+from api.resources.attachments import check_uploads
 from api.users import Principal
 from events import job_record
 from settings import Settings
@@ -84,6 +85,7 @@ async def submit_job(
         session_id=body.session_id or "",
         metadata=body.metadata or {},
         attachments=body.attachments or [],
+        cache=body.cache,
     )
     if idempotency_key is not None:
         check_idempotency_key(idempotency_key)
@@ -100,6 +102,7 @@ async def submit_job(
             details={"agent": job["agent"], "model": job["model"], "hold_micros": int(job.get("hold_micros") or 0)},
         ).data
 
+    await check_uploads(service.client, principal.user_id, submission.attachments)  # 404 now, not a failed job later
     return await service.submit(
         principal.user_id,
         submission,

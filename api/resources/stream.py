@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -14,7 +15,7 @@ from api.errors import not_found
 from api.job_service import JobService
 from api.permissions import PUBLIC, Permission
 from api.relay import Relay, Subscription
-from api.resources.job_events import sse_events
+from api.resources.job_events import Frame, data_first_frame, sse_events
 from api.resources.jobs import public_job, submit_job
 from events.catalog import AGENT_TYPES
 from settings import Settings
@@ -26,7 +27,8 @@ class StreamSubmitResource:
     """POST /api/v1/stream/{agent}: submit a job and stream its events in the same response.
 
     The first event (`job`) carries the job id and its stream URL, so a client that loses the connection
-    resumes on /api/v1/jobs/{id}/events with the id of the last event it saw.
+    resumes on /api/v1/jobs/{id}/events with the id of the last event it saw. Events are framed data first, so
+    the seed's own fetch-reading JavaScript client works unchanged (see `data_first_frame`).
     """
 
     permissions = {"POST": Permission.JOBS_SUBMIT}
@@ -52,10 +54,9 @@ class StreamSubmitResource:
         resp.sse = self._with_job(view, self.relay.subscribe(job["id"]))
 
     async def _with_job(self, view: dict[str, Any], sub: Subscription) -> AsyncIterator[SSEvent]:
-        yield SSEvent(
-            event="job", json={"job_id": view["id"], "status": view["status"], "stream_url": view["stream_url"]}
-        )
-        async for event in sse_events(self.relay, sub, self.settings.sse_heartbeat_s):
+        job = {"type": "job", "job_id": view["id"], "status": view["status"], "stream_url": view["stream_url"]}
+        yield Frame(b"data: %s\n\n" % json.dumps(job, separators=(",", ":")).encode())
+        async for event in sse_events(self.relay, sub, self.settings.sse_heartbeat_s, data_first_frame):
             yield event
 
 

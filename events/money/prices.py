@@ -252,6 +252,7 @@ class PriceBook:
         self.version = importlib.metadata.version("genai-prices")
         self.clock = clock
         self._cache: dict[str, ModelPrice] = {}
+        self._cache_bytes = 0
 
     def price(self, model: str) -> ModelPrice:
         """The price of `model`: the override if any, else genai-prices'; raises UnknownModelError."""
@@ -259,13 +260,14 @@ class PriceBook:
             return self.overrides[model]
         found = self._cache.get(model)
         if found is not None:
-            CACHE_OPS.labels("prices", "hit").inc()
+            CACHE_OPS.labels("price_lookup", "hit").inc()
             return found
-        CACHE_OPS.labels("prices", "miss").inc()
+        CACHE_OPS.labels("price_lookup", "miss").inc()
         found = self._from_genai_prices(model)
         if len(self._cache) < MAX_CACHED_MODELS:
             self._cache[model] = found
-            CACHE_SIZE.labels("prices").inc(len(repr(found)) + len(model))
+            self._cache_bytes += len(repr(found)) + len(model)
+            CACHE_SIZE.labels("prices").set(self._cache_bytes)
         return found
 
     def _from_genai_prices(self, model: str) -> ModelPrice:

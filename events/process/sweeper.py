@@ -13,6 +13,7 @@ from events import job_record
 from events.envelope import text
 from events.store import job_scripts, keyspace, user_scripts
 from events.store.budget_scripts import settle_hold
+from events.store.cache_scripts import release_followers
 from events.store.job_scripts import Rechecked, Requeued
 from events.store.scripts import Scripts
 from events.store.taskmsg import RUN_AGENT_TASK, redelivered, task_message
@@ -88,6 +89,10 @@ class Sweeper:
             outcomes[outcome.value] = outcomes.get(outcome.value, 0) + 1
             if outcome in (Requeued.FAILED, Requeued.CANCELLED) and owner is not None:
                 settle_hold(self.scripts, user_id=text(owner), job_id=job_id, now=now)  # ended for good
+            if outcome in (Requeued.FAILED, Requeued.CANCELLED):  # identical jobs waiting for it end too
+                release_followers(
+                    self.scripts, self.client, job_id, now=now, job_ttl_s=self.job_ttl_s, stream_ttl_s=self.stream_ttl_s
+                )
             if outcome not in (Requeued.ALIVE, Requeued.CHANGED):
                 log.warning("job %s lost its worker on attempt %d: %s", job_id, attempt_no, outcome.value)
         return outcomes

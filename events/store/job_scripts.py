@@ -22,21 +22,51 @@ class Submitted(StrEnum):
 
     CREATED = "created"
     EXISTS = "exists"  # the Idempotency-Key already names a job
+    NEEDS_HOLD = "needs_hold"  # sent without a hold in the hope of a cache answer, but the job must run
+
+
+class CacheRole(StrEnum):
+    """What the response cache made of a created job (docs/cache.md)."""
+
+    NONE = "none"  # not cached: it runs on its own
+    HIT = "hit"  # answered from a cache entry, at no model cost
+    FOLLOWER = "follower"  # waits for the identical job in flight and gets its outcome
+    LEADER = "leader"  # runs; identical jobs submitted meanwhile wait for it, its answer is stored
+
+
+@dataclass(frozen=True)
+class SubmitCache:
+    """The response cache's part of a submit: the request's digest and the documents version it was made with."""
+
+    digest: str
+    docs_version: str
+    may_run: bool  # False: the caller holds no budget for the job, so it may only be a hit or a follower
+    inflight_ttl_s: int
+    max_followers: int
+    stream_ttl_s: int
+    followers_ttl_s: int  # the followers set outlives the leader's marker: a waiting job is never lost from it
+    provider: str
+    usage: Mapping[str, Any]  # what a hit's record and `done` event show (zero tokens, zero cost)
 
 
 @dataclass(frozen=True)
 class SubmitReply:
-    """`outcome`, and for EXISTS the job id and body digest the key was first used with."""
+    """`outcome`; for CREATED the cache's role and its source job (the entry's or the leader); for EXISTS the
+    job id and body digest the key was first used with."""
 
     outcome: Submitted
     job_id: str = ""
     digest: str = ""
+    role: CacheRole = CacheRole.NONE
+    source: str = ""
 
 
 def _submitted(reply: Any) -> SubmitReply:
     outcome = Submitted(text(reply[0]))
     if outcome is Submitted.CREATED:
-        return SubmitReply(outcome, text(reply[1]))
+        return SubmitReply(outcome, text(reply[1]), role=CacheRole(text(reply[2])), source=text(reply[3]))
+    if outcome is Submitted.NEEDS_HOLD:
+        return SubmitReply(outcome)
     job_id, _, digest = text(reply[1]).partition(":")
     return SubmitReply(outcome, job_id, digest)
 
@@ -56,22 +86,49 @@ def submit(
     lifecycle: Mapping[str, Any],
     audit: Mapping[str, Any] | None,
     audit_max_len: int,
+    cache: SubmitCache | None = None,
 ) -> Call[SubmitReply]:
-    """Save a queued job, index it, push its task message and write its lifecycle and audit events."""
+    """Save a queued job, index it, push its task message and write its lifecycle and audit events; with `cache`,
+    answer it from the response cache or make it wait for the identical job in flight instead of running it."""
     idem = keyspace.idempotency(owner, idempotency_key) if idempotency_key else keyspace.idempotency(owner, "-")
     fields = {**fields, **_message_fields(message_ids(message))}
+    keys = [
+        keyspace.job(job_id),
+        keyspace.user_jobs(owner),
+        keyspace.JOBS_ALL,
+        keyspace.LIFECYCLE_STREAM,
+        queue,
+        idem,
+        keyspace.AUDIT_STREAM,
+        keyspace.QUEUED_JOBS,
+    ]
+    cached = ""
+    if cache is not None:
+        keys += [
+            keyspace.docs_version(owner),
+            keyspace.CACHE_ENTRIES,
+            keyspace.CACHE_EXPIRY,
+            keyspace.CACHE_STATS,
+            keyspace.cache_inflight(cache.digest),
+            keyspace.cache_followers(cache.digest),
+            keyspace.job_stream(job_id),
+        ]
+        cached = json.dumps(
+            {
+                "digest": cache.digest,
+                "docs_version": cache.docs_version,
+                "may_run": cache.may_run,
+                "inflight_ttl": cache.inflight_ttl_s,
+                "max_followers": cache.max_followers,
+                "stream_ttl": cache.stream_ttl_s,
+                "followers_ttl": cache.followers_ttl_s,
+                "provider": cache.provider,
+                "usage": json.dumps(cache.usage),
+            }
+        )
     return call(
         "submit",
-        [
-            keyspace.job(job_id),
-            keyspace.user_jobs(owner),
-            keyspace.JOBS_ALL,
-            keyspace.LIFECYCLE_STREAM,
-            queue,
-            idem,
-            keyspace.AUDIT_STREAM,
-            keyspace.QUEUED_JOBS,
-        ],
+        keys,
         [
             job_id,
             f"{now:.6f}",
@@ -84,6 +141,7 @@ def submit(
             audit_max_len,
             json.dumps(audit) if audit else "",
             json.dumps(dict(fields)),
+            cached,
         ],
         _submitted,
     )

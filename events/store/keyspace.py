@@ -60,6 +60,59 @@ def docs_version(user_id: str) -> str:
     return f"docs:{{{user_id}}}:version"
 
 
+# Documents (events/docs): Redis holds the source of truth; every key of one user shares the hash tag {user}.
+DOC_OWNERS = "docs:owners"  # hash: document id -> owner's user id (admins' look-ups)
+EMBEDDING_INDEX = "cache:emb:index"  # zset: embedding cache entry -> when it was stored (eviction order)
+EMBEDDING_BYTES = "cache:emb:bytes"  # counter: bytes of the embedding cache's entries
+
+
+def user_docs(user_id: str) -> str:
+    """Sorted set of a user's document ids by upload time."""
+    return f"docs:{{{user_id}}}:list"
+
+
+def doc(user_id: str, doc_id: str) -> str:
+    """Hash describing one document (name, content type, bytes, status, chunks)."""
+    return f"docs:{{{user_id}}}:doc:{doc_id}"
+
+
+def doc_chunks(user_id: str, doc_id: str) -> str:
+    """Hash of a document's chunks: chunk index -> JSON text and sparse vector."""
+    return f"docs:{{{user_id}}}:chunks:{doc_id}"
+
+
+def doc_upload(user_id: str, doc_id: str) -> str:
+    """The uploaded bytes of a document until a worker has ingested them."""
+    return f"docs:{{{user_id}}}:upload:{doc_id}"
+
+
+def embedding(digest: str) -> str:
+    """One cached embedding, by the hash of its model and text."""
+    return f"cache:emb:{digest}"
+
+
+# The response cache (docs/cache.md): entries in one hash by request digest, their expiry times (the index that
+# bounds and evicts them), the bytes they hold; a request in flight names its leader, and the jobs waiting on it.
+CACHE_ENTRIES = "cache:responses"
+CACHE_EXPIRY = "cache:responses:expiry"
+CACHE_STATS = "cache:responses:stats"
+
+
+def cache_inflight(digest: str) -> str:
+    """The id of the job running a request now (its leader), while it runs."""
+    return f"cache:inflight:{digest}"
+
+
+def cache_followers(digest: str) -> str:
+    """Set of the jobs waiting for the leader of a request in flight (they share its run)."""
+    return f"cache:followers:{digest}"
+
+
+def attachment(user_id: str, attachment_id: str) -> str:
+    """Hash of one uploaded image (media type, bytes, size); under its owner's name, so no one else can find it."""
+    return f"att:{{{user_id}}}:{attachment_id}"
+
+
 def rate_limit(key_id: str, window: int) -> str:
     """Requests made with one API key in one rate-limit window."""
     return f"ratelimit:{key_id}:{window}"

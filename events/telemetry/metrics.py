@@ -54,12 +54,15 @@ AGENT_DURATION = Histogram(
 )
 COST = Counter("api_cost_dollars", "Money charged for model calls, in US dollars, by model.", ["model"])
 TOKENS = Counter("api_tokens", "Tokens of model calls, by model and type (input or output).", ["model", "type"])
-CACHE_OPS = Counter("cache_operations_total", "Cache lookups, by cache and result (hit or miss).", ["cache", "result"])
+# operation: price_lookup (hit, miss); response_lookup (hit, miss, joined: shares an identical job's run, bypass:
+# cache off for the request); response_store (stored, too_large); response_evict (evicted past a bound, expired);
+# inflight_share (ended: a waiting job got its leader's outcome). docs/cache.md.
+CACHE_OPS = Counter("cache_operations_total", "Cache operations, by operation and result.", ["operation", "result"])
 CACHE_SIZE = Gauge(
     "cache_size_bytes",
-    "Approximate bytes held by a cache, summed over processes.",
+    "Bytes held by a cache, as last reported (prices: one process's price book; responses: the Redis cache).",
     ["cache"],
-    multiprocess_mode="livesum",
+    multiprocess_mode="mostrecent",
 )
 AUTH_ATTEMPTS = Counter(
     "auth_attempts_total", "Authentication attempts, by credential and result.", ["method", "result"]

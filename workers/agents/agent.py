@@ -177,11 +177,26 @@ def run_tool(ctx: AgentContext, tools: Mapping[str, Tool], call: ToolCall, max_r
     return result
 
 
-def tool_loop(ctx: AgentContext, system: str, tools: list[Tool], spec: AgentSpec) -> str:
-    """Ask the model, run the tools it calls, and repeat until it answers or the agent's model calls are used up."""
+def tool_loop(
+    ctx: AgentContext,
+    system: str,
+    tools: list[Tool],
+    spec: AgentSpec,
+    *,
+    history: list[dict[str, Any]] | None = None,
+    user: str | list[dict[str, Any]] | None = None,
+) -> str:
+    """Ask the model, run the tools it calls, and repeat until it answers or the agent's model calls are used up.
+
+    `history` (earlier turns) goes between the system prompt and the user's message; `user` replaces the job's
+    query as that message's content (content parts, e.g. text and an image)."""
     max_calls = spec.max_llm_calls
     by_name = {t.name: t for t in tools}
-    messages: list[dict[str, Any]] = [{"role": "system", "content": system}, {"role": "user", "content": ctx.query}]
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": system},
+        *(history or []),
+        {"role": "user", "content": ctx.query if user is None else user},
+    ]
     for step in range(max_calls):
         offered = tools if step < max_calls - 1 else []  # the last call must answer
         completion = call_model(ctx, messages, offered)
@@ -197,12 +212,10 @@ def tool_loop(ctx: AgentContext, system: str, tools: list[Tool], spec: AgentSpec
                 ],
             }
         )
-        for call in completion.tool_calls:
-            messages.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": call.id,
-                    "content": run_tool(ctx, by_name, call, spec.max_tool_result_chars),
-                }
-            )
+        for n, call in enumerate(completion.tool_calls):
+            if n < spec.tool_results_per_call:
+                result = run_tool(ctx, by_name, call, spec.max_tool_result_chars)
+            else:  # the budget hold counts on this many results per call; every call id still gets an answer
+                result = f"error: not run: at most {spec.tool_results_per_call} tool calls per step; call it again"
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
     raise AgentError(f"The agent used all {max_calls} model calls without answering.")
