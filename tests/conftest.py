@@ -85,3 +85,20 @@ def alice(user_factory: Callable[..., tuple[str, str]], stack: Stack) -> Iterato
         client.user_id = user_id  # type: ignore[attr-defined]
         client.key = key  # type: ignore[attr-defined]
         yield client
+
+
+@pytest.fixture
+def client_for(user_factory: Callable[..., tuple[str, str]], stack: Stack):  # type: ignore[no-untyped-def]
+    """Make HTTP clients of the session's API for new users (`client_for("admin")`); each knows its user_id."""
+    made: list[httpx.Client] = []
+
+    def make(role: str = "user") -> httpx.Client:
+        user_id, key = user_factory(role)
+        client = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        client.user_id = user_id  # type: ignore[attr-defined]
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()

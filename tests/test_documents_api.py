@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
 
 from events.store import keyspace
 from tests.pdfs import make_pdf
-from tests.stack import Stack, wait_for
+from tests.stack import wait_for
 
 TEA = "Green tea is brewed with water at about 80 degrees Celsius for two minutes."
 LIMIT = 10 * 1024 * 1024  # MAX_UPLOAD_BYTES's default, which the session's stack uses
@@ -28,23 +28,6 @@ def ready(client: httpx.Client, doc_id: str) -> dict[str, Any]:
         timeout=30,
         what=f"document {doc_id} to be ingested",
     )
-
-
-@pytest.fixture
-def client_for(user_factory: Callable[..., tuple[str, str]], stack: Stack):  # type: ignore[no-untyped-def]
-    """Make an HTTP client for a new user with `role`."""
-    made: list[httpx.Client] = []
-
-    def make(role: str = "user") -> httpx.Client:
-        user_id, key = user_factory(role)
-        client = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-        client.user_id = user_id  # type: ignore[attr-defined]
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
 
 
 def test_upload_answers_202_then_the_document_becomes_ready_with_chunks(alice: httpx.Client, r) -> None:  # type: ignore[no-untyped-def]

@@ -3,13 +3,12 @@ job's (the session's worker pool has two), answers offline with citations of the
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import httpx
-import pytest
 
 from tests.sse import read_events
-from tests.stack import Stack, wait_for
+from tests.stack import wait_for
 
 TEA = (
     "Brewing guide. Green tea is brewed with water at about 80 degrees Celsius for two minutes; hotter water "
@@ -17,22 +16,6 @@ TEA = (
 )
 BIKES = "Bicycle maintenance: oil the chain every 300 kilometres and check the tyre pressure weekly."
 BOB_TEA = "Bob's notes: green tea tastes best with water at 70 degrees Celsius, brewed for three minutes."
-
-
-@pytest.fixture
-def client_for(user_factory: Callable[..., tuple[str, str]], stack: Stack):  # type: ignore[no-untyped-def]
-    made: list[httpx.Client] = []
-
-    def make(role: str = "user") -> httpx.Client:
-        user_id, key = user_factory(role)
-        client = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-        client.user_id = user_id  # type: ignore[attr-defined]
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
 
 
 def add_document(client: httpx.Client, name: str, text: str) -> str:
