@@ -243,23 +243,7 @@ def run_all(r: redis.Redis) -> list[Call[Any]]:
 def recheck_paths(r: redis.Redis, run: Callable[[Call[Any]], Any], now: float, queue: str) -> None:
     """recheck.lua down each of its paths: waiting, delivered, unknown, missing twice, reenqueued, changed, gone."""
     job = "j_" + "8" * 32
-    fields = {"id": job, "owner": "scripted", "agent": "query", "status": "queued", "attempt": "1", "query": "2+2"}
-    submit = job_scripts.submit(
-        job_id=job,
-        owner="scripted",
-        fields=fields,
-        now=now,
-        job_ttl_s=60,
-        queue=queue,
-        message=task_message(RUN_AGENT_TASK, [job, 1], queue, task_id=job),
-        idempotency_key=None,
-        digest="d",
-        idempotency_ttl_s=60,
-        lifecycle={"status": "queued"},
-        audit=None,
-        audit_max_len=1000,
-    )
-    run(submit)
+    run(queued_submit(job, "scripted", now, queue))
     ids = r.hmget(keyspace.job(job), "msg_id", "msg_origin", "msg_tag")
     message = task_message(RUN_AGENT_TASK, [job, 1], queue, task_id=ids[0], origin=ids[1], delivery_tag=ids[2])
     look = {"job_id": job, "attempt": 1, "queue": queue, "message": message, "restored": redelivered(message)}
@@ -284,6 +268,27 @@ def recheck_paths(r: redis.Redis, run: Callable[[Call[Any]], Any], now: float, q
     run_cache_paths(run, r, now, queue)
 
 
+def queued_submit(job_id: str, owner: str, now: float, queue: str, **extra: Any) -> Call[Any]:
+    """submit.lua for a plain queued `query` job of `owner` (no idempotency key, no audit record)."""
+    fields = {"id": job_id, "owner": owner, "agent": "query", "status": "queued", "attempt": "1", "query": "2+2"}
+    return job_scripts.submit(
+        job_id=job_id,
+        owner=owner,
+        fields=fields,
+        now=now,
+        job_ttl_s=60,
+        queue=queue,
+        message=task_message(RUN_AGENT_TASK, [job_id, 1], queue, task_id=job_id),
+        idempotency_key=None,
+        digest="d",
+        idempotency_ttl_s=60,
+        lifecycle={"status": "queued"},
+        audit=None,
+        audit_max_len=1000,
+        **extra,
+    )
+
+
 def run_cache_paths(run: Callable[[Call[Any]], Any], r: redis.Redis, now: float, queue: str) -> None:
     """The response cache's paths through submit, finish and cancel: leader, follower, hit, needs_hold."""
     user, digest = "cached", "c" * 64
@@ -291,25 +296,7 @@ def run_cache_paths(run: Callable[[Call[Any]], Any], r: redis.Redis, now: float,
     cache = SubmitCache(digest, "0", True, 60, 10, 60, 60, "offline", {"llm_calls": 0})
 
     def submit(job_id: str, **extra: Any) -> Any:
-        fields = {"id": job_id, "owner": user, "agent": "query", "status": "queued", "attempt": "1"}
-        return run(
-            job_scripts.submit(
-                job_id=job_id,
-                owner=user,
-                fields=fields,
-                now=now,
-                job_ttl_s=60,
-                queue=queue,
-                message=task_message(RUN_AGENT_TASK, [job_id, 1], queue, task_id=job_id),
-                idempotency_key=None,
-                digest="d",
-                idempotency_ttl_s=60,
-                lifecycle={"status": "queued"},
-                audit=None,
-                audit_max_len=1000,
-                **extra,
-            )
-        )
+        return run(queued_submit(job_id, user, now, queue, **extra))
 
     assert submit(hit, cache=replace(cache, may_run=False)).outcome is Submitted.NEEDS_HOLD
     assert submit(leader, cache=cache).role is CacheRole.LEADER
