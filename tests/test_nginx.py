@@ -48,7 +48,8 @@ class Balanced:
         return f"http://127.0.0.1:{self.ports[i]}"
 
     def restart(self, i: int) -> None:
-        """Start instance `i` again after it stopped, and wait until it answers."""
+        """Start instance `i` again (killing it first if a failed test left it frozen), and wait until it answers."""
+        self.apis[i].kill()
         self.apis[i].start()
         wait_for(lambda: live(self.instance(i)), timeout=30, what=f"instance {i}")
 
@@ -275,20 +276,26 @@ def test_an_instance_killed_under_load_loses_no_idempotent_request(balanced: Bal
     them again to the others (GETs, and POSTs with an Idempotency-Key), and each key still makes one job."""
     log_from = len(balanced.nginx.access_log())
     victim = f"127.0.0.1:{balanced.ports[1]}"
-    with Load(balanced.nginx.url, balanced.key) as load:
-        wait_for(lambda: load.requests >= 40, timeout=30, what="load")
-        os.killpg(balanced.apis[1].pid, signal.SIGSTOP)
-        wait_for(lambda: load.stuck(0.5), timeout=30, what="a request in flight on the frozen instance")
-        balanced.apis[1].kill()  # SIGKILL: the connections in flight are reset
-        killed_at = load.requests
-        wait_for(lambda: load.requests >= killed_at + 60, timeout=60, what="load after the kill")
+    try:
+        with Load(balanced.nginx.url, balanced.key) as load:
+            wait_for(lambda: load.requests >= 40, timeout=30, what="load")
+            os.killpg(balanced.apis[1].pid, signal.SIGSTOP)
+            wait_for(lambda: load.stuck(0.5), timeout=30, what="a request in flight on the frozen instance")
+            balanced.apis[1].kill()  # SIGKILL: the connections in flight are reset
+            killed_at = load.requests
+            wait_for(lambda: load.requests >= killed_at + 60, timeout=60, what="load after the kill")
+    finally:
+        balanced.restart(1)
     assert load.failures == []
     load.check_one_job_per_key(balanced.redis_url)
+    # Sent again after the victim failed, each reached a live instance and got its answer: a job (the load's
+    # requests), or for the cancels the load sends as it ends, 409 when the job had already finished.
     retried = [line for line in balanced.nginx.access_log()[log_from:] if line["up"].startswith(f"{victim}, ")]
-    assert retried and all(line["status"] in ("200", "201", "202") for line in retried), [
+    answered = {"200", "201", "202"} | {"409"}
+    assert retried and all(line["status"] in answered for line in retried), [
         (line["method"], line["path"], line["status"], line["up"], line["us"]) for line in retried
     ]
-    balanced.restart(1)
+    assert all(line["status"] in ("200", "201", "202") for line in retried if not line["path"].endswith("/cancel"))
 
 
 @dataclass
@@ -358,10 +365,12 @@ def test_a_stream_whose_instance_dies_resumes_through_nginx_exactly_once(balance
     wait_for(lambda: any(e.event == "token" for e in follower.events), timeout=30, what="the first tokens")
     victim = wait_for(lambda: [i for i in [holding(balanced)] if i is not None], timeout=10, what="the instance")[0]
     balanced.apis[victim].kill()
-    thread.join(timeout=120)
+    try:
+        thread.join(timeout=120)
+    finally:
+        balanced.restart(victim)
     assert follower.reconnects >= 1
     follower.check_exactly_once_in_order()
-    balanced.restart(victim)
 
 
 def test_a_rolling_restart_under_load_fails_no_request_and_hands_every_stream_over(balanced: Balanced) -> None:
@@ -370,11 +379,17 @@ def test_a_rolling_restart_under_load_fails_no_request_and_hands_every_stream_ov
     threads: list[threading.Thread] = []
     stop = threading.Event()
 
+    feeder_errors: list[str] = []
+
     def keep_streams_open() -> None:
         with client(balanced) as c:
             while not stop.is_set():
                 if sum(t.is_alive() for t in threads) < 3:
-                    follower = Follower(balanced, long_job(c))
+                    try:
+                        follower = Follower(balanced, long_job(c))
+                    except (AssertionError, httpx.HTTPError) as ex:
+                        feeder_errors.append(repr(ex))
+                        continue
                     thread = threading.Thread(target=follower.run, daemon=True)
                     followers.append(follower)
                     threads.append(thread)
@@ -384,14 +399,17 @@ def test_a_rolling_restart_under_load_fails_no_request_and_hands_every_stream_ov
     feeder = threading.Thread(target=keep_streams_open, daemon=True)
     with Load(balanced.nginx.url, balanced.key) as load:
         feeder.start()
-        for i in range(len(balanced.apis)):
-            wait_for(lambda i=i: holding_on(balanced, i), timeout=30, what=f"a stream on instance {i}")
-            balanced.apis[i].stop()  # SIGTERM; returns once it has exited
-            balanced.restart(i)
-        stop.set()
-        feeder.join(timeout=30)
+        try:
+            for i in range(len(balanced.apis)):
+                wait_for(lambda i=i: holding_on(balanced, i), timeout=30, what=f"a stream on instance {i}")
+                balanced.apis[i].stop()  # SIGTERM; returns once it has exited
+                balanced.restart(i)
+        finally:
+            stop.set()
+            feeder.join(timeout=30)
     for thread in threads:
         thread.join(timeout=120)
+    assert feeder_errors == []
     assert load.failures == []
     load.check_one_job_per_key(balanced.redis_url)
     # Each instance drained: its streams ended with a hand-over (not cut by a kill) and resumed elsewhere.
