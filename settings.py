@@ -43,7 +43,7 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 0, high: in
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float, low: float = 0.0) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, low: float = 0.0, high: float | None = None) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -51,8 +51,9 @@ def _float(env: Mapping[str, str], name: str, default: float, low: float = 0.0) 
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}.") from None
-    if not math.isfinite(value) or value < low:
-        raise SettingsError(f"{name} must be a finite number of at least {low}, got {raw!r}.")
+    if not math.isfinite(value) or value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"of at least {low}"
+        raise SettingsError(f"{name} must be a finite number {bound}, got {raw!r}.")
     return value
 
 
@@ -92,6 +93,16 @@ def _secret(env: Mapping[str, str], name: str) -> str:
     if not secret.strip():
         raise SettingsError(f"{file_var} names {path}, which is empty; put the secret in it.")
     return secret
+
+
+def _embedding_model(env: Mapping[str, str], openai_key: str, base_url: str) -> str:
+    """EMBEDDING_MODEL if set (`none`: off). Unset or empty, OpenAI itself (a key, no OPENAI_BASE_URL) uses
+    text-embedding-3-small; another OpenAI-compatible service and the offline mode have none: not every server
+    embeds."""
+    model = env.get("EMBEDDING_MODEL", "").strip()
+    if model.lower() == "none":
+        return ""
+    return model or ("text-embedding-3-small" if openai_key and not base_url else "")
 
 
 def _readable_file(env: Mapping[str, str], name: str) -> str:
@@ -273,6 +284,7 @@ class Settings:
     max_body_bytes: int = 256 * 1024
     max_upload_bytes: int = 10 * 1024 * 1024  # POST /documents and /attachments (their own limit, nginx's too)
     qdrant_url: str = ""  # a Qdrant server for document vectors; empty: in-memory Qdrant per process
+    embedding_model: str = ""  # the provider's embedding model for documents (hybrid search); empty: sparse only
     qdrant_api_key: str = field(default="", repr=False)
     job_ttl_s: int = 7 * 24 * 3600
     stream_ttl_s: int = 24 * 3600
@@ -295,6 +307,7 @@ class Settings:
     cache_ttl_s: int = 3600  # response cache entries live this long; 0 turns the cache and dedup off
     cache_max_entries: int = 10_000
     cache_max_bytes: int = 64 * 1024 * 1024
+    cache_semantic_threshold: float = 0.0  # word-overlap cosine for a similar query's cache entry; 0: exact only
     budget_alert_pct: int = 80
     rate_limit_per_min: int = 600
     cors_origins: tuple[str, ...] = ()
@@ -345,6 +358,7 @@ class Settings:
             max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes, 1024),
             max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", cls.max_upload_bytes, 1024, 512 * 1024 * 1024),
             qdrant_url=env.get("QDRANT_URL", ""),
+            embedding_model=_embedding_model(env, openai_key, base_url),
             qdrant_api_key=_secret(env, "QDRANT_API_KEY"),
             job_ttl_s=_int(env, "JOB_TTL_S", cls.job_ttl_s, 60),
             stream_ttl_s=_int(env, "STREAM_TTL_S", cls.stream_ttl_s, 1),
@@ -367,6 +381,7 @@ class Settings:
             cache_ttl_s=_int(env, "CACHE_TTL_S", cls.cache_ttl_s, 0),
             cache_max_entries=_int(env, "CACHE_MAX_ENTRIES", cls.cache_max_entries, 1),
             cache_max_bytes=_int(env, "CACHE_MAX_BYTES", cls.cache_max_bytes, 1024),
+            cache_semantic_threshold=_float(env, "CACHE_SEMANTIC_THRESHOLD", cls.cache_semantic_threshold, 0.0, 1.0),
             budget_alert_pct=_int(env, "BUDGET_ALERT_PCT", cls.budget_alert_pct, 1, 100),
             rate_limit_per_min=_int(env, "RATE_LIMIT_PER_MIN", cls.rate_limit_per_min, 0),
             cors_origins=_list(env, "CORS_ORIGINS"),

@@ -14,13 +14,14 @@ from api.body import printable
 from api.params import parse_number
 from api.relay import HANDOVER, Relay
 from events import job_record
-from events.cache_key import CacheRequest, cacheable
+from events.cache_key import CacheRequest, cacheable, semantic
 from events.catalog import AGENT_TYPES
 from events.envelope import STREAM_ID, text
 from events.errors import DomainError
 from events.money.amounts import micros_to_usd
 from events.money.budgets import job_scopes, worst_case_micros
 from events.money.prices import PriceBook
+from events.semantic_cache import SemanticIndex
 from events.store import budget_scripts, cache_scripts, job_scripts, keyspace
 from events.store.budget_scripts import Settled
 from events.store.cache_scripts import shared_failure
@@ -131,6 +132,8 @@ class JobService:
         self.new_id = new_id
         self.prices = prices
         self.scripts = AsyncScripts(client)
+        threshold = settings.cache_semantic_threshold
+        self.semantic = SemanticIndex(client, threshold, clock=clock) if threshold > 0 else None
 
     async def submit(
         self,
@@ -201,13 +204,25 @@ class JobService:
                 )
             )
 
-        cache = await self._cache_request(owner, sub, model)
+        request = await self._cache_request(owner, sub, model)
+        cache = exact = self._submit_cache(request) if request else None
         reply: SubmitReply | None = None
-        if cache is not None and await self._answerable(cache.digest):  # a hit or a follower needs no hold
+        answerable = cache is not None and await self._answerable(cache.digest)
+        if request and cache and self.semantic and semantic(sub.agent_type, self.semantic.threshold):
+            # A similar stored request answers this one (docs/cache.md, "Semantic matching"). Only the cache digest
+            # changes: an Idempotency-Key still compares the body's digest.
+            record["cache_partition"] = request.partition()  # where the worker registers it, once it is stored
+            if not answerable and (match := await self.semantic.find(record["cache_partition"], sub.query)):
+                record.update(cache_match="semantic", cache_score=f"{match.score:.4f}")
+                cache, answerable = replace(cache, digest=match.digest), True
+        if answerable:  # a hit or a follower needs no hold
             record["hold_micros"] = "0"
             reply = await save(cache)
             if reply.outcome is Submitted.NEEDS_HOLD:
                 reply = None
+                if cache is not exact:  # the similar request's entry went meanwhile: this one runs as itself
+                    cache = exact
+                    del record["cache_match"], record["cache_score"]
         if reply is None:
             amount = await self._hold(owner, job_id, sub, model, now)
             record["hold_micros"] = str(amount)
@@ -226,25 +241,27 @@ class JobService:
             raise IdempotencyConflictError("This Idempotency-Key belongs to a job that has expired; use a new key.")
         return first, False
 
-    async def _cache_request(self, owner: str, sub: Submission, model: str) -> SubmitCache | None:
-        """The cache's view of a submission (no hold taken yet), or None when it is not cached (docs/cache.md)."""
+    async def _cache_request(self, owner: str, sub: Submission, model: str) -> CacheRequest | None:
+        """The cache's view of a submission, or None when it is not cached (docs/cache.md)."""
         if not cacheable(enabled=sub.cache, ttl_s=self.settings.cache_ttl_s, session_id=sub.session_id):
             return None
         version = await self.client.get(keyspace.docs_version(owner))
-        docs_version = text(version) if version is not None else "0"
-        request = CacheRequest(
+        return CacheRequest(
             user=owner,
             agent=sub.agent_type,
             model=model,
             query=sub.query,
             max_tokens=sub.max_tokens,
-            docs_version=docs_version,
+            docs_version=text(version) if version is not None else "0",
             provider=self.settings.provider_mode,
             attachments=sub.attachments,
         )
+
+    def _submit_cache(self, request: CacheRequest) -> SubmitCache:
+        """The cache's part of the submit script, for the request's digest (no hold taken yet)."""
         return SubmitCache(
             digest=request.digest(),
-            docs_version=docs_version,
+            docs_version=request.docs_version,
             may_run=False,
             inflight_ttl_s=self.settings.hard_time_limit_s * job_record.MAX_ATTEMPTS
             + self.settings.visibility_timeout_s,

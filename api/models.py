@@ -171,7 +171,8 @@ def job_models(settings: Settings) -> tuple[type[Body], type[Body]]:
         agent_type: Agent
 
     class StreamSubmit(JobFields):
-        """POST /api/v1/stream/{agent}: the job (the path names the agent; an agent_type here is ignored)."""
+        """POST /api/v1/stream/{agent}: the job. The path names the agent; on /stream/query an agent_type here picks
+        another (the seed's usage), on the other routes it must be the path's agent or absent."""
 
     return JobSubmit, StreamSubmit
 

@@ -1,19 +1,25 @@
 """An OpenAI-compatible chat completions simulator, the stand-in for the LLM service in tests and benchmarks.
 
 Run it with `python -m tests.llmsim --host 127.0.0.1 --port PORT`. `POST /v1/chat/completions` answers like
-OpenAI (SSE chunks, usage chunk, error JSON); the `/_sim/*` control API queues scripted behaviours, sets the
-token rate and shows the requests it received. `SimControl` and `run_simulator()` drive it from tests.
+OpenAI (SSE chunks, usage chunk, error JSON); `POST /v1/embeddings` answers with small vectors that put texts
+with the same words, or synonyms from `SYNONYMS`, close together (so a test can tell a dense search from a
+sparse one); the `/_sim/*` control API queues scripted behaviours, sets the token rate and shows the requests it
+received. `SimControl` and `run_simulator()` drive it from tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import logging
+import math
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -29,6 +35,24 @@ from falcon.asgi import SSEvent
 _TOKEN = re.compile(r"\s*\S+|\s+")
 _STEP_KINDS = {"text", "tool_call", "error", "stall", "drop"}
 DEFAULT_RATE = 1000.0
+EMBEDDING_DIMS = 64
+# Words the simulated embedding model treats as one meaning (the first of each group).
+SYNONYMS = {
+    word: group[0]
+    for group in (("car", "automobile", "vehicle"), ("repair", "maintenance", "service", "fix"), ("cat", "kitten"))
+    for word in group
+}
+
+
+def sim_embedding(text: str) -> list[float]:
+    """A unit vector of `text`'s words (synonyms merged), each word hashed to a dimension and a sign."""
+    vector = [0.0] * EMBEDDING_DIMS
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        digest = hashlib.blake2b(SYNONYMS.get(word, word).encode(), digest_size=4).digest()
+        index = int.from_bytes(digest, "big")
+        vector[index % EMBEDDING_DIMS] += 1.0 if index & 1 << 31 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
 
 
 def split_tokens(text: str) -> list[str]:
@@ -181,6 +205,8 @@ class _State:
         self.rate = DEFAULT_RATE
         self.script: deque[dict[str, Any]] = deque()
         self.records: list[dict[str, Any]] = []
+        self.embedding_script: deque[dict[str, Any]] = deque()  # error steps only
+        self.embedding_records: list[dict[str, Any]] = []
 
 
 def _validate_step(step: Any) -> str | None:
@@ -278,6 +304,49 @@ class ChatCompletions:
         return None
 
 
+class Embeddings:
+    """`POST /v1/embeddings`: an error step from the embeddings script, or one vector per input."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        auth = req.get_header("Authorization") or ""
+        body = await _read_json(req)
+        record: dict[str, Any] = {"body": body, "outcome": "pending"}
+        self.state.embedding_records.append(record)
+        if not (auth.startswith("Bearer ") and auth[7:].strip()):
+            record["outcome"] = "rejected"
+            return _fail(resp, 401, "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.")
+        texts = body.get("input") if isinstance(body, dict) else None
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+            record["outcome"] = "rejected"
+            return _fail(resp, 400, "'input' must be a non-empty string or a list of non-empty strings.")
+        if self.state.embedding_script:
+            step = self.state.embedding_script.popleft()
+            record["outcome"] = "error"
+            if step.get("retry_after") is not None:
+                resp.set_header("Retry-After", str(step["retry_after"]))
+            return _fail(resp, int(step["status"]), step.get("message") or f"Simulated error {step['status']}.")
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for n, text in enumerate(texts):
+            vector: Any = sim_embedding(text)
+            if as_base64:
+                vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": n, "embedding": vector})
+        tokens = sum(len(split_tokens(t)) for t in texts)
+        record["outcome"] = "completed"
+        resp.media = {
+            "object": "list",
+            "data": data,
+            "model": body.get("model", ""),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return None
+
+
 async def _read_json(req: falcon.asgi.Request) -> Any:
     """The body as JSON whatever the Content-Type says (curl -d sends a form type); None when it is not JSON."""
     raw = await req.stream.read()
@@ -307,6 +376,8 @@ class SimControlResource:
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, action: str) -> None:
         if action == "requests":
             resp.media = self.state.records
+        elif action == "embeddings":
+            resp.media = self.state.embedding_records
         elif action == "health":
             resp.media = {"ok": True}
         else:
@@ -329,6 +400,14 @@ class SimControlResource:
             if problems:
                 raise falcon.HTTPBadRequest(description=problems[0])
             self.state.script.extend(steps)
+        elif action == "embeddings_script":  # error steps for /v1/embeddings
+            steps = data.get("steps")
+            if not isinstance(steps, list) or not all(
+                isinstance(x, dict) and x.get("kind") == "error" and 400 <= int(x.get("status", 0)) <= 599
+                for x in steps
+            ):
+                raise falcon.HTTPBadRequest(description="Embedding steps are {'kind': 'error', 'status': 400-599}.")
+            self.state.embedding_script.extend(steps)
         else:
             raise falcon.HTTPNotFound(description=f"Unknown simulator action '{action}'.")
         resp.media = {"ok": True, "queued": len(self.state.script), "tokens_per_s": self.state.rate}
@@ -339,6 +418,7 @@ def create_app() -> falcon.asgi.App:
     state = _State()
     app = falcon.asgi.App()
     app.add_route("/v1/chat/completions", ChatCompletions(state))
+    app.add_route("/v1/embeddings", Embeddings(state))
     app.add_route("/_sim/{action}", SimControlResource(state))
     return app
 
@@ -358,6 +438,14 @@ class SimControl:
     def script(self, *steps: dict[str, Any]) -> None:
         """Queue behaviours, consumed one per chat request in order."""
         self._http.post("/_sim/script", json={"steps": list(steps)}).raise_for_status()
+
+    def script_embeddings(self, *steps: dict[str, Any]) -> None:
+        """Queue error steps (`{"kind": "error", "status": 503}`), consumed one per embeddings request."""
+        self._http.post("/_sim/embeddings_script", json={"steps": list(steps)}).raise_for_status()
+
+    def embedding_requests(self) -> list[dict[str, Any]]:
+        """The embeddings requests received so far: body and outcome of each."""
+        return list(self._http.get("/_sim/embeddings").raise_for_status().json())
 
     def reset(self) -> None:
         """Clear the script, the config and the recorded requests."""

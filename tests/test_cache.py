@@ -151,6 +151,16 @@ def test_a_changed_user_agent_model_query_max_tokens_or_docs_version_misses(sim_
     assert run(api, **base)["cached"] and chat_calls(control) == calls
 
 
+def test_a_reworded_query_misses_while_semantic_matching_is_off(sim_stack, user) -> None:
+    _, control, r = sim_stack
+    _, api = user
+    first = run(api, "What is the capital of Spain?")  # CACHE_SEMANTIC_THRESHOLD is 0 by default
+    assert "cache_partition" not in r.hgetall(keyspace.job(first["id"]))
+    assert run(api, "What is the capital of Spain?")["cached"]
+    assert not run(api, "what is the capital of spain")["cached"]
+    assert chat_calls(control) == 2
+
+
 def test_cache_false_neither_reads_nor_writes_nor_shares(sim_stack, user) -> None:
     _, control, _ = sim_stack
     _, api = user

@@ -76,15 +76,35 @@ def test_missing_days_count_as_zero_and_later_or_repeated_days_are_handled() -> 
     got = forecast(history, today=TODAY, period_end=TODAY + timedelta(days=4), limit_micros=None, spent_micros=4_000)
     # By hand: x̄ = 1.5, ȳ = 1000, Sxy = 2000, Sxx = 5, so slope 400 and intercept 400; the fitted values
     # 400, 800, 1200, 1600 leave residuals -400, 1200, -1200, 400: SSR 3,200,000 over n - 2 = 2 degrees.
+    # Student's t for 2 degrees of freedom, two-sided 95%: 4.303 (a t table), not the normal's 1.96.
     sigma = math.sqrt(3_200_000 / 2)
     remaining = 2_000 + 2_400 + 2_800 + 3_200  # the line at x = 4..7
-    spread = 1.96 * sigma * math.sqrt(4)
+    spread = 4.303 * sigma * math.sqrt(4)  # 10,885.8
     assert got["history_days"] == 4 and got["slope_micros_per_day"] == 400 and got["intercept_micros"] == 400
     assert got["residual_sd_micros"] == round(sigma) == 1_265
+    assert (got["degrees_of_freedom"], got["interval_t"]) == (2, 4.303)
     assert got["projected_remaining_micros"] == remaining == 10_400
-    assert got["projected_remaining_low_micros"] == math.floor(remaining - spread + 0.5) == 5_442
-    assert got["projected_remaining_high_micros"] == math.floor(remaining + spread + 0.5) == 15_358
-    assert (got["interval_low_micros"], got["interval_high_micros"]) == (4_000 + 5_442, 4_000 + 15_358)
+    assert got["projected_remaining_low_micros"] == 0  # 10,400 - 10,885.8 is below nothing more spent
+    assert got["projected_remaining_high_micros"] == math.floor(remaining + spread + 0.5) == 21_286
+    assert (got["interval_low_micros"], got["interval_high_micros"]) == (4_000, 4_000 + 21_286)
+
+
+def test_a_full_window_uses_t_with_12_degrees_of_freedom_11_percent_wider_than_the_normal() -> None:
+    # 14 days alternating 1,000 and 3,000: by hand, x̄ = 6.5, ȳ = 2,000, Sxx = 227.5, Sxy = 7,000 (each pair of
+    # days adds +1,000 at the later x), so the slope is 7,000 / 227.5 = 30.769… and the intercept 2,000 - 6.5 ×
+    # 30.769… = 1,800. The residuals' squares sum to 14,000,000 - 7,000² / 227.5 = 13,784,615.4 over 12 degrees.
+    values = [1_000, 3_000] * 7
+    got = forecast(days(values), today=TODAY, period_end=TODAY + timedelta(days=9), limit_micros=None, spent_micros=0)
+    sigma = math.sqrt((14_000_000 - 7_000**2 / 227.5) / 12)  # 1,071.8
+    slope, intercept = 7_000 / 227.5, 2_000 - 6.5 * 7_000 / 227.5
+    remaining = sum(intercept + slope * x for x in range(14, 23))  # 9 days left
+    spread = 2.179 * sigma * math.sqrt(9)  # t(0.975, 12) = 2.179
+    assert got["degrees_of_freedom"] == 12 and got["interval_t"] == 2.179
+    assert got["residual_sd_micros"] == round(sigma) == 1_072
+    assert got["projected_remaining_micros"] == math.floor(remaining + 0.5) == 21_185  # 9 × 1,800 + 30.77 × 162
+    assert got["projected_remaining_high_micros"] == math.floor(remaining + spread + 0.5)
+    assert got["projected_remaining_low_micros"] == math.floor(remaining - spread + 0.5)
+    assert 2.179 / 1.96 > 1.11  # the normal's interval would have been more than 10% too narrow
 
 
 def test_the_interval_never_goes_below_nothing_more_spent() -> None:

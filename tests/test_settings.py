@@ -32,6 +32,10 @@ from tests.stack import SECRET
         ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
         ({"AGENTIC_SECRET_KEY": "short"}, "AGENTIC_SECRET_KEY"),
         pytest.param({"LLM_TIMEOUT_S": "nan"}, "LLM_TIMEOUT_S"),
+        ({"CACHE_SEMANTIC_THRESHOLD": "1.5"}, "CACHE_SEMANTIC_THRESHOLD"),
+        ({"CACHE_SEMANTIC_THRESHOLD": "-0.1"}, "CACHE_SEMANTIC_THRESHOLD"),
+        ({"CACHE_SEMANTIC_THRESHOLD": "high"}, "CACHE_SEMANTIC_THRESHOLD"),
+        ({"CACHE_SEMANTIC_THRESHOLD": "nan"}, "CACHE_SEMANTIC_THRESHOLD"),
     ],
 )
 def test_bad_settings_fail_naming_the_variable(env: dict[str, str], name: str) -> None:
@@ -43,6 +47,13 @@ def test_defaults_are_consistent_and_values_are_read() -> None:
     settings = Settings.from_env({"AGENTIC_SECRET_KEY": SECRET, "PORT": "9001", "LOG_LEVEL": "debug"})
     assert (settings.port, settings.log_level, settings.provider_mode) == (9001, "DEBUG", "offline")
     assert Settings.from_env({"AGENTIC_SECRET_KEY": SECRET, "OPENAI_API_KEY": "k"}).provider_mode == "openai"
+
+
+def test_semantic_matching_is_off_by_default_and_takes_a_threshold_from_zero_to_one() -> None:
+    assert Settings.from_env({"AGENTIC_SECRET_KEY": SECRET}).cache_semantic_threshold == 0.0
+    for raw, value in (("0.9", 0.9), ("1", 1.0), ("0", 0.0)):
+        env = {"AGENTIC_SECRET_KEY": SECRET, "CACHE_SEMANTIC_THRESHOLD": raw}
+        assert Settings.from_env(env).cache_semantic_threshold == value
 
 
 def test_secret_file_is_made_once_with_owner_only_permissions(tmp_path: Path) -> None:
@@ -214,3 +225,18 @@ def test_turning_tls_verification_off_works_but_warns_loudly() -> None:
     assert settings.redis.client_options() == {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
     context = settings.redis.ssl_context()
     assert (context.check_hostname, context.verify_mode) == (False, ssl.CERT_NONE)
+
+
+@pytest.mark.parametrize(
+    ("env", "model"),
+    [
+        ({}, ""),  # offline: no dense vectors
+        ({"OPENAI_API_KEY": "sk-x"}, "text-embedding-3-small"),  # OpenAI itself
+        ({"OPENAI_API_KEY": "sk-x", "EMBEDDING_MODEL": ""}, "text-embedding-3-small"),  # empty is unset (compose)
+        ({"OPENAI_BASE_URL": "http://vllm:8000/v1"}, ""),  # another server may not embed: name its model
+        ({"OPENAI_BASE_URL": "http://vllm:8000/v1", "EMBEDDING_MODEL": " bge-m3 "}, "bge-m3"),
+        ({"OPENAI_API_KEY": "sk-x", "EMBEDDING_MODEL": "None"}, ""),  # turned off
+    ],
+)
+def test_the_embedding_model_defaults_to_openais_only_with_openai_itself(env: dict[str, str], model: str) -> None:
+    assert Settings.from_env({"AGENTIC_SECRET_KEY": SECRET, **env}).embedding_model == model

@@ -23,6 +23,19 @@ def test_post_stream_submits_and_streams_with_the_job_id_first(alice: httpx.Clie
     assert [e.id for e in resumed] == [e.id for e in events[3:]]
 
 
+def test_the_seeds_general_route_runs_the_agent_its_body_names(alice: httpx.Client) -> None:
+    """The seed's own example: POST /stream/query with agent_type "math" is answered by the math agent."""
+    body = {"query": "What is 2+2?", "agent_type": "math", "cache": False}
+    with alice.stream("POST", "/api/v1/stream/query", json=body) as resp:
+        events = [e for e in parse(resp.iter_lines()) if isinstance(e, SSE)]
+    assert resp.status_code == 200 and events[-1].event == "done"
+    assert alice.get(f"/api/v1/jobs/{events[0].data['job_id']}").json()["agent_type"] == "math"
+    assert any(e.event == "tool_start" for e in events)  # the math agent's tools, not the query agent
+    refused = alice.post("/api/v1/stream/code", json={"query": "print(1)", "agent_type": "math"})
+    assert refused.status_code == 400 and refused.json()["code"] == "agent_mismatch"
+    assert "/api/v1/stream/math" in refused.json()["description"]
+
+
 def test_post_stream_to_an_unknown_agent_is_404(alice: httpx.Client) -> None:
     resp = alice.post("/api/v1/stream/astrology", json={"query": "hi"})
     assert resp.status_code == 404 and "query" in resp.json()["description"]

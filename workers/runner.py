@@ -11,7 +11,10 @@ from typing import Any, Callable, Mapping
 
 from celery.exceptions import SoftTimeLimitExceeded
 from opentelemetry.trace import Span, SpanKind, StatusCode
+from redis.exceptions import RedisError
 
+from events import semantic_cache
+from events.docs.dense import pack
 from events.envelope import text
 from events.money.amounts import micros_to_usd
 from events.money.prices import PriceBook
@@ -23,8 +26,17 @@ from events.store.job_scripts import Outcome, StartOutcome
 from events.store.scripts import Scripts
 from events.telemetry import tracing
 from events.telemetry.metrics import AGENT_DURATION, AGENT_QUERIES, CACHE_OPS, CACHE_SIZE
-from workers.agents.agent import Agent, AgentContext, AgentError, AgentStop, Cancelled, LeaseLost
+from workers.agents.agent import (
+    Agent,
+    AgentContext,
+    AgentError,
+    AgentStop,
+    BudgetExhausted,
+    Cancelled,
+    LeaseLost,
+)
 from workers.heartbeat import Heartbeat
+from workers.llm.embeddings import ProviderEmbedder
 from workers.llm.provider import LLMError, Provider, Usage
 from workers.spending import Spending
 
@@ -95,10 +107,12 @@ class JobRunner:
         flush_ms: int,
         worker: str,
         cache: Bounds | None = None,
+        embedder: ProviderEmbedder | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.provider = provider
+        self.embedder = embedder
         self.agents = agents
         self.lease_ms = int(lease_s * 1000)
         self.heartbeat_s = heartbeat_s
@@ -208,6 +222,18 @@ class JobRunner:
             model=job.get("model", ""),
             max_tokens=int(job.get("max_tokens", 1024)),
         )
+        if self.embedder is not None:
+            embedder = ProviderEmbedder(self.embedder.model, self.embedder.provider, wait=ctx.wait)
+
+            def embed(texts: list[str]) -> list[str]:
+                """Embed under the job's hold, charged and reported like a chat call."""
+                spending.before_embed(embedder.model, texts)
+                made = embedder.embed(texts)
+                on_usage(Usage(embedder.model, made.input_tokens, 0), ctx.calls)
+                ctx.calls += 1
+                return [pack(v) for v in made.vectors]
+
+            ctx.embed = embed
         try:
             answer = agent.run(ctx)
         except LeaseLost:
@@ -223,6 +249,8 @@ class JobRunner:
             )
         except LLMError as ex:
             return error_outcome(ex.code, str(ex))
+        except BudgetExhausted as ex:
+            return self._out_of_budget(ex, ctx, spending, publisher)
         except (AgentError, AgentStop) as ex:
             return error_outcome(ex.code, str(ex))
         except SoftTimeLimitExceeded:
@@ -231,6 +259,20 @@ class JobRunner:
             log.exception("job %s failed", job["id"], extra={**ids, "attempt": attempt})
             return error_outcome("internal_error", "The agent failed unexpectedly; the error is in the worker's log.")
         return Outcome("succeeded", "done", {"result": answer, "usage": totals.as_dict()}, result=answer)
+
+    @staticmethod
+    def _out_of_budget(ex: BudgetExhausted, ctx: AgentContext, spending: Spending, publisher: JobPublisher) -> Outcome:
+        """A job stopped before a call its budget could not hold: failed `budget_exhausted`, with what it spent
+        and its answer so far (the text of the calls it made) as its result, and an event saying so first."""
+        partial = "\n\n".join(ctx.answered)
+        spent = micros_to_usd(spending.spent)
+        publisher.emit(
+            "metadata",
+            {"event": "budget_exhausted", "reason": str(ex), "spent_usd": spent, "has_partial_result": bool(partial)},
+        )
+        error = {"code": ex.code, "message": str(ex)}
+        data = {**error, "spent_usd": spent, "partial_result": partial}
+        return Outcome("failed", "error", data, result=partial, error=error)
 
     def _finish(
         self,
@@ -309,6 +351,18 @@ class JobRunner:
         if reply.stored:
             CACHE_OPS.labels("response_store", "stored").inc()
             CACHE_SIZE.labels("responses").set(reply.cache_bytes)
+        if reply.stored and job.get("cache_partition"):  # the API found semantic matching applies to this request
+            try:
+                registered = semantic_cache.register(
+                    self.client,
+                    partition=job["cache_partition"],
+                    digest=digest,
+                    query=job.get("query", ""),
+                    ttl_s=self.cache.ttl_s,
+                )
+                CACHE_OPS.labels("semantic_store", registered).inc()
+            except RedisError:  # the answer is stored and the job ended: only similar requests will miss it
+                log.warning("job %s not registered for semantic matching", job_id, extra={"job_id": job_id})
         CACHE_OPS.labels("response_evict", "evicted").inc(reply.evicted)
         CACHE_OPS.labels("response_evict", "expired").inc(reply.expired)
         CACHE_OPS.labels("inflight_share", "ended").inc(reply.followers_ended)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
+from events.docs.dense import token_bound
 from events.envelope import text
 from events.money.amounts import micros_to_usd
 from events.money.budgets import call_cost_bound
@@ -68,7 +69,13 @@ class Spending:
     def before_call(self, request: ChatRequest) -> None:
         """Extend the hold to cover the call's worst case, or raise BudgetExhausted when a budget has no room."""
         prompt = len(json.dumps(request.messages).encode()) + len(json.dumps(request.tools).encode())
-        bound = call_cost_bound(self._price(request.model), prompt_bytes=prompt, max_tokens=request.max_tokens)
+        self._extend(call_cost_bound(self._price(request.model), prompt_bytes=prompt, max_tokens=request.max_tokens))
+
+    def before_embed(self, model: str, texts: Sequence[str]) -> None:
+        """The same for an embedding call: every input byte a full-price token, no output."""
+        self._extend(call_cost_bound(self._price(model), prompt_bytes=token_bound(texts), max_tokens=0))
+
+    def _extend(self, bound: int) -> None:
         needed = self.spent + bound
         if needed == 0:
             return  # a free model: nothing to hold
@@ -82,16 +89,22 @@ class Spending:
         if reply is not None and reply.outcome is Held.HELD:
             self.amount = reply.amount_micros
             return
+        spent = f"It spent ${micros_to_usd(self.spent)}; its answer so far is its result."
         if reply is not None and reply.rejection is not None:
             no = reply.rejection
+            held = (
+                f" (another ${micros_to_usd(no.held_micros)} is held by running jobs and comes back as they end)"
+                if no.held_micros > 0 and no.remaining_micros + no.held_micros >= bound
+                else ""
+            )
             raise BudgetExhausted(
                 f"The next model call could cost up to ${micros_to_usd(bound)}, but the {no.period} budget for scope "
                 f"'{no.scope}' has ${micros_to_usd(max(no.remaining_micros, 0))} left of "
-                f"${micros_to_usd(no.limit_micros)}; the job stopped there."
+                f"${micros_to_usd(no.limit_micros)}{held}; the job stopped there. {spent}"
             )
         raise BudgetExhausted(
             f"The next model call could cost up to ${micros_to_usd(bound)}, but this job has no "
-            "budget hold left; it stopped there."
+            f"budget hold left; it stopped there. {spent}"
         )
 
     def charge(self, usage: Usage, call: int) -> dict[str, Any]:

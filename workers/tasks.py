@@ -19,24 +19,8 @@ from settings import Settings
 from workers import app
 from workers.agents import AGENTS
 from workers.agents.rag import default_library
-from workers.llm.provider import Provider
+from workers.llm.configured import make_embedder, process_provider
 from workers.runner import JobRunner
-
-
-def make_provider(settings: Settings) -> Provider:
-    """The OpenAI-compatible provider when a key or base URL is set, else the offline one."""
-    if settings.provider_mode == "openai":
-        from workers.llm.openai_provider import OpenAIProvider
-
-        return OpenAIProvider(
-            api_key=settings.openai_api_key or "not-needed",
-            base_url=settings.openai_base_url,
-            timeout_s=settings.llm_timeout_s,
-            max_retries=settings.llm_max_retries,
-        )
-    from workers.llm.offline import OfflineProvider
-
-    return OfflineProvider(delay_ms=settings.offline_token_delay_ms)
 
 
 @functools.cache
@@ -44,9 +28,10 @@ def runner() -> JobRunner:
     """One runner per worker process, made after the fork so no connection is shared with the parent."""
     settings = Settings.from_env()
     client = sync_client(settings.redis, socket_timeout=30, connect_timeout=5)
+    provider = process_provider()
     return JobRunner(
         client,
-        make_provider(settings),
+        provider,
         AGENTS,
         PriceBook(Path(settings.prices_file)),
         lease_s=settings.lease_s,
@@ -56,6 +41,7 @@ def runner() -> JobRunner:
         flush_ms=settings.token_flush_ms,
         worker=f"{socket.gethostname()}-{os.getpid()}",
         cache=Bounds(settings.cache_ttl_s, settings.cache_max_entries, settings.cache_max_bytes),
+        embedder=make_embedder(settings, provider),
     )
 
 
@@ -68,6 +54,7 @@ def _json_logs(**_: object) -> None:
 @worker_process_init.connect
 def _child_started(**_: object) -> None:
     runner.cache_clear()
+    process_provider.cache_clear()
     default_library.cache_clear()
     tracing.configure(Settings.from_env(), "worker")  # after the fork: the span export thread is this child's
 

@@ -11,7 +11,7 @@ from falcon.asgi import SSEvent
 
 from api.audit import AuditLog
 from api.auth import principal_of
-from api.errors import not_found
+from api.errors import bad_request, not_found
 from api.job_service import JobService
 from api.permissions import PUBLIC, Permission
 from api.relay import Relay, Subscription
@@ -25,6 +25,9 @@ DEMO_PAGE = Path(__file__).resolve().parent.parent / "static" / "demo.html"
 
 class StreamSubmitResource:
     """POST /api/v1/stream/{agent}: submit a job and stream its events in the same response.
+
+    The path names the agent; `/stream/query` is also the seed's general route, where a body's `agent_type` picks
+    the agent. Another route refuses a body that names a different agent (400 `agent_mismatch`).
 
     The first event (`job`) carries the job id and its stream URL, so a client that loses the connection
     resumes on /api/v1/jobs/{id}/events with the id of the last event it saw. Events are framed data first, so
@@ -46,7 +49,16 @@ class StreamSubmitResource:
             raise not_found(
                 f"There is no agent {agent!r}; use one of: {', '.join(sorted(AGENT_TYPES))}.", code="unknown_agent"
             )
-        job, _ = await submit_job(req, self.service, self.audit, agent=agent)  # the path names the agent
+        chosen = req.context.body.agent_type
+        if chosen and chosen != agent:
+            if agent != "query":
+                raise bad_request(
+                    f"This route runs the {agent!r} agent but the body asks for {chosen!r}; drop agent_type or "
+                    f"POST to /api/v1/stream/{chosen}.",
+                    code="agent_mismatch",
+                )
+            agent = chosen  # the seed's general route: POST /stream/query with agent_type "math" runs math
+        job, _ = await submit_job(req, self.service, self.audit, agent=agent)
         view = public_job(job, self.settings, principal_of(req))
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")

@@ -6,6 +6,8 @@ import re
 import uuid
 from typing import Any, Mapping
 
+from events.money.amounts import micros_to_usd
+
 DOC_ID = re.compile(r"^doc_[0-9a-f]{32}$")
 STATUSES = ("processing", "ready", "failed")
 INGEST_TASK = "agentic.ingest_document"
@@ -39,6 +41,11 @@ def view(record: Mapping[str, str]) -> dict[str, Any]:
     }
     if record.get("ready_at"):
         shown["ready_at"] = float(record["ready_at"])
+    if record.get("status") == "ready":
+        shown["embedding_model"] = record.get("embedding_model", "")  # '' : searched by its words only
+        shown["embedding_cost_usd"] = micros_to_usd(int(record.get("embedding_cost_micros") or 0))
+    if record.get("embedding_error"):
+        shown["warning"] = record["embedding_error"]
     if record.get("error"):
         shown["error"] = record["error"]
     if record.get("owner"):

@@ -40,11 +40,11 @@ class SparseVector:
         return cls(tuple(int(p[0]) for p in pairs), tuple(float(p[1]) for p in pairs))
 
 
-def terms(text: str) -> list[str]:
-    """The words of `text` that count for search, lower-case and lightly stemmed."""
+def terms(text: str, keep: frozenset[str] = frozenset()) -> list[str]:
+    """The words of `text` that count for search, lower-case and lightly stemmed; stop words in `keep` count too."""
     found = []
     for word in _WORD.findall(text.lower()):
-        if word in STOP_WORDS or (len(word) < 2 and not word.isdigit()):
+        if (word in STOP_WORDS and word not in keep) or (len(word) < 2 and not word.isdigit()):
             continue
         if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
             word = word[:-1]

@@ -1,8 +1,9 @@
 """Spend forecasts from the recent daily trend. Pure.
 
 Ordinary least squares over the last (up to) 14 days of daily spend, today included and missing days counted
-as zero, projected over the days left in the period; a ~95% interval from the residual standard deviation.
-The fit is exact rational arithmetic, so a steady spend or a straight ramp comes out exactly.
+as zero, projected over the days left in the period; a ~95% interval from the residual standard deviation and
+Student's t for the fit's n - 2 degrees of freedom (with at most 12, the normal 1.96 would be 10% or more too
+narrow). The fit is exact rational arithmetic, so a steady spend or a straight ramp comes out exactly.
 """
 
 from __future__ import annotations
@@ -14,7 +15,22 @@ from typing import Any
 
 WINDOW_DAYS = 14
 Z95 = 1.96
-INTERVAL = "95% (±1.96 σ of the daily residuals × √days left; the low end never below nothing more spent)"
+# Student's t, two-sided 95% (the 0.975 quantile), by degrees of freedom; beyond the table the normal's 1.96.
+T95 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+)  # fmt: skip
+INTERVAL = (
+    "95% (±t σ of the daily residuals × √days left, t of Student's distribution with the fit's n - 2 degrees of "
+    "freedom; the low end never below nothing more spent)"
+)
+
+
+def t95(degrees_of_freedom: int) -> float:
+    """The two-sided 95% quantile of Student's t with `degrees_of_freedom` (0: no spread is known, 0)."""
+    if degrees_of_freedom <= 0:
+        return 0.0
+    return T95[degrees_of_freedom - 1] if degrees_of_freedom <= len(T95) else Z95
 
 
 def _half_up(value: Fraction) -> int:
@@ -72,7 +88,8 @@ def forecast(
     end_x = len(values) - 1
     predicted = [max(Fraction(0), intercept + slope * (end_x + k)) for k in range(1, days_left + 1)]
     remaining = sum(predicted, Fraction(0))
-    spread = Fraction(Z95 * sigma * math.sqrt(days_left))
+    freedom = max(len(values) - 2, 0)
+    spread = Fraction(t95(freedom) * sigma * math.sqrt(days_left))
     low, high = max(0, _half_up(remaining - spread)), _half_up(remaining + spread)
     exhausted_in = _days_until(limit_micros, spent_micros, predicted)
     return {
@@ -80,6 +97,8 @@ def forecast(
         "note": note,
         "interval": INTERVAL,
         "interval_level": 0.95,
+        "interval_t": t95(freedom),
+        "degrees_of_freedom": freedom,
         "history_days": len(values),
         "history_start": first.isoformat(),
         "slope_micros_per_day": round(float(slope), 3),

@@ -54,16 +54,20 @@ PERIOD_TTLS = json.dumps([PERIOD_TTL_S[p] for p in PERIODS])
 
 @dataclass(frozen=True)
 class Rejection:
-    """Why a reservation did not fit: the budget's scope, what it has left, its limit and period."""
+    """Why a reservation did not fit: the budget's scope, what it has left, its limit and period, and how much of
+    the period's money is spent and how much only held by running jobs."""
 
     scope: str
     remaining_micros: int
     limit_micros: int
     period: str
+    spent_micros: int = 0
+    held_micros: int = 0
 
 
 def _rejection(reply: Any) -> Rejection:
-    return Rejection(text(reply[1]), int(text(reply[2])), int(text(reply[3])), text(reply[4]))
+    spent, held = (int(text(reply[5])), int(text(reply[6]))) if len(reply) > 6 else (0, 0)
+    return Rejection(text(reply[1]), int(text(reply[2])), int(text(reply[3])), text(reply[4]), spent, held)
 
 
 class Held(StrEnum):
@@ -131,13 +135,22 @@ def extend(*, user_id: str, job_id: str, needed_micros: int, period_ids: str) ->
 
 
 def charge(
-    *, user_id: str, job_id: str, attempt: int, charge_id: str, cost_micros: int, now: float, usage: Mapping[str, Any]
+    *,
+    user_id: str,
+    job_id: str,
+    attempt: int,
+    charge_id: str,
+    cost_micros: int,
+    now: float,
+    usage: Mapping[str, Any],
+    record_key: str = "",
 ) -> Call[int]:
     """Record one call's cost on the hold, the job and the usage stream, once per `charge_id`; returns the
-    hold's spend so far (-1 without a hold)."""
+    hold's spend so far (-1 without a hold). `record_key` names the hash that counts the charges when the hold is
+    not a job's (a document's embedding: events/docs/billing.py)."""
     return call(
         "charge",
-        [keyspace.budget_hold(user_id, job_id), keyspace.job(job_id), keyspace.USAGE_STREAM],
+        [keyspace.budget_hold(user_id, job_id), record_key or keyspace.job(job_id), keyspace.USAGE_STREAM],
         [cost_micros, charge_id, job_id, f"{now:.6f}", attempt, json.dumps(usage)],
         lambda r: int(r),
     )

@@ -81,6 +81,11 @@ def doc_chunks(user_id: str, doc_id: str) -> str:
     return f"docs:{{{user_id}}}:chunks:{doc_id}"
 
 
+def doc_charges(user_id: str, doc_id: str) -> str:
+    """Hash counting what embedding a document cost (charge ids and `cost_micros`) while it is ingested."""
+    return f"docs:{{{user_id}}}:charges:{doc_id}"
+
+
 def doc_upload(user_id: str, doc_id: str) -> str:
     """The uploaded bytes of a document until a worker has ingested them."""
     return f"docs:{{{user_id}}}:upload:{doc_id}"
@@ -106,6 +111,19 @@ def cache_inflight(digest: str) -> str:
 def cache_followers(digest: str) -> str:
     """Set of the jobs waiting for the leader of a request in flight (they share its run)."""
     return f"cache:followers:{digest}"
+
+
+# Semantic matching (events/semantic_cache.py): per partition (a request's digest without its query), the stored
+# requests' word vectors, and a version that moves whenever they change, so each API process knows to rebuild its
+# in-memory index of them. Both keys of a partition share its hash tag.
+def cache_semantic(partition: str) -> str:
+    """Hash of a partition's stored requests: cache digest -> word vector (JSON)."""
+    return f"cache:semantic:{{{partition}}}"
+
+
+def cache_semantic_version(partition: str) -> str:
+    """A token that changes with every change to a partition's stored requests."""
+    return f"cache:semantic:{{{partition}}}:version"
 
 
 def attachment(user_id: str, attachment_id: str) -> str:

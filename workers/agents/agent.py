@@ -82,6 +82,8 @@ class AgentContext:
     max_tokens: int
     clock: Callable[[], float] = time.monotonic
     calls: int = field(default=0)
+    embed: Callable[[list[str]], list[str]] | None = None  # the provider's embeddings, paid by the job (packed)
+    answered: list[str] = field(default_factory=list)  # the text of each model call so far (a partial answer)
 
     @property
     def query(self) -> str:
@@ -141,6 +143,8 @@ def call_model(ctx: AgentContext, messages: list[dict[str, Any]], tools: list[To
         stream.close()
     if completion is None:
         raise AgentError("The model's stream ended without a completion.")
+    if completion.text:
+        ctx.answered.append(completion.text)
     return completion
 
 

@@ -7,15 +7,20 @@ reads the passages and answers with citations; offline, the answer is the best p
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from events.catalog import AGENT_TYPES
+from events.docs.billing import DocumentBill
 from events.docs.cache import EmbeddingCache
 from events.docs.index import Hit, LocalIndex, ServerIndex
 from events.docs.library import DocumentLibrary
+from events.money.prices import PriceBook
 from events.store.clients import sync_client
 from settings import Settings
 from workers.agents.agent import AgentContext, Tool, tool_loop
+from workers.llm.configured import make_embedder, process_provider
+from workers.llm.provider import LLMError
 
 SYSTEM = (
     "You answer from the user's own documents. Call search_documents with the words that matter, then answer "
@@ -34,7 +39,11 @@ def default_library() -> DocumentLibrary:
     index: LocalIndex | ServerIndex = (
         ServerIndex.connect(settings.qdrant_url, settings.qdrant_api_key) if settings.qdrant_url else LocalIndex()
     )
-    return DocumentLibrary(client, index, EmbeddingCache(client))
+    embedder = make_embedder(settings, process_provider())
+    bill = DocumentBill(
+        client, PriceBook(Path(settings.prices_file)), provider=settings.provider_mode, hold_ttl_s=settings.hold_ttl_s
+    )
+    return DocumentLibrary(client, index, EmbeddingCache(client), embedder=embedder, bill=bill)
 
 
 def citation(hit: Hit) -> dict[str, Any]:
@@ -72,7 +81,7 @@ class RagAgent:
             query = str(args.get("query", "")).strip()
             if not query:
                 raise ValueError("Give the words to search for as 'query'.")
-            hits = self.library().search(owner, query, RESULTS) if owner else []
+            hits = self._search(ctx, owner, query) if owner else []
             ctx.events.emit("metadata", {"event": "citations", "citations": [citation(h) for h in hits]})
             return format_hits(hits)
 
@@ -86,6 +95,15 @@ class RagAgent:
             },
             run=search,
         )
+
+    def _search(self, ctx: AgentContext, owner: str, query: str) -> list[Hit]:
+        """Hybrid when the job can embed its query; by words alone when the provider cannot answer now."""
+        library = self.library()
+        try:
+            return library.search(owner, query, RESULTS, ctx.embed)
+        except LLMError as ex:
+            ctx.events.emit("metadata", {"event": "dense_search_unavailable", "reason": str(ex)[:300]})
+            return library.search(owner, query, RESULTS)
 
     def run(self, ctx: AgentContext) -> str:
         """Answer `ctx.query` from the owner's documents."""

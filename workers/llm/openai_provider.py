@@ -10,12 +10,13 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Iterator, cast
+from typing import Any, Callable, Generator, Iterator, Sequence, cast
 from urllib.parse import urlsplit
 
 import openai
 from opentelemetry.trace import SpanKind, StatusCode
 
+from events.docs.dense import Embedded
 from events.telemetry import tracing
 from events.telemetry.metrics import LLM_ERRORS
 from workers.llm.provider import (
@@ -143,6 +144,37 @@ class OpenAIProvider:
             yield usage
             yield Completion("".join(attempt.text), attempt.tool_calls(), attempt.finish_reason or "stop", usage)
             return
+
+    def embed(self, model: str, texts: Sequence[str], wait: Callable[[float], None] | None = None) -> Embedded:
+        """One vector per text from the service's `/embeddings`, retrying transient failures as `stream` does;
+        raises LLMError when it gives up or the service rejects the request."""
+        retry = 0
+        while True:
+            try:
+                reply = self._client.embeddings.create(model=model, input=list(texts), encoding_format="float")
+            except openai.APIStatusError as ex:
+                failure = self._classify_status(ex)
+            except openai.APITimeoutError:
+                failure = _Transient("timed out", f"no answer within {self.timeout_s:g} s", kind="timeout")
+            except openai.APIConnectionError as ex:
+                cause = self._redact(str(ex.__cause__ or ex))
+                failure = _Transient("connection failed", f"connection failed: {cause}", kind="connection")
+            else:
+                vectors = [d.embedding for d in sorted(reply.data, key=lambda d: d.index)]
+                if len(vectors) != len(texts) or any(not v for v in vectors):
+                    raise LLMRequestError(
+                        f"The LLM service at {self.base_url} answered {len(vectors)} embeddings for {len(texts)} texts."
+                    )
+                tokens = reply.usage.prompt_tokens if reply.usage is not None else sum(len(t.encode()) for t in texts)
+                return Embedded([list(v) for v in vectors], int(tokens))
+            if not isinstance(failure, _Transient):
+                LLM_ERRORS.labels(self.name, "bad_request").inc()
+                raise failure
+            LLM_ERRORS.labels(self.name, failure.kind).inc()
+            if retry >= self.max_retries:
+                raise self._give_up(failure, retry) from failure
+            retry += 1
+            (wait or self.sleep)(failure.retry_after if failure.retry_after is not None else self._backoff(retry))
 
     def _traced_call(self, request: ChatRequest, attempt: _Attempt) -> Iterator[TextDelta]:
         """`_call` in a CLIENT span that is the service's parent (via `traceparent`) and ends with the call.

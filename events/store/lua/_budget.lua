@@ -7,13 +7,15 @@ local function keep(key, ttl)
   if ttl > 0 and redis.call('TTL', key) == -1 then redis.call('EXPIRE', key, ttl) end
 end
 
--- Whether `amount` more fits the scope's budget in its period: nil when it does, else the rejection.
+-- Whether `amount` more fits the scope's budget in its period: nil when it does, else the rejection with what
+-- the period has spent and what running jobs hold in it (their holds come back when they end).
 local function refusal(key, scope, cfg, amount)
   local spent = tonumber(redis.call('HGET', key, 'spent:' .. scope) or '0')
   local held = tonumber(redis.call('HGET', key, 'held:' .. scope) or '0')
   local remaining = cfg.limit_micros - spent - held
   if amount > remaining then
-    return {'rejected', scope, tostring(remaining), tostring(cfg.limit_micros), cfg.period}
+    return {'rejected', scope, tostring(remaining), tostring(cfg.limit_micros), cfg.period, tostring(spent),
+      tostring(held)}
   end
   return nil
 end
