@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
+from api.admission import BudgetExceededError, running_eta_s
 from api.body import printable
 from api.params import parse_number
 from api.relay import HANDOVER, Relay
@@ -19,7 +20,7 @@ from events.catalog import AGENT_TYPES
 from events.envelope import STREAM_ID, text
 from events.errors import DomainError
 from events.money.amounts import micros_to_usd
-from events.money.budgets import job_scopes, worst_case_micros
+from events.money.budgets import first_call_micros, job_scopes
 from events.money.prices import PriceBook
 from events.semantic_cache import SemanticIndex
 from events.store import budget_scripts, cache_scripts, job_scripts, keyspace
@@ -88,28 +89,6 @@ class CancelContendedError(DomainError):
 
     status = 409
     code = "cancel_contended"
-
-
-class BudgetExceededError(DomainError):
-    """Raised when a job's first call's worst case does not fit what a budget has left."""
-
-    status = 402
-    code = "budget_exceeded"
-
-    def __init__(self, scope: str, remaining: int, limit: int, period: str, hold: int) -> None:
-        super().__init__(
-            f"The {period} budget for scope '{scope}' has ${micros_to_usd(max(remaining, 0))} left of "
-            f"${micros_to_usd(limit)}; this job needs a hold of ${micros_to_usd(hold)} (its worst case). "
-            "Lower max_tokens, use a cheaper model, or ask an admin to raise the budget.",
-            figures={
-                "scope": scope,
-                "period": period,
-                "limit_usd": micros_to_usd(limit),
-                "remaining_usd": micros_to_usd(max(remaining, 0)),
-                "hold_usd": micros_to_usd(hold),
-            },
-        )
-        self.scope, self.remaining, self.limit, self.period, self.hold = scope, remaining, limit, period, hold
 
 
 class JobService:
@@ -296,10 +275,10 @@ class JobService:
         return first
 
     async def _hold(self, owner: str, job_id: str, sub: Submission, model: str, now: float) -> int:
-        """Reserve the job's worst-case cost against every budget scope; returns the amount held."""
+        """Reserve the job's first call's worst case against every budget scope; returns the amount held."""
         info = AGENT_TYPES[sub.agent_type]
-        amount = worst_case_micros(
-            self.prices.price(model), info, max_tokens=sub.max_tokens, query_bytes=len(sub.query.encode())
+        amount = first_call_micros(
+            self.prices.price(model), info, query=sub.query, max_tokens=sub.max_tokens, images=len(sub.attachments)
         )
         reply = await self.scripts.run(
             budget_scripts.hold(
@@ -312,8 +291,8 @@ class JobService:
             )
         )
         if reply.rejection is not None:
-            no = reply.rejection
-            raise BudgetExceededError(no.scope, no.remaining_micros, no.limit_micros, no.period, amount)
+            eta = await running_eta_s(self.client, owner, now) if reply.rejection.held_micros else None
+            raise BudgetExceededError(reply.rejection, amount, now=now, running_eta_s=eta)
         return amount
 
     async def settle(self, owner: str, job_id: str) -> None:

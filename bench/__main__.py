@@ -5,13 +5,14 @@ from __future__ import annotations
 import platform
 import sys
 
-from bench import auth, cache, capacity, latency, metrics, money, streams, submit
+from bench import admission, auth, cache, capacity, latency, metrics, money, streams, submit
 
 BENCHES = {
     "submit": submit.run,
     "latency": latency.run,
     "streams": streams.run,
     "money": money.run,
+    "admission": admission.run,
     "auth": auth.run,
     "metrics": metrics.run,
     "capacity": capacity.run,

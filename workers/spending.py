@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any, Callable, Mapping, Sequence
 
 from events.docs.dense import token_bound
 from events.envelope import text
 from events.money.amounts import micros_to_usd
-from events.money.budgets import call_cost_bound
+from events.money.budgets import call_cost_bound, prompt_bytes
 from events.money.prices import PriceBook, UnknownModelError
 from events.money.usage import public, usage_data
 from events.store import budget_scripts, keyspace
@@ -68,7 +67,7 @@ class Spending:
 
     def before_call(self, request: ChatRequest) -> None:
         """Extend the hold to cover the call's worst case, or raise BudgetExhausted when a budget has no room."""
-        prompt = len(json.dumps(request.messages).encode()) + len(json.dumps(request.tools).encode())
+        prompt = prompt_bytes(request.messages, request.tools)
         self._extend(call_cost_bound(self._price(request.model), prompt_bytes=prompt, max_tokens=request.max_tokens))
 
     def before_embed(self, model: str, texts: Sequence[str]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from events.catalog import AgentSpec
 from events.errors import DomainError
@@ -17,8 +18,6 @@ from events.money.prices import ModelPrice
 
 SCOPE_KINDS = ("user", "session", "agent")
 DEFAULT_ALERT_PCT = 80
-MESSAGE_OVERHEAD_BYTES = 64  # framing of one message in a request, beyond its text
-BYTES_PER_OUTPUT_TOKEN = 4
 
 
 class BudgetError(DomainError):
@@ -85,14 +84,33 @@ def call_cost_bound(price: ModelPrice, *, prompt_bytes: int, max_tokens: int) ->
     return ceil_micros(usd)
 
 
-def worst_case_micros(price: ModelPrice, spec: AgentSpec, *, query_bytes: int, max_tokens: int) -> int:
-    """The hold for a job of the agent `spec`: its model calls, the conversation growing by each answer and the
-    tool results the agent lets through."""
-    growth = max_tokens * BYTES_PER_OUTPUT_TOKEN + spec.tool_results_per_call * (
-        spec.max_tool_result_chars + MESSAGE_OVERHEAD_BYTES
-    )
-    first = query_bytes + spec.prompt_overhead_bytes
-    return sum(
-        call_cost_bound(price, prompt_bytes=first + k * growth, max_tokens=max_tokens)
-        for k in range(spec.max_llm_calls)
-    )
+IMAGE_TOKENS = 50_000  # the most one image is billed in OpenAI's tables: gpt-4o-mini, high detail, 8 tiles: 48,169
+
+
+def prompt_bytes(messages: Any, tools: Any) -> int:
+    """A request's prompt as holds count it: its JSON bytes (a token is at least one byte), with each image part
+    counted as IMAGE_TOKENS instead of its encoded bytes, which say nothing of what a service bills for an image
+    (a tiny PNG of a large blank page costs the most)."""
+    images = 0
+
+    def bare(value: Any) -> Any:
+        nonlocal images
+        if isinstance(value, dict):
+            if value.get("type") == "image_url":
+                images += 1
+                return {"type": "image_url"}
+            return {k: bare(v) for k, v in value.items()}
+        return [bare(v) for v in value] if isinstance(value, list) else value
+
+    size = len(json.dumps(bare(messages)).encode()) + len(json.dumps(tools).encode())
+    return size + images * IMAGE_TOKENS
+
+
+def first_call_micros(price: ModelPrice, spec: AgentSpec, *, query: str, max_tokens: int, images: int = 0) -> int:
+    """The hold a job takes at submit: its first model call's worst case. The prompt is the query as the request
+    carries it (JSON-escaped) plus the agent's system prompt and tool specs (`prompt_overhead_bytes`, checked
+    against real first requests by tests/test_admission.py), every byte a full-price token; the output is
+    `max_tokens`; each attached image as IMAGE_TOKENS. Each further call is held by the worker when it knows that
+    call's real prompt."""
+    prompt = len(json.dumps(query).encode()) + spec.prompt_overhead_bytes + images * IMAGE_TOKENS
+    return call_cost_bound(price, prompt_bytes=prompt, max_tokens=max_tokens)

@@ -23,8 +23,11 @@ def count_tokens(text: str) -> int:
     return max(len(_TOKEN.findall(text)), (len(text) + 3) // 4)
 
 
-def _prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    return sum(count_tokens(str(m.get("content") or "")) + 3 for m in messages)
+def prompt_tokens(request: ChatRequest) -> int:
+    """The prompt's tokens: each message's content and three of framing, and the tool specs, which a real service
+    bills with every call too (as their JSON, about four characters a token)."""
+    tools = count_tokens(json.dumps(request.tools)) if request.tools else 0
+    return sum(count_tokens(str(m.get("content") or "")) + 3 for m in request.messages) + tools
 
 
 def _last_user_text(messages: list[dict[str, Any]]) -> str:
@@ -86,7 +89,7 @@ class OfflineProvider:
 
     def stream(self, request: ChatRequest) -> Generator[StreamItem, None, None]:
         """Stream one completion; never fails."""
-        prompt = _prompt_tokens(request.messages)
+        prompt = prompt_tokens(request)
         calls = plan_tool_calls(request)
         if calls:
             usage = Usage(request.model, prompt, sum(count_tokens(c.arguments) for c in calls))
