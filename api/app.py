@@ -215,5 +215,7 @@ def create_app(
     app.add_route("/api/v1/docs-assets/{name}", AssetResource())
     app.add_route("/api/v1/stream/demo", DemoResource())
     app.add_route("/api/v1/stream/health", StreamHealthResource(relay, settings))
-    app.add_route("/api/v1/stream/{agent}", StreamSubmitResource(service, relay, settings, audit))
+    streams = StreamSubmitResource(service, relay, settings, audit)
+    app.add_route("/api/v1/stream/query", streams, suffix="query")  # the seed's general route
+    app.add_route("/api/v1/stream/{agent}", streams)
     return app

@@ -132,13 +132,12 @@ class Body(BaseModel):
 # ---- jobs -------------------------------------------------------------------------------------------------------
 
 
-def job_models(settings: Settings) -> tuple[type[Body], type[Body]]:
-    """(POST /jobs, POST /stream/{agent}): a job's fields, with this deployment's limits."""
+def job_models(settings: Settings) -> tuple[type[Body], type[Body], type[Body]]:
+    """(POST /jobs, POST /stream/query, POST /stream/{agent}): a job's fields, with this deployment's limits."""
     QueryText = Annotated[str, Field(min_length=1, max_length=settings.max_query_chars, pattern=r"\S")]
     MaxTokens = Annotated[int, Strict(), Field(ge=1, le=settings.max_tokens_limit), BeforeValidator(_whole)]
 
     class JobFields(Body):
-        agent_type: Agent | None = None
         query: QueryText
         model: Annotated[str, Field(pattern=MODEL.pattern)] | None = None
         max_tokens: MaxTokens = settings.max_tokens_default
@@ -170,11 +169,15 @@ def job_models(settings: Settings) -> tuple[type[Body], type[Body]]:
 
         agent_type: Agent
 
-    class StreamSubmit(JobFields):
-        """POST /api/v1/stream/{agent}: the job. The path names the agent; on /stream/query an agent_type here picks
-        another (the seed's usage), on the other routes it must be the path's agent or absent."""
+    class StreamQuery(JobFields):
+        """POST /api/v1/stream/query, the seed's general route: the job, and the agent (`query` when absent)."""
 
-    return JobSubmit, StreamSubmit
+        agent_type: Agent | None = None
+
+    class StreamSubmit(JobFields):
+        """POST /api/v1/stream/{agent}: the job; the path names the agent."""
+
+    return JobSubmit, StreamQuery, StreamSubmit
 
 
 # ---- costs ------------------------------------------------------------------------------------------------------
@@ -409,9 +412,10 @@ class RequestModels:
     """The body and query-string model of every route that has one, by (route template, method)."""
 
     def __init__(self, settings: Settings) -> None:
-        job, stream = job_models(settings)
+        job, stream_query, stream = job_models(settings)
         self.bodies: dict[tuple[str, str], type[Body]] = {
             ("/api/v1/jobs", "POST"): job,
+            ("/api/v1/stream/query", "POST"): stream_query,
             ("/api/v1/stream/{agent}", "POST"): stream,
             ("/api/v1/costs/budget", "POST"): BudgetSet,
             ("/api/v1/costs/track", "POST"): UsageTrack,

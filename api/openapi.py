@@ -26,7 +26,7 @@ ASSETS = {
     "swagger-ui.css": "text/css",
     "redoc.standalone.js": "application/javascript",
 }
-SSE_PATHS = {"/api/v1/jobs/{job_id}/events", "/api/v1/stream/{agent}"}
+SSE_PATHS = {"/api/v1/jobs/{job_id}/events", "/api/v1/stream/query", "/api/v1/stream/{agent}"}
 HTML_PATHS = {"/docs", "/redoc", "/api/v1/stream/demo"}
 # One event of a stream, as SSE clients see it: `data` is the event envelope as JSON text.
 SSE_EVENT = {
@@ -58,7 +58,7 @@ def path_params(path: str) -> list[dict[str, Any]]:
         "doc_id": {"type": "string", "pattern": DOC_ID.pattern},
         "attachment_id": {"type": "string", "pattern": ATTACHMENT_ID.pattern},
         "key_id": {"type": "string", "pattern": r"^[0-9a-f]{16}$"},
-        "agent": {"type": "string", "enum": sorted(AGENT_TYPES)},
+        "agent": {"type": "string", "enum": sorted(set(AGENT_TYPES) - {"query"})},  # /stream/query is its own route
         "name": {"type": "string", "enum": sorted(ASSETS)},
     }
     return [

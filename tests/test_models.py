@@ -25,7 +25,7 @@ from tests.stack import base_env
 SETTINGS = Settings.from_env(
     base_env("redis://127.0.0.1:1/0", MAX_QUERY_CHARS="100", MAX_TOKENS_DEFAULT="50", MAX_TOKENS_LIMIT="200")
 )
-JobSubmit, StreamSubmit = job_models(SETTINGS)
+JobSubmit, StreamQuery, StreamSubmit = job_models(SETTINGS)
 
 
 def test_a_minimal_submission_gets_the_defaults() -> None:
@@ -106,8 +106,11 @@ def test_ranges_are_explained_with_both_bounds() -> None:
     assert explain(info.value, JobSubmit) == "Field 'max_tokens': must be between 1 and 200."
 
 
-def test_the_stream_route_takes_its_agent_from_the_path() -> None:
-    assert StreamSubmit.model_validate({"query": "hi"}).agent_type is None
+def test_the_stream_route_takes_its_agent_from_the_path_and_the_seeds_route_from_the_body() -> None:
+    assert StreamQuery.model_validate({"query": "hi"}).agent_type is None
+    assert StreamQuery.model_validate({"query": "hi", "agent_type": "math"}).agent_type == "math"
+    with pytest.raises(ValidationError):
+        StreamSubmit.model_validate({"query": "hi", "agent_type": "math"})
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ def test_the_document_is_valid_openapi_and_describes_every_route(spec: dict) -> 
 
 def test_request_schemas_match_what_the_api_accepts(spec: dict, alice: httpx.Client) -> None:
     submit = spec["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert submit["required"] == ["agent_type", "query"] and submit["additionalProperties"] is False
+    assert sorted(submit["required"]) == ["agent_type", "query"] and submit["additionalProperties"] is False
     agents = submit["properties"]["agent_type"]["enum"]
     assert agents == sorted(AGENT_TYPES) == ["code", "math", "query", "rag", "vision"]
     too_many = submit["properties"]["max_tokens"]["maximum"] + 1

@@ -32,8 +32,7 @@ def test_the_seeds_general_route_runs_the_agent_its_body_names(alice: httpx.Clie
     assert alice.get(f"/api/v1/jobs/{events[0].data['job_id']}").json()["agent_type"] == "math"
     assert any(e.event == "tool_start" for e in events)  # the math agent's tools, not the query agent
     refused = alice.post("/api/v1/stream/code", json={"query": "print(1)", "agent_type": "math"})
-    assert refused.status_code == 400 and refused.json()["code"] == "agent_mismatch"
-    assert "/api/v1/stream/math" in refused.json()["description"]
+    assert refused.status_code == 400 and "agent_type" in refused.json()["description"]  # the path names it
 
 
 def test_post_stream_to_an_unknown_agent_is_404(alice: httpx.Client) -> None:

@@ -11,7 +11,7 @@ from falcon.asgi import SSEvent
 
 from api.audit import AuditLog
 from api.auth import principal_of
-from api.errors import bad_request, not_found
+from api.errors import not_found
 from api.job_service import JobService
 from api.permissions import PUBLIC, Permission
 from api.relay import Relay, Subscription
@@ -27,7 +27,7 @@ class StreamSubmitResource:
     """POST /api/v1/stream/{agent}: submit a job and stream its events in the same response.
 
     The path names the agent; `/stream/query` is also the seed's general route, where a body's `agent_type` picks
-    the agent. Another route refuses a body that names a different agent (400 `agent_mismatch`).
+    the agent (the other routes' bodies have no `agent_type`).
 
     The first event (`job`) carries the job id and its stream URL, so a client that loses the connection
     resumes on /api/v1/jobs/{id}/events with the id of the last event it saw. Events are framed data first, so
@@ -43,21 +43,19 @@ class StreamSubmitResource:
         self.settings = settings
         self.audit = audit
 
+    async def on_post_query(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Submit to the agent the body names (`query` when it names none) and stream: the seed's route."""
+        await self._submit(req, resp, req.context.body.agent_type or "query")
+
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, agent: str) -> None:
         """Submit to `agent` and stream."""
         if agent not in AGENT_TYPES:
             raise not_found(
                 f"There is no agent {agent!r}; use one of: {', '.join(sorted(AGENT_TYPES))}.", code="unknown_agent"
             )
-        chosen = req.context.body.agent_type
-        if chosen and chosen != agent:
-            if agent != "query":
-                raise bad_request(
-                    f"This route runs the {agent!r} agent but the body asks for {chosen!r}; drop agent_type or "
-                    f"POST to /api/v1/stream/{chosen}.",
-                    code="agent_mismatch",
-                )
-            agent = chosen  # the seed's general route: POST /stream/query with agent_type "math" runs math
+        await self._submit(req, resp, agent)
+
+    async def _submit(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, agent: str) -> None:
         job, _ = await submit_job(req, self.service, self.audit, agent=agent)
         view = public_job(job, self.settings, principal_of(req))
         resp.set_header("Cache-Control", "no-cache")
