@@ -69,7 +69,7 @@ from events.store.clients import async_client
 from events.telemetry import logs, tracing
 from settings import Settings
 
-RELAY_BLOCK_MS = 5000
+RELAY_READ_TIMEOUT_S = 10  # the relay's reads do not block; the notices' reads set their own
 
 
 class Lifespan:
@@ -97,7 +97,7 @@ def redis_clients(settings: Settings) -> tuple[Any, Any]:
     )
     reader = async_client(
         settings.redis,
-        socket_timeout=RELAY_BLOCK_MS / 1000 + 5,
+        socket_timeout=RELAY_READ_TIMEOUT_S,
         max_connections=4,
         pool_timeout=settings.redis_pool_timeout_s,
     )
@@ -119,7 +119,7 @@ def create_app(
     if redis is None or reader is None:
         redis, reader = redis_clients(settings)
     instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    relay = Relay(reader, redis, instance, block_ms=RELAY_BLOCK_MS, buffer=settings.sse_buffer)
+    relay = Relay(reader, buffer=settings.sse_buffer)
     drain.on_begin(relay.hand_over)
     users = UserStore(redis, settings.secret_key, clock)
     prices = PriceBook(Path(settings.prices_file))

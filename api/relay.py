@@ -1,15 +1,19 @@
 """The SSE relay: one Redis reader per API process, fanning job events out to in-process queues.
 
-However many clients watch, a process holds one blocking XREAD over every watched job stream (plus
-its own wake-up stream, written when a new subscriber arrives so it never waits for the block to time
-out). Each subscriber has a bounded queue; one that falls behind is dropped and resumes by
-Last-Event-ID. An entry is decoded and serialised once, whoever reads it.
+However many clients watch, a process reads each job stream once per batch of news, whoever watches it, and
+reads only the streams that have news: their writers publish a notice per append (api/relay_notices.py), and a
+read names just the streams noticed since the last one, so its cost follows the events, not the open streams
+(one XREAD naming every watched stream made each read cost O(streams open): docs/BENCHMARKS.md). A slow sweep
+reads a few watched streams each second whatever the notices say, so a writer that does not publish is still
+seen. Each subscriber has a bounded queue; one that falls behind is dropped and resumes by Last-Event-ID. An
+entry is decoded and serialised once, whoever reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -17,6 +21,7 @@ from typing import Any
 
 import redis
 
+from api.relay_notices import Notices
 from events.envelope import TERMINAL_TYPES, EnvelopeError, Event, text
 from events.store import keyspace
 
@@ -82,23 +87,24 @@ class Relay:
     """Multiplexes every subscribed job stream of this process over one reader connection."""
 
     def __init__(
-        self, reader: Any, waker: Any, instance: str, *, block_ms: int = 5000, count: int = 256, buffer: int = 2048
+        self, reader: Any, *, count: int = 256, buffer: int = 2048, batch: int = 512, sweep: int = 64
     ) -> None:
-        self.reader = reader  # a client whose socket timeout exceeds block_ms
-        self.waker = waker
-        self.wake_key = keyspace.relay_wake(instance)
-        self.block_ms = block_ms
-        self.count = count
+        self.reader = reader  # its pool lends the notices' connection too
+        self.count = count  # entries per stream per read
         self.buffer = buffer
+        self.batch = batch  # streams per read
+        self.sweep = sweep  # streams read per quiet second whatever the notices say
         self.subs: dict[str, set[Subscription]] = {}
         self.cursors: dict[str, tuple[int, int]] = {}
-        self._wake_cursor = "0-0"
-        self._woken = False
-        self._reads = 0  # reads started so far; the newest may be in flight
+        self.dirty: dict[str, None] = {}  # streams with news, oldest first
+        self.reads = 0  # reads started so far; the newest may be in flight
+        self.keys_read = 0  # streams named by those reads, in all
+        self.notices = Notices(reader, self._noticed)
+        self._news = asyncio.Event()
+        self._swept = 0
         self._in_flight = False
         self._rewound: dict[str, tuple[int, int]] = {}  # lowest position asked for while a read was in flight
-        self._task: asyncio.Task[None] | None = None
-        self._has_subs = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._handing_over = False
 
@@ -111,7 +117,9 @@ class Relay:
         """Follow a job's stream from just after `after` (0-0: from the start)."""
         key = keyspace.job_stream(job_id)
         pos = parse_id(after)
-        sub = Subscription(key, pos, asyncio.Queue(self.buffer), since=self._reads)
+        sub = Subscription(key, pos, asyncio.Queue(self.buffer), since=self.reads)
+        if key not in self.subs:
+            self.notices.want(key)
         self.subs.setdefault(key, set()).add(sub)
         if key not in self.cursors or pos < self.cursors[key]:
             self.cursors[key] = pos
@@ -121,10 +129,9 @@ class Relay:
         if self._handing_over:
             self._hand_over(sub)
             return sub
-        self._has_subs.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="sse-relay")
-        self._wake()
+        if not self._tasks or any(t.done() for t in self._tasks):
+            self._start()
+        self._mark(key)  # what the stream holds already, before any notice
         return sub
 
     def hand_over(self) -> None:
@@ -149,50 +156,79 @@ class Relay:
         if not subs:
             del self.subs[sub.key]
             self.cursors.pop(sub.key, None)
-            if not self.subs:
-                self._has_subs.clear()
+            self.dirty.pop(sub.key, None)
+            self.notices.drop(sub.key)
 
     async def close(self) -> None:
-        """Stop the reader: wake its blocked XREAD so it sees the flag (cancelling a blocked read can hang)."""
+        """Stop the reader and the notices."""
         self._closing = True
-        self._has_subs.set()
-        if self._task is None or self._task.done():
-            return
-        with contextlib.suppress(redis.RedisError):
-            await self.waker.xadd(self.wake_key, {"w": "1"}, maxlen=1, approximate=False)
-        await asyncio.wait({self._task}, timeout=2)
-        if not self._task.done():
-            self._task.cancel()
+        self._news.set()
+        tasks, self._tasks = self._tasks, []
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
+        for task in tasks:
+            task.cancel()
 
-    def _wake(self) -> None:
-        if self._woken:
-            return
-        self._woken = True
-        asyncio.get_running_loop().create_task(self._send_wake())
+    def _start(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = [
+            asyncio.create_task(self._run(), name="sse-relay"),
+            asyncio.create_task(self.notices.run(lambda: self._closing), name="sse-relay-notices"),
+        ]
 
-    async def _send_wake(self) -> None:
-        try:
-            await self.waker.xadd(self.wake_key, {"w": "1"}, maxlen=1, approximate=False)
-        except redis.RedisError as ex:
-            log.warning("relay wake-up failed: %s", ex)
+    def _mark(self, key: str) -> None:
+        if key in self.cursors:
+            self.dirty[key] = None
+            self._news.set()
+
+    def _noticed(self, key: str | None) -> None:
+        """A notice for `key`; None: every watched stream may have news."""
+        if key is None:
+            for watched in self.cursors:
+                self.dirty[watched] = None
+            self._news.set()
+        else:
+            self._mark(key)
+
+    def _sweep_some(self) -> None:
+        """Count a few watched streams, in turn, as having news (a writer that publishes no notice is seen too)."""
+        keys = list(self.cursors)
+        if not keys:
+            return
+        start = self._swept % len(keys)
+        for key in (keys[start:] + keys[:start])[: self.sweep]:
+            self.dirty[key] = None
+        self._swept = start + self.sweep
 
     async def _run(self) -> None:
         delay = 0.05
         while not self._closing:
-            if not self.subs:
-                await self._has_subs.wait()
+            if not self.dirty:
+                self._news.clear()
+                try:
+                    async with asyncio.timeout(1.0):
+                        await self._news.wait()
+                except TimeoutError:
+                    self._sweep_some()
                 continue
-            self._woken = False
-            streams = {self.wake_key: self._wake_cursor}
-            streams.update({k: f"{ms}-{seq}" for k, (ms, seq) in self.cursors.items()})
-            self._reads += 1
-            read = self._reads
+            keys = list(itertools.islice(self.dirty, self.batch))
+            for key in keys:
+                del self.dirty[key]
+            streams = {k: f"{self.cursors[k][0]}-{self.cursors[k][1]}" for k in keys if k in self.cursors}
+            if not streams:
+                continue
+            self.reads += 1
+            self.keys_read += len(streams)
+            read = self.reads
             self._in_flight = True
             try:
-                reply = await self.reader.xread(streams, count=self.count, block=self.block_ms)
+                reply = await self.reader.xread(streams, count=self.count)
                 delay = 0.05
             except redis.RedisError as ex:
                 log.warning("relay cannot read from redis: %s; retrying in %.2fs", ex, delay)
+                for key in streams:
+                    self._mark(key)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
@@ -200,15 +236,16 @@ class Relay:
                 self._in_flight = False
                 rewound, self._rewound = self._rewound, {}
             for key, entries in reply or []:
-                self._dispatch(text(key), entries, read)
+                key = text(key)
+                self._dispatch(key, entries, read)
+                if len(entries) >= self.count:
+                    self._mark(key)  # there may be more
             for key, pos in rewound.items():
                 if key in self.cursors and pos < self.cursors[key]:
                     self.cursors[key] = pos
+                self._mark(key)
 
     def _dispatch(self, key: str, entries: list[Any], read: int) -> None:
-        if key == self.wake_key:
-            self._wake_cursor = text(entries[-1][0])
-            return
         subs = self.subs.get(key)
         if not subs or not entries:
             return

@@ -2,7 +2,8 @@
 
 Token events are batched: they wait at most `flush_ms` (a background thread flushes stragglers),
 so each token reaches the relay within that bound while bursts cost one pipelined XADD round trip.
-Every other event flushes the tokens before it, so the stream stays in `seq` order.
+Every other event flushes the tokens before it, so the stream stays in `seq` order. Each write to a job stream
+ends with a notice on the channel named like the stream, which is how the SSE relays know to read it.
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class JobPublisher:
         pipe = self._client.pipeline(transaction=False)
         for event in batch:
             pipe.xadd(self._stream, event.to_fields())
+        pipe.publish(self._stream, "")  # the relays watching this stream read it now (api/relay_notices.py)
         pipe.execute()
 
     def _raise_pending(self) -> None:

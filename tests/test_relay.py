@@ -68,14 +68,20 @@ def new_job() -> str:
     return f"j_{next(_ids) + 7_000_000:032x}"
 
 
-async def add(client: aioredis.Redis, job_id: str, seq: int, etype: str = "token") -> str:
+async def add(client: aioredis.Redis, job_id: str, seq: int, etype: str = "token", *, notice: bool = True) -> str:
+    """Append an event as our writers do: the XADD, then the notice on the stream's channel (unless `notice`)."""
     event = Event(etype, job_id, seq, time.time(), 1, {"n": seq})
-    return (await client.xadd(keyspace.job_stream(job_id), event.to_fields())).decode()
+    pipe = client.pipeline(transaction=False)
+    pipe.xadd(keyspace.job_stream(job_id), event.to_fields())
+    if notice:
+        pipe.publish(keyspace.job_stream(job_id), "")
+    entry_id, *_ = await pipe.execute()
+    return str(entry_id.decode())
 
 
 async def test_one_reader_serves_many_streams_and_positions(clients) -> None:
     writer, reader = clients
-    relay = Relay(reader, writer, "t-multi", block_ms=2000)
+    relay = Relay(reader)
     a, b = new_job(), new_job()
     first = await add(writer, a, 0)
     await add(writer, a, 1)
@@ -94,26 +100,90 @@ async def test_one_reader_serves_many_streams_and_positions(clients) -> None:
     await relay.close()
 
 
-async def test_a_new_subscriber_does_not_wait_for_the_blocked_read_to_time_out(clients) -> None:
+async def test_a_new_subscriber_gets_what_its_stream_holds_at_once(clients) -> None:
     writer, reader = clients
-    relay = Relay(reader, writer, "t-wake", block_ms=10_000)
-    idle = relay.subscribe(new_job())  # the reader now blocks for up to 10 s on this stream alone
+    relay = Relay(reader)
+    idle = relay.subscribe(new_job())  # the reader waits for news on this stream alone
     await asyncio.sleep(0.2)
     job = new_job()
-    await add(writer, job, 0)
+    await add(writer, job, 0, notice=False)  # written before anyone watched: no notice will come for it
     started = time.monotonic()
     sub = relay.subscribe(job)
     delivery = await sub.next(8)
     assert delivery is not None and delivery.type == "token"
-    assert time.monotonic() - started < 5, "the subscriber waited for the 10 s block"
+    assert time.monotonic() - started < 0.5, "the subscriber waited for a notice or the sweep"
     relay.unsubscribe(idle)
     relay.unsubscribe(sub)
     await relay.close()
 
 
+async def test_a_read_names_only_the_streams_with_news(clients) -> None:
+    """500 streams open, events on one: the reads name that stream, not all 500 (the cost follows the events)."""
+    writer, reader = clients
+    relay = Relay(reader, sweep=0)
+    quiet = [relay.subscribe(new_job()) for _ in range(499)]
+    job = new_job()
+    busy = relay.subscribe(job)
+    await asyncio.sleep(0.5)  # the first read of each stream, and the subscriptions, are done
+    before = relay.keys_read
+    ids = [await add(writer, job, n) for n in range(20)]
+    assert [(await busy.next(5)).id for _ in range(20)] == ids
+    assert relay.keys_read - before <= 20, relay.keys_read - before
+    for sub in [*quiet, busy]:
+        relay.unsubscribe(sub)
+    await relay.close()
+
+
+async def test_a_writer_that_sends_no_notice_is_still_read_by_the_sweep(clients) -> None:
+    writer, reader = clients
+    relay = Relay(reader, sweep=64)
+    job = new_job()
+    sub = relay.subscribe(job)
+    await asyncio.sleep(0.2)
+    entry = await add(writer, job, 0, notice=False)
+    delivery = await sub.next(5)  # a quiet second sweeps up to 64 streams: this one is among them
+    assert delivery is not None and delivery.id == entry
+    relay.unsubscribe(sub)
+    await relay.close()
+
+
+async def test_notices_come_back_after_their_connection_is_killed(clients) -> None:
+    """Redis drops the relay's subscription connection: it reconnects, subscribes again, reads what it missed."""
+    writer, reader = clients
+    relay = Relay(reader, sweep=0)
+    job = new_job()
+    sub = relay.subscribe(job)
+    first = await add(writer, job, 0)
+    assert (await sub.next(5)).id == first
+    assert await writer.client_kill_filter(_type="pubsub") >= 1
+    missed = await add(writer, job, 1)  # its notice went nowhere
+    later = await add(writer, job, 2)
+    got = [(await sub.next(5)).id for _ in range(2)]
+    assert got == [missed, later]
+    relay.unsubscribe(sub)
+    await relay.close()
+
+
+async def test_a_thousand_viewers_of_one_job_share_each_read_and_get_every_event_once_in_order(clients) -> None:
+    writer, reader = clients
+    relay = Relay(reader, sweep=0)
+    job = new_job()
+    viewers = [relay.subscribe(job) for _ in range(1000)]
+    await asyncio.sleep(0.3)
+    before = relay.keys_read
+    ids = [await add(writer, job, n) for n in range(20)]
+    for viewer in viewers:
+        assert [(await viewer.next(5)).id for _ in range(20)] == ids
+        assert viewer.queue.empty()
+    assert relay.keys_read - before <= 20  # one stream per read, whoever watches it
+    for viewer in viewers:
+        relay.unsubscribe(viewer)
+    await relay.close()
+
+
 async def test_a_subscriber_that_falls_behind_is_dropped_and_others_keep_going(clients) -> None:
     writer, reader = clients
-    relay = Relay(reader, writer, "t-slow", block_ms=2000, buffer=16)
+    relay = Relay(reader, buffer=16)
     job = new_job()
     slow, fast = relay.subscribe(job), relay.subscribe(job)
     received = []
@@ -137,13 +207,13 @@ async def test_a_subscriber_that_falls_behind_is_dropped_and_others_keep_going(c
 async def test_a_subscriber_arriving_while_a_read_is_in_flight_gets_every_event_in_order(clients) -> None:
     writer, reader = clients
     other = aioredis.Redis(port=writer.get_connection_kwargs()["port"])
-    relay = Relay(reader, writer, "t-race", block_ms=5000)
+    relay = Relay(reader)
     try:
         for _ in range(20):
             job = new_job()
             first = relay.subscribe(job)
             ids = [await add(writer, job, n) for n in range(3)]
-            assert [(await first.next(5)).id for _ in range(3)] == ids  # the reader now blocks after ids[-1]
+            assert [(await first.next(5)).id for _ in range(3)] == ids
             late = relay.subscribe(job)  # from the start, while that read is in flight
             ids.append(await add(other, job, 3))
             ids.append(await add(other, job, 4, "done"))
@@ -166,7 +236,7 @@ async def test_a_draining_process_hands_every_stream_over_after_what_it_already_
     """On SIGTERM (api/drain.py) each subscriber gets the events queued for it, then HANDOVER; so does one that
     subscribes afterwards, at once, and the relay holds no stream any more."""
     writer, reader = clients
-    relay = Relay(reader, writer, "t-drain", block_ms=2000)
+    relay = Relay(reader)
     job = new_job()
     sub = relay.subscribe(job)
     first = await add(writer, job, 0)

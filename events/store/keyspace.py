@@ -23,7 +23,8 @@ def job(job_id: str) -> str:
 
 
 def job_stream(job_id: str) -> str:
-    """The job's own event stream, read by the SSE relay."""
+    """The job's own event stream, read by the SSE relay. Its writers announce each append on the channel of the
+    same name (_emit.lua knows job streams by the prefix `stream:job:`)."""
     return f"stream:job:{{{job_id}}}"
 
 
@@ -169,11 +170,6 @@ def dedupe(group: str, entry_id: str) -> str:
     return f"seen:{group}:{entry_id}"
 
 
-def relay_wake(instance: str) -> str:
-    """Written to wake one API process's relay reader when a new subscriber arrives."""
-    return f"relay:wake:{instance}"
-
-
 # Budgets: every key of one user shares the hash tag {user}, so the budget scripts stay in one slot.
 HOLDS_INDEX = "budget:holds"
 ALERTS_STREAM = "stream:alerts"
@@ -207,6 +203,11 @@ def ledger_total(owner: str) -> str:
 def ledger_queries(user_id: str) -> str:
     """Hash of a user's runs and cost per identical query (n:/c: + query hash)."""
     return f"ledger:{user_id}:queries"
+
+
+def ledger_seen(hour: str) -> str:
+    """Set of the usage entries the ledger applied, of those added to the stream in one UTC hour (YYYYMMDDHH)."""
+    return f"seen:ledger:h:{hour}"
 
 
 # Failed authentications per client address, counted per window (see api/lockout.py and the sweeper).

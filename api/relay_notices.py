@@ -1,0 +1,94 @@
+"""Which job streams have news: the relay's subscription to the notices their writers publish.
+
+Every writer of a job stream publishes the stream's key on a channel of the same name after appending
+(`_emit.lua`, events/publisher.py). The relay subscribes to the channels of the streams it watches on one connection
+of its own, and reads only the streams named by a notice, so a read costs what has news, not every open stream.
+
+A notice carries nothing but the key: the stream stays the one source of events, so a lost notice delays an
+event, never loses it. After every (re)connection, and for each channel as its subscription is confirmed, the
+stream counts as having news, which covers anything written before the subscription took effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+import redis
+
+from events.envelope import text
+
+log = logging.getLogger("api.relay")
+
+CHUNK = 1000  # channels per SUBSCRIBE / UNSUBSCRIBE command
+PING_S = 10.0  # a quiet connection is checked this often
+SILENCE_S = 3 * PING_S  # no reply, not even to a PING, for this long: the connection is dead; make a new one
+
+
+class Notices:
+    """Subscriptions to the notices of the streams wanted; `news(key)` is called for each notice, and `news(None)`
+    when any stream may have news (a new connection)."""
+
+    def __init__(self, client: Any, news: Callable[[str | None], None]) -> None:
+        self.client = client  # its pool lends the connection, held while the relay runs
+        self.news = news
+        self.wanted: set[str] = set()
+        self._subscribed: set[str] = set()
+        self._changed = asyncio.Event()
+
+    def want(self, key: str) -> None:
+        """Start receiving `key`'s notices (soon: the subscription is sent by the running task)."""
+        self.wanted.add(key)
+        self._changed.set()
+
+    def drop(self, key: str) -> None:
+        """Stop receiving `key`'s notices."""
+        self.wanted.discard(key)
+        self._changed.set()
+
+    async def run(self, closing: Callable[[], bool]) -> None:
+        """Hold the subscription until `closing()`, reconnecting after any failure."""
+        delay = 0.05
+        while not closing():
+            conn = None
+            sender: asyncio.Task[None] | None = None
+            try:
+                conn = await self.client.connection_pool.get_connection()
+                self._subscribed = set()
+                self._changed.set()
+                sender = asyncio.create_task(self._send(conn), name="sse-relay-subscriptions")
+                self.news(None)  # whatever was written while we were not listening
+                while not closing():
+                    reply = await conn.read_response(timeout=SILENCE_S, push_request=True)
+                    delay = 0.05
+                    if isinstance(reply, list) and len(reply) >= 2 and reply[0] in (b"message", b"subscribe"):
+                        self.news(text(reply[1]))
+            except (redis.RedisError, OSError) as ex:
+                if not closing():
+                    log.warning("relay notices lost (%s); reconnecting in %.2fs", ex, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+            finally:
+                if sender is not None:
+                    sender.cancel()
+                if conn is not None:
+                    await conn.disconnect()
+                    await self.client.connection_pool.release(conn)
+
+    async def _send(self, conn: Any) -> None:
+        """Keep the connection's subscriptions equal to `wanted`, and ping it while it is quiet."""
+        while True:
+            try:
+                async with asyncio.timeout(PING_S):
+                    await self._changed.wait()
+            except TimeoutError:
+                await conn.send_packed_command(conn.pack_command("PING"), check_health=False)
+                continue
+            self._changed.clear()
+            add, gone = self.wanted - self._subscribed, self._subscribed - self.wanted
+            for command, keys in (("SUBSCRIBE", sorted(add)), ("UNSUBSCRIBE", sorted(gone))):
+                for start in range(0, len(keys), CHUNK):
+                    chunk = keys[start : start + CHUNK]
+                    await conn.send_packed_command(conn.pack_command(command, *chunk), check_health=False)
+            self._subscribed = (self._subscribed | add) - gone
