@@ -86,9 +86,7 @@ def decode_entry(entry_id: str, fields: Any) -> Delivery | None:
 class Relay:
     """Multiplexes every subscribed job stream of this process over one reader connection."""
 
-    def __init__(
-        self, reader: Any, *, count: int = 256, buffer: int = 2048, batch: int = 512, sweep: int = 64
-    ) -> None:
+    def __init__(self, reader: Any, *, count: int = 256, buffer: int = 2048, batch: int = 512, sweep: int = 64) -> None:
         self.reader = reader  # its pool lends the notices' connection too
         self.count = count  # entries per stream per read
         self.buffer = buffer

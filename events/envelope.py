@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Mapping
 
+import orjson
+
 SCHEMA_VERSION = 1
 STREAM_ID = re.compile(r"^[0-9]{1,15}-[0-9]{1,15}$")  # a Redis stream entry id of our era (ms, sequence)
 
@@ -33,7 +35,9 @@ class EventType(StrEnum):
 
 
 TERMINAL_TYPES = frozenset({"done", "error", "cancelled"})
-_KNOWN = frozenset({"type", "job_id", "seq", "ts", "attempt", "data", "v"})
+_NAMES = ("type", "job_id", "seq", "ts", "attempt", "data", "v")  # in the order from_fields reads them
+_BYTE_NAMES = tuple(name.encode() for name in _NAMES)
+_KNOWN = frozenset(_NAMES)
 
 
 class EnvelopeError(ValueError):
@@ -84,21 +88,29 @@ class Event:
 
     @classmethod
     def from_fields(cls, raw: Mapping[bytes | str, bytes | str]) -> Event:
-        """Decode a stream entry; raises EnvelopeError when it has no type or bad numbers."""
-        fields = text_map(raw)
-        if "type" not in fields:
+        """Decode a stream entry; raises EnvelopeError when it has no type or bad numbers.
+
+        On every hot path (the ledger, the relay): fields are looked up by the keys the client returned (bytes, or
+        str from a decoding client), numbers and the JSON `data` are parsed from the raw values, and only the
+        strings kept are decoded."""
+        names = _BYTE_NAMES if isinstance(next(iter(raw), ""), bytes) else _NAMES
+        known = [raw.get(name) for name in names]
+        etype, job_id, seq, ts, attempt, data, v = known
+        if etype is None:
             raise EnvelopeError("The entry has no 'type' field.")
+        found = len(known) - known.count(None)
+        extra = {text(k): text(val) for k, val in raw.items() if text(k) not in _KNOWN} if len(raw) > found else {}
         try:
-            data = json.loads(fields.get("data") or "{}")
+            decoded = orjson.loads(data or b"{}")
             return cls(
-                type=fields["type"],
-                job_id=fields.get("job_id", ""),
-                seq=int(fields.get("seq") or 0),
-                ts=float(fields.get("ts") or 0.0),
-                attempt=int(fields.get("attempt") or 0),
-                data=data if isinstance(data, dict) else {"value": data},
-                v=int(fields.get("v") or SCHEMA_VERSION),
-                extra={k: v for k, v in fields.items() if k not in _KNOWN},
+                type=text(etype),
+                job_id=text(job_id) if job_id is not None else "",
+                seq=int(seq or 0),
+                ts=float(ts or 0.0),
+                attempt=int(attempt or 0),
+                data=decoded if isinstance(decoded, dict) else {"value": decoded},
+                v=int(v or SCHEMA_VERSION),
+                extra=extra,
             )
         except ValueError as ex:
             raise EnvelopeError(f"The entry has a malformed field: {ex}.") from ex

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 
 from events.money.ledger_codec import (
+    TOTAL_FIELDS,
     Field,
     add_up,
     member_field,
+    member_fields,
     parse_field,
     query_fields,
     repeated_queries,
@@ -28,6 +30,11 @@ from events.money.ledger_codec import (
 )
 def test_a_member_field_reads_back_as_its_group_member_and_figure(group: str, member: str, figure: str) -> None:
     assert parse_field(member_field(group, member, figure)) == Field(group, member, figure)
+
+
+def test_a_members_fields_come_in_the_order_of_the_figures_asked_and_totals_in_the_order_of_all() -> None:
+    assert member_fields("agent", "query", ("cost", "calls")) == ("a:query:cost", "a:query:calls")
+    assert tuple(total_field(figure) for figure in ("cost", "in", "out", "cached", "calls")) == TOTAL_FIELDS
 
 
 @pytest.mark.parametrize("name", ["", "m:", "m::cost", "x:gpt-4o:cost", "m:gpt-4o:bogus", "n:abc", "c:abc", "spent"])

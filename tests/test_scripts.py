@@ -33,7 +33,7 @@ from events.store import (
 )
 from events.store.audit_scripts import Link
 from events.store.cache_scripts import Bounds, Shared
-from events.store.counter_scripts import Increments
+from events.store.counter_scripts import LedgerBatch
 from events.store.job_scripts import CacheRole, Cancelled, Outcome, SubmitCache, Submitted
 from events.store.scripts import LUA, Call, Scripts, script, script_names
 from events.store.taskmsg import RUN_AGENT_TASK, redelivered, task_message
@@ -222,10 +222,10 @@ def run_all(r: redis.Redis) -> list[Call[Any]]:
     [(entry_id, _)] = r.xrange(keyspace.AUDIT_LOG)
     run(audit_scripts.cut(seq=1, hash="a" * 64, entry_ids=[entry_id]))
     run(counter_scripts.count_lifecycle(group="g", entries=[("1-1", "started"), ("1-1", "started")], dedupe_ttl_s=60))
-    increments = Increments(
-        "2-2", [(keyspace.ledger_hour(user, "2026113012"), "cost", 5)], [(keyspace.ledger_hour(user, "2026113012"), 60)]
-    )
-    run(counter_scripts.apply_ledger(group="g", batch=[increments, increments], dedupe_ttl_s=60))
+    hour = keyspace.ledger_hour(user, "2026113012")
+    batch = LedgerBatch({keyspace.ledger_seen("1970010100"): ["2-2"]}, {hour: {"cost": 5}}, {hour: 60})
+    assert run(counter_scripts.apply_ledger(batch=batch, seen_ttl_s=60)) == frozenset()
+    assert run(counter_scripts.apply_ledger(batch=batch, seen_ttl_s=60)) == {"2-2"}  # applied before
     for family, kind in (("jobs_seen", "counter"), ("jobs_seen", "gauge")):
         run(
             metric_scripts.register(

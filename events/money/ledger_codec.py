@@ -10,7 +10,7 @@ is always the last part. A user's query hash keeps `n:{query hash}` (jobs) and `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 # Figure names in Redis -> what the API calls them.
 FIGURES = {
@@ -32,6 +32,14 @@ def total_field(figure: str) -> str:
 def member_field(group: str, member: str, figure: str) -> str:
     """The field of one group member's figure, e.g. member_field('model', 'gpt-4o', 'cost') = 'm:gpt-4o:cost'."""
     return f"{GROUPS[group]}:{member}:{figure}"
+
+
+def member_fields(group: str, member: str, figures: Sequence[str]) -> tuple[str, ...]:
+    """One group member's fields of `figures`, in their order."""
+    return tuple(member_field(group, member, figure) for figure in figures)
+
+
+TOTAL_FIELDS = tuple(total_field(figure) for figure in FIGURES)  # every total, in the order of FIGURES
 
 
 @dataclass(frozen=True)

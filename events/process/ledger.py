@@ -3,83 +3,178 @@
 Buckets are per user (`ledger:{user}:h:{YYYYMMDDHH}`) and for everyone (`ledger:all:h:…`), with all-time totals
 beside them; their fields are named by events/money/ledger_codec.py. The stats, usage, forecast and
 recommendations read these buckets.
+
+A batch is summed here, so each counter it touches grows once whatever the number of events, and one script
+call applies it: it checks first that none of the batch's entries was applied before (a redelivery), and only
+then adds the sums and marks the entries, in one step. When some were, nothing changes; the batch is summed
+again without them and applied (the rare path: a consumer killed between applying and acking).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Iterable, Sequence
 
 from events.envelope import Event
-from events.money.ledger_codec import member_field, query_fields, total_field
+from events.money.ledger_codec import FIGURES, TOTAL_FIELDS, member_fields, query_fields
 from events.money.periods import hour_bucket
 from events.process.consumer import Entry
 from events.store import counter_scripts, keyspace
-from events.store.counter_scripts import Increments
+from events.store.counter_scripts import LedgerBatch
 from events.store.scripts import Scripts
 
 GROUP = "ledger"
-DEDUPE_TTL_S = 7 * 24 * 3600
+# Entries per read (main.py): the larger, the more events share each counter's write; one script call then takes a
+# few ms of Redis. Keep it under 8,000, the most ids ledger_apply.lua can unpack into one command.
+BATCH = 1000
+SEEN_TTL_S = 7 * 24 * 3600  # marks outlive the longest a pending entry is expected to wait for redelivery
 BUCKET_TTL_S = 400 * 24 * 3600
 QUERIES_TTL_S = 30 * 24 * 3600
 
+ALL = tuple(FIGURES)  # a usage event's figures, in the order `profile` gives them: cost, in, out, cached, calls
+SOME = ("cost", "calls")  # the figures kept per agent and per session
+Who = tuple[int, str, str, str, str, str, bool]  # hour (since the epoch), user, model, agent, session, query, run
 
-def _int(data: Any, name: str) -> int:
+
+def _int(value: Any) -> int:
     try:
-        return int(data.get(name) or 0)
+        return int(value or 0)
     except (TypeError, ValueError):
         return 0
 
 
-def increments(entry_id: str, event: Event) -> Increments:
-    """The counter increments one usage event makes. Pure."""
+@functools.lru_cache(maxsize=256)
+def _hour(hour: int) -> str:
+    return hour_bucket(hour * 3600)
+
+
+# The same users, models and hours come back batch after batch: name each once.
+_fields = functools.lru_cache(maxsize=8192)(member_fields)
+_bucket = functools.lru_cache(maxsize=8192)(keyspace.ledger_hour)
+
+
+def profile(event: Event) -> tuple[Who, list[int]]:
+    """Who and what a usage event counts for, and its figures (in the order of ALL). Pure."""
     data = event.data
-    user = str(data.get("user_id") or "unknown")
-    model = str(data.get("model") or "unknown")
-    agent = str(data.get("agent") or "")
-    session = str(data.get("session_id") or "")
-    figures = {
-        "cost": _int(data, "cost_micros"),
-        "in": _int(data, "input_tokens"),
-        "out": _int(data, "output_tokens"),
-        "cached": _int(data, "cached_input_tokens"),
-        "calls": 1,
-    }
-    bucket = hour_bucket(event.ts)
-    mine, everyone = keyspace.ledger_hour(user, bucket), keyspace.ledger_hour("all", bucket)
-    ops: list[tuple[str, str, int]] = []
-    for key in (mine, everyone, keyspace.ledger_total(user), keyspace.ledger_total("all")):
-        ops += [(key, total_field(name), value) for name, value in figures.items()]
-    ops += [
-        (key, member_field("model", model, name), value) for key in (mine, everyone) for name, value in figures.items()
-    ]
-    if agent:
-        ops += [
-            (key, member_field("agent", agent, name), figures[name])
-            for key in (mine, everyone)
-            for name in ("cost", "calls")
-        ]
-    if session:
-        ops += [(mine, member_field("session", session, name), figures[name]) for name in ("cost", "calls")]
-    ops += [(everyone, member_field("user", user, name), value) for name, value in figures.items()]
-    ttls = [(mine, BUCKET_TTL_S), (everyone, BUCKET_TTL_S)]
     query = str(data.get("query_hash") or "")
-    if query:
-        jobs, cost = query_fields(query)
-        ops.append((keyspace.ledger_queries(user), cost, figures["cost"]))
-        if _int(data, "call") == 0 and event.attempt <= 1:
-            ops.append((keyspace.ledger_queries(user), jobs, 1))
-        ttls.append((keyspace.ledger_queries(user), QUERIES_TTL_S))
-    return Increments(entry_id, ops, ttls)
+    who = (
+        int(event.ts // 3600),
+        str(data.get("user_id") or "unknown"),
+        str(data.get("model") or "unknown"),
+        str(data.get("agent") or ""),
+        str(data.get("session_id") or ""),
+        query,
+        bool(query) and _int(data.get("call")) == 0 and event.attempt <= 1,  # a job's first call counts its run
+    )
+    figures = [
+        _int(data.get("cost_micros")),
+        _int(data.get("input_tokens")),
+        _int(data.get("output_tokens")),
+        _int(data.get("cached_input_tokens")),
+        1,
+    ]
+    return who, figures
+
+
+def _sum_into(sums: dict[Any, list[int]], key: Any, figures: Sequence[int]) -> None:
+    found = sums.get(key)
+    if found is None:
+        sums[key] = list(figures)
+    else:
+        for i, value in enumerate(figures):
+            found[i] += value
+
+
+def counters(events: Iterable[Event]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """What usage events add to the ledger, summed per counter (per hash, field -> amount), and the TTL of the
+    hashes that expire. Pure.
+
+    Figures are summed from the finest grouping to the coarsest (a user's model and agent in an hour, then
+    everyone's, then all time), so each counter is named and added once per batch, not once per event. A field
+    that would grow by 0 is left out (it reads as 0), but in the all-time totals, which are shown as they are.
+    """
+    by_user: dict[tuple[int, str, str, str], list[int]] = {}  # hour, user, model, agent
+    by_session: dict[tuple[int, str, str], list[int]] = {}  # hour, user, session: cost, calls
+    by_query: dict[tuple[str, str], list[int]] = {}  # user, query: cost, runs
+    for event in events:
+        (hour, user, model, agent, session, query, run), figures = profile(event)
+        _sum_into(by_user, (hour, user, model, agent), figures)
+        if session:
+            _sum_into(by_session, (hour, user, session), (figures[0], 1))
+        if query:
+            _sum_into(by_query, (user, query), (figures[0], 1 if run else 0))
+    by_hour: dict[tuple[int, str, str], list[int]] = {}  # hour, model, agent: everyone's
+    by_owner: dict[str, list[int]] = {}  # user: all time
+    everything = [0] * len(ALL)
+    for (hour, user, model, agent), figures in by_user.items():
+        _sum_into(by_hour, (hour, model, agent), figures)
+        _sum_into(by_owner, user, figures)
+        for i, value in enumerate(figures):
+            everything[i] += value
+
+    out: dict[str, dict[str, int]] = {}
+    ttls: dict[str, int] = {}
+
+    def add(key: str, fields: Sequence[str], values: Sequence[int], *, zeros: bool = False) -> None:
+        row = out.setdefault(key, {})
+        for field, value in zip(fields, values, strict=True):
+            if value or zeros:
+                row[field] = row.get(field, 0) + value
+
+    for (hour, user, model, agent), figures in by_user.items():
+        mine = _bucket(user, _hour(hour))
+        add(mine, TOTAL_FIELDS, figures)
+        add(mine, _fields("model", model, ALL), figures)
+        if agent:
+            add(mine, _fields("agent", agent, SOME), (figures[0], figures[4]))
+        add(_bucket("all", _hour(hour)), _fields("user", user, ALL), figures)
+        ttls[mine] = BUCKET_TTL_S
+    for (hour, user, session), figures in by_session.items():
+        add(_bucket(user, _hour(hour)), _fields("session", session, SOME), figures)
+    for (hour, model, agent), figures in by_hour.items():
+        everyone = _bucket("all", _hour(hour))
+        add(everyone, TOTAL_FIELDS, figures)
+        add(everyone, _fields("model", model, ALL), figures)
+        if agent:
+            add(everyone, _fields("agent", agent, SOME), (figures[0], figures[4]))
+        ttls[everyone] = BUCKET_TTL_S
+    for user, figures in by_owner.items():
+        add(keyspace.ledger_total(user), TOTAL_FIELDS, figures, zeros=True)
+    add(keyspace.ledger_total("all"), TOTAL_FIELDS, everything, zeros=True)
+    for (user, query), (cost, runs) in by_query.items():
+        queries = keyspace.ledger_queries(user)
+        jobs_field, cost_field = query_fields(query)
+        add(queries, (cost_field, jobs_field), (cost, runs))
+        ttls[queries] = QUERIES_TTL_S
+    return out, ttls
+
+
+def seen_sets(entry_ids: Iterable[str]) -> dict[str, list[str]]:
+    """Stream entry ids ('{ms}-{seq}') by the mark set that records them: one per hour they were added in. Pure."""
+    by_hour: dict[int, list[str]] = {}
+    for entry_id in entry_ids:
+        hour = int(entry_id.partition("-")[0]) // 3_600_000
+        found = by_hour.get(hour)
+        if found is None:
+            by_hour[hour] = [entry_id]
+        else:
+            found.append(entry_id)
+    return {keyspace.ledger_seen(_hour(hour)): ids for hour, ids in by_hour.items()}
 
 
 class Ledger:
-    """Handler for the usage stream; effects and dedupe marks land together in one script."""
+    """Handler for the usage stream; a batch's counters and its marks land together in one script."""
 
     def __init__(self, client: Any) -> None:
         self.scripts = Scripts(client)
 
     def __call__(self, entries: Sequence[Entry]) -> None:
         """Apply each usage event not applied before."""
-        batch = [increments(entry_id, event) for entry_id, event in entries if event.type == "usage"]
-        if batch:
-            self.scripts.run(counter_scripts.apply_ledger(group=GROUP, batch=batch, dedupe_ttl_s=DEDUPE_TTL_S))
+        usage = {entry_id: event for entry_id, event in entries if event.type == "usage"}
+        while usage:
+            summed, ttls = counters(usage.values())
+            batch = LedgerBatch(seen=seen_sets(usage), counters=summed, ttls=ttls)
+            applied_before = self.scripts.run(counter_scripts.apply_ledger(batch=batch, seen_ttl_s=SEEN_TTL_S))
+            if not applied_before:
+                return
+            usage = {entry_id: event for entry_id, event in usage.items() if entry_id not in applied_before}

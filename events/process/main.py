@@ -15,6 +15,7 @@ from events.process import audit_chain
 from events.process.audit_chain import GROUP as AUDIT_GROUP
 from events.process.audit_chain import AuditChain
 from events.process.consumer import ConsumerGroup
+from events.process.ledger import BATCH as LEDGER_BATCH
 from events.process.ledger import GROUP as LEDGER_GROUP
 from events.process.ledger import Ledger
 from events.process.lifecycle import GROUP as LIFECYCLE_GROUP
@@ -68,13 +69,14 @@ def main() -> None:
             group,
             consumer,
             handler,
+            batch=batch,
             claim_idle_ms=settings.consumer_claim_idle_ms,
             max_deliveries=settings.consumer_max_deliveries,
         )
-        for stream, group, handler in (
-            (keyspace.LIFECYCLE_STREAM, LIFECYCLE_GROUP, LifecycleCounter(client)),
-            (keyspace.USAGE_STREAM, LEDGER_GROUP, Ledger(client)),
-            (keyspace.AUDIT_STREAM, AUDIT_GROUP, AuditChain(client)),
+        for stream, group, handler, batch in (
+            (keyspace.LIFECYCLE_STREAM, LIFECYCLE_GROUP, LifecycleCounter(client), 100),
+            (keyspace.USAGE_STREAM, LEDGER_GROUP, Ledger(client), LEDGER_BATCH),  # summed per batch: larger is cheaper
+            (keyspace.AUDIT_STREAM, AUDIT_GROUP, AuditChain(client), 100),
         )
     ]
     sweeper = Sweeper(

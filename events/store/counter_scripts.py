@@ -1,15 +1,16 @@
 """The consumer groups' effects as typed script calls: job counts and ledger counters, applied exactly once.
 
-Each call sets one dedupe mark per stream entry in the same step as the entry's effect, so a redelivered entry
-changes nothing.
+Each call marks its stream entries applied in the same step as their effect, so a redelivered entry changes
+nothing: the lifecycle counts with one key per entry, the ledger with one set per hour of entries.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
+from events.envelope import text
 from events.store import keyspace
 from events.store.scripts import Call, call
 
@@ -27,27 +28,27 @@ def count_lifecycle(*, group: str, entries: Sequence[tuple[str, str]], dedupe_tt
 
 
 @dataclass(frozen=True)
-class Increments:
-    """What one usage event adds: (counter hash, field, delta) triples and the TTLs of the hashes it touches."""
+class LedgerBatch:
+    """What a batch of usage entries adds to the ledger, summed per counter.
 
-    entry_id: str
-    ops: Sequence[tuple[str, str, int]]
-    ttls: Sequence[tuple[str, int]]
+    Attributes:
+        seen: Per mark set (`keyspace.ledger_seen`), the ids of the batch's entries it holds once applied.
+        counters: Per counter hash, the amount each field grows by.
+        ttls: The hashes that expire, and after how many seconds from this write.
+    """
+
+    seen: Mapping[str, Sequence[str]]
+    counters: Mapping[str, Mapping[str, int]]
+    ttls: Mapping[str, int]
 
 
-def apply_ledger(*, group: str, batch: Sequence[Increments], dedupe_ttl_s: int) -> Call[int]:
-    """Apply each event's increments once, summed per counter; returns how many events were applied."""
-    marks = [keyspace.dedupe(group, item.entry_id) for item in batch]
-    counters: dict[str, int] = {}
-    encoded = []
-    for item in batch:
-        local: dict[str, int] = {}  # an event touches a handful of hashes; index each once
-        for key in dict.fromkeys([*(op[0] for op in item.ops), *(ttl[0] for ttl in item.ttls)]):
-            local[key] = counters.setdefault(key, len(marks) + len(counters) + 1)  # Lua counts KEYS from 1
-        encoded.append(
-            {
-                "ops": [[local[key], name, delta] for key, name, delta in item.ops],
-                "ttl": [[local[key], seconds] for key, seconds in item.ttls],
-            }
-        )
-    return call("ledger_apply", [*marks, *counters], [dedupe_ttl_s, json.dumps(encoded)], lambda r: int(r))
+def apply_ledger(*, batch: LedgerBatch, seen_ttl_s: int) -> Call[frozenset[str]]:
+    """Apply the batch and mark its entries applied, all or nothing: when some of its entries were applied
+    before, nothing changes and their ids come back (the caller applies the others in a batch of their own)."""
+    rows = [[batch.ttls.get(key, 0), fields] for key, fields in batch.counters.items()]
+    return call(
+        "ledger_apply",
+        [*batch.seen, *batch.counters],
+        [seen_ttl_s, json.dumps(list(batch.seen.values())), json.dumps(rows, ensure_ascii=False)],
+        lambda r: frozenset(text(entry_id) for entry_id in r),
+    )

@@ -1,26 +1,28 @@
--- Apply a batch of usage events' counter increments exactly once: each event's dedupe mark is set in the same
--- step as its increments. Increments to the same counter are summed first, so a batch costs one HINCRBY per
--- counter.
--- KEYS: one dedupe mark per event, then every counter hash the batch touches
--- ARGV: TTL of the dedupe marks, then the batch (JSON list, one item per event in the order of the marks:
---       {ops = {{key index, field, delta}...}, ttl = {{key index, seconds}...}}, key indexes into KEYS)
--- Returns how many events were applied (the rest had been applied before).
-local applied = 0
-local sums, order, ttls = {}, {}, {}
-for i, entry in ipairs(cjson.decode(ARGV[2])) do
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
-    for _, op in ipairs(entry.ops) do
-      local slot = op[1] .. '\0' .. op[2]
-      if sums[slot] == nil then
-        sums[slot] = 0
-        order[#order + 1] = {op[1], op[2], slot}
-      end
-      sums[slot] = sums[slot] + op[3]
-    end
-    for _, t in ipairs(entry.ttl) do ttls[t[1]] = t[2] end
-    applied = applied + 1
+-- Apply a batch of usage entries to the ledger exactly once. Every entry's mark is checked first; only when none
+-- was applied before are the batch's counters added (summed per counter by the caller, one HINCRBY each) and its
+-- marks set, in the same step. The batch comes as JSON: measured, it costs less than thousands of ARGV items.
+-- KEYS: the mark sets (one per hour the entries were added to the stream in), then the counter hashes
+-- ARGV: TTL of the mark sets; JSON list, per mark set, of its entry ids; JSON list, per counter hash, of
+--       [TTL in seconds (0: none), {field: amount}]
+-- Returns the ids of the entries applied before (then nothing changed), or an empty list (the batch is applied).
+local sets = cjson.decode(ARGV[2])
+local seen = {}
+for s, ids in ipairs(sets) do
+  local found = redis.call('SMISMEMBER', KEYS[s], unpack(ids))
+  for i = 1, #ids do
+    if found[i] == 1 then seen[#seen + 1] = ids[i] end
   end
 end
-for _, o in ipairs(order) do redis.call('HINCRBY', KEYS[o[1]], o[2], string.format('%d', sums[o[3]])) end
-for index, seconds in pairs(ttls) do redis.call('EXPIRE', KEYS[index], seconds) end
-return applied
+if #seen > 0 then return seen end
+for s, ids in ipairs(sets) do
+  redis.call('SADD', KEYS[s], unpack(ids))
+  redis.call('EXPIRE', KEYS[s], ARGV[1])
+end
+for k, row in ipairs(cjson.decode(ARGV[3])) do
+  local key = KEYS[#sets + k]
+  for field, amount in pairs(row[2]) do
+    redis.call('HINCRBY', key, field, string.format('%d', amount))  -- never '1e+20'
+  end
+  if row[1] > 0 then redis.call('EXPIRE', key, row[1]) end
+end
+return {}
