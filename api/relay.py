@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import redis
 
 from api.relay_notices import Notices
@@ -79,8 +79,7 @@ def decode_entry(entry_id: str, fields: Any) -> Delivery | None:
     except EnvelopeError:
         log.warning("skipping malformed entry %s", entry_id)
         return None
-    payload = json.dumps({"id": entry_id, **event.to_json()}, separators=(",", ":"), ensure_ascii=False)
-    return Delivery(entry_id, event.type, payload.encode())
+    return Delivery(entry_id, event.type, orjson.dumps({"id": entry_id, **event.to_json()}))
 
 
 class Relay:
