@@ -1,3 +1,6 @@
-from api.app import create_app
+"""The ASGI app gunicorn's uvicorn workers serve: the Falcon app, told at once when a client disconnects."""
 
-app = create_app()
+from api.app import create_app
+from api.disconnects import DisconnectSignals
+
+app = DisconnectSignals(create_app())

@@ -51,6 +51,7 @@ class Delivery:
 
 
 HANDOVER = Delivery("", "handover", b"")  # the last thing a subscriber gets from a draining process
+GONE = Delivery("", "gone", b"")  # its client disconnected: the stream ends
 
 
 @dataclass(eq=False)
@@ -143,6 +144,13 @@ class Relay:
         self.unsubscribe(sub)
         with contextlib.suppress(asyncio.QueueFull):  # a full queue ends its stream anyway: the sub is dropped
             sub.queue.put_nowait(HANDOVER)
+
+    def end(self, sub: Subscription) -> None:
+        """The subscriber's client went away: stop following, and wake its stream so that it ends now."""
+        sub.dropped = True
+        self.unsubscribe(sub)
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue: the stream ends once it has drained it
+            sub.queue.put_nowait(GONE)
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop following; the stream's cursor goes when its last subscriber does."""

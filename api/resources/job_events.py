@@ -9,9 +9,10 @@ from falcon.asgi import SSEvent
 from falcon.media import BaseHandler
 
 from api.audit import AuditLog
+from api.disconnects import on_disconnect
 from api.job_service import JobService, check_event_id
 from api.permissions import Permission
-from api.relay import HANDOVER, Delivery, Relay, Subscription, parse_id
+from api.relay import GONE, HANDOVER, Delivery, Relay, Subscription, parse_id
 from api.resources.jobs import visible_job
 from events import job_record
 from events.telemetry.metrics import SSE_STREAMS
@@ -47,7 +48,9 @@ class EventsResource:
                 after = newest or "0-0"  # a cursor past the end: go on from the end, so the stream still ends
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
-        resp.sse = sse_events(self.relay, self.relay.subscribe(job_id, after), self.settings.sse_heartbeat_s)
+        sub = self.relay.subscribe(job_id, after)
+        on_disconnect(req, lambda: self.relay.end(sub))
+        resp.sse = sse_events(self.relay, sub, self.settings.sse_heartbeat_s)
 
 
 class Frame(SSEvent):
@@ -93,6 +96,8 @@ async def sse_events(
                     return  # too slow: the client resumes from its last id
                 yield SSEvent(comment="heartbeat")
                 continue
+            if delivery is GONE:
+                return
             if delivery is HANDOVER:
                 yield SSEvent(comment="handover: this server is stopping; reconnect with Last-Event-ID")
                 return

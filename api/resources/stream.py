@@ -11,6 +11,7 @@ from falcon.asgi import SSEvent
 
 from api.audit import AuditLog
 from api.auth import principal_of
+from api.disconnects import on_disconnect
 from api.errors import not_found
 from api.job_service import JobService
 from api.permissions import PUBLIC, Permission
@@ -61,7 +62,9 @@ class StreamSubmitResource:
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
         resp.set_header("Location", f"/api/v1/jobs/{job['id']}")
-        resp.sse = self._with_job(view, self.relay.subscribe(job["id"]))
+        sub = self.relay.subscribe(job["id"])
+        on_disconnect(req, lambda: self.relay.end(sub))
+        resp.sse = self._with_job(view, sub)
 
     async def _with_job(self, view: dict[str, Any], sub: Subscription) -> AsyncIterator[SSEvent]:
         job = {"type": "job", "job_id": view["id"], "status": view["status"], "stream_url": view["stream_url"]}
