@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+import time
+from array import array
+from typing import Any, cast
 
 
 class Connection:
@@ -74,3 +76,62 @@ class Connection:
         """Close the socket."""
         if self.writer is not None:
             self.writer.close()
+
+
+class SSECounter(asyncio.Protocol):
+    """One event stream read as a bare protocol (no task, no StreamReader per event): sends its GET once connected,
+    then keeps the `seq` of every `data:` line's JSON and its lag, receive time - its `ts` (numbers or strings)."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.status = 0
+        self.seqs = array("q")
+        self.lags = array("d")
+        self.lost = False  # the connection ended (by either side)
+        self.head: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self._rest = b""
+
+    @staticmethod
+    def get(host: str, port: int, path: str, headers: dict[str, str] | None = None) -> bytes:
+        """The request that opens an event stream."""
+        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Send the request."""
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        """Read the status line, then count events. Each SSE block comes in one chunk of the chunked body, so the
+        chunk-size lines sit between blocks, never inside a `data:` line."""
+        now = time.time()
+        buf = self._rest + data
+        if not self.status:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self._rest = buf
+                return
+            self.status = int(buf.split(None, 2)[1])
+            self.head.set_result(self.status)
+            buf = buf[end + 4 :]
+        cut = buf.rfind(b"\n") + 1
+        self._rest = buf[cut:]
+        for row in buf[:cut].split(b"\n"):
+            if row.startswith(b"data:"):
+                event = json.loads(row[5:])
+                self.seqs.append(int(event["seq"]))
+                self.lags.append(now - float(event["ts"]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Note the end; a stream that never answered fails its `head`."""
+        self.lost = True
+        if not self.head.done():
+            self.head.set_exception(ConnectionError(f"the server closed the connection before answering: {exc!r}"))
+
+    def close(self) -> None:
+        """Close the socket."""
+        if self.transport is not None:
+            self.transport.close()
