@@ -267,15 +267,20 @@ def test_cache_operations_are_counted(sim_stack, user) -> None:
     run(api, "count me")
     run(api, "count me")
     run(api, "count me", cache=False)
+    found = cache_operations(stack)
+    for result in ("hit", "miss", "bypass"):
+        assert found.get(("response_lookup", result), 0) >= 1, found
+
+
+def cache_operations(stack) -> dict[tuple[str | None, str | None], float]:  # type: ignore[no-untyped-def]
+    """`cache_operations_total` by (operation, result), as the API's metrics show it to an admin."""
     _, admin_key = create_user(stack.env["REDIS_URL"], "admin")
     exposition = httpx.get(
         f"{stack.url}/api/v1/monitoring/metrics", headers={"Authorization": f"Bearer {admin_key}"}, timeout=10
     ).text
-    found = {
+    return {
         (s.labels.get("operation"), s.labels.get("result")): s.value
         for family in text_string_to_metric_families(exposition)
         for s in family.samples
         if s.name == "cache_operations_total"
     }
-    for result in ("hit", "miss", "bypass"):
-        assert found.get(("response_lookup", result), 0) >= 1, found

@@ -11,7 +11,6 @@ from typing import Any, Iterator
 import httpx
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from events.cache_key import CacheRequest, semantic
 from events.semantic_cache import register, similarity, unit_vector
@@ -20,6 +19,7 @@ from tests.conftest import create_user
 from tests.llmsim import SimControl
 from tests.simstack import simulated_stack
 from tests.stack import Stack, wait_for
+from tests.test_cache import cache_operations
 
 THRESHOLD = 0.9
 MAX_ENTRIES = 4  # small, so a test can push an entry out of the response cache for real
@@ -213,15 +213,6 @@ def test_semantic_lookups_are_counted(sim_stack, api) -> None:
     stack, _, r = sim_stack
     stored(r, run(api, "What is the capital of Chile?"))
     assert run(api, "the capital of chile is what")["cached"]
-    _, admin_key = create_user(stack.env["REDIS_URL"], "admin")
-    exposition = httpx.get(
-        f"{stack.url}/api/v1/monitoring/metrics", headers={"Authorization": f"Bearer {admin_key}"}, timeout=10
-    ).text
-    found = {
-        (s.labels.get("operation"), s.labels.get("result")): s.value
-        for family in text_string_to_metric_families(exposition)
-        for s in family.samples
-        if s.name == "cache_operations_total"
-    }
+    found = cache_operations(stack)
     # The API's counts; the workers' (`semantic_store`) are served on their own metrics port.
     assert found.get(("semantic_lookup", "hit"), 0) >= 1 and found.get(("semantic_lookup", "miss"), 0) >= 1, found
