@@ -35,16 +35,19 @@ class Notices:
         self.news = news
         self.wanted: set[str] = set()
         self._subscribed: set[str] = set()
+        self._pending: dict[str, bool] = {}  # changes not sent yet: key -> wanted (O(changes) to send, not O(keys))
         self._changed = asyncio.Event()
 
     def want(self, key: str) -> None:
         """Start receiving `key`'s notices (soon: the subscription is sent by the running task)."""
         self.wanted.add(key)
+        self._pending[key] = True
         self._changed.set()
 
     def drop(self, key: str) -> None:
         """Stop receiving `key`'s notices."""
         self.wanted.discard(key)
+        self._pending[key] = False
         self._changed.set()
 
     async def run(self, closing: Callable[[], bool]) -> None:
@@ -56,6 +59,7 @@ class Notices:
             try:
                 conn = await self.client.connection_pool.get_connection()
                 self._subscribed = set()
+                self._pending = dict.fromkeys(self.wanted, True)  # a new connection subscribes to all of them
                 self._changed.set()
                 sender = asyncio.create_task(self._send(conn), name="sse-relay-subscriptions")
                 self.news(None)  # whatever was written while we were not listening
@@ -86,9 +90,12 @@ class Notices:
                 await conn.send_packed_command(conn.pack_command("PING"), check_health=False)
                 continue
             self._changed.clear()
-            add, gone = self.wanted - self._subscribed, self._subscribed - self.wanted
-            for command, keys in (("SUBSCRIBE", sorted(add)), ("UNSUBSCRIBE", sorted(gone))):
+            pending, self._pending = self._pending, {}
+            add = [k for k, wanted in pending.items() if wanted and k not in self._subscribed]
+            gone = [k for k, wanted in pending.items() if not wanted and k in self._subscribed]
+            self._subscribed.update(add)
+            self._subscribed.difference_update(gone)
+            for command, keys in (("SUBSCRIBE", add), ("UNSUBSCRIBE", gone)):
                 for start in range(0, len(keys), CHUNK):
                     chunk = keys[start : start + CHUNK]
                     await conn.send_packed_command(conn.pack_command(command, *chunk), check_health=False)
-            self._subscribed = (self._subscribed | add) - gone
