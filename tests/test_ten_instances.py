@@ -85,21 +85,33 @@ def test_ten_instances_serve_a_short_load_and_prometheus_adds_them_up(fleet) -> 
     assert len(streamed) == STREAMS
     for events in streamed:
         assert [e.data["seq"] for e in events] == list(range(len(events))) and events[-1].event == "done"
-    served = {line["up"] for line in nginx.access_log() if line["path"] == "/api/v1/jobs"}
-    assert served == {f"127.0.0.1:{port}" for port in ports}  # every instance took submits
+    # Every instance takes submits. An instance nginx's passive health check set aside for a moment during the short
+    # load (a slow start on a busy machine) may have missed it: a few more submits reach it, or the test fails.
+    everyone = {f"127.0.0.1:{port}" for port in ports}
+    sent = JOBS
+    with httpx.Client(base_url=nginx.url, headers=headers, timeout=60) as c:
+        for n in range(100):
+            served = {line["up"] for line in nginx.access_log() if line["path"] == "/api/v1/jobs"}
+            if served == everyone:
+                break
+            more = c.post("/api/v1/jobs", json={"agent_type": "query", "query": f"one more {n}"})
+            assert more.status_code == 202, more.text
+            assert c.get(f"/api/v1/jobs/{more.json()['id']}", params={"wait": 30}).json()["status"] == "succeeded"
+            sent += 1
+    assert served == everyone
 
     submits = 'http_requests_total{route="/api/v1/jobs",method="POST",status="202"}'
     wait_for(lambda: prometheus.value('count(up{job="api"} == 1)') == INSTANCES, timeout=60, what="ten targets up")
     # Per-process counters add up across instances to exactly what was sent ...
-    wait_for(lambda: prometheus.value(f"sum({submits})") == JOBS, timeout=60, what="every submit counted once")
+    wait_for(lambda: prometheus.value(f"sum({submits})") == sent, timeout=60, what="every submit counted once")
     assert prometheus.value(f"count({submits} > 0)") == INSTANCES
     # ... and the workers' count of finished jobs matches.
-    assert prometheus.value('sum(agent_queries_total{status="succeeded"})') == JOBS
+    assert prometheus.value('sum(agent_queries_total{status="succeeded"})') == sent
     # The figures read from Redis are the same on every instance: max == min == the truth, never a ten-fold sum.
     succeeded = 'agentic_jobs_total{status="succeeded"}'
 
     def agreed() -> bool:
-        return prometheus.value(f"max({succeeded})") == prometheus.value(f"min({succeeded})") == JOBS
+        return prometheus.value(f"max({succeeded})") == prometheus.value(f"min({succeeded})") == sent
 
     wait_for(agreed, timeout=60, what="every instance reporting the lifecycle count")
-    assert prometheus.value(f"sum({succeeded})") == JOBS * INSTANCES  # which is why dashboards take max
+    assert prometheus.value(f"sum({succeeded})") == sent * INSTANCES  # which is why dashboards take max
