@@ -11,9 +11,20 @@ from typing import Any, Iterator
 import pytest
 import redis
 
-from events.envelope import Event
+from events.envelope import EnvelopeError, Event
 from events.process.consumer import ConsumerGroup
-from events.process.ledger import BATCH, BUCKET_TTL_S, GROUP, QUERIES_TTL_S, SEEN_TTL_S, Ledger, counters, seen_sets
+from events.process.ledger import (
+    BATCH,
+    BUCKET_TTL_S,
+    GROUP,
+    QUERIES_TTL_S,
+    SEEN_TTL_S,
+    Ledger,
+    counters,
+    profile,
+    read_usage,
+    seen_sets,
+)
 from events.store import keyspace
 from tests.stack import RedisServer
 
@@ -122,6 +133,19 @@ def test_only_a_jobs_first_call_of_its_first_attempt_counts_a_run_of_its_query()
     assert counters(events)[0]["ledger:carol:queries"] == {"c:q": 30, "n:q": 1}
 
 
+def test_the_consumers_reader_profiles_an_entry_as_the_event_decoded_whole_would() -> None:
+    odd = [usage(user_id=7, model=None, cost_micros="12", input_tokens="x", call="0", query_hash="q")]
+    for event in [event for _, event in varied(60)] + odd:
+        fields = event.to_fields()
+        as_bytes = {name.encode(): value.encode() for name, value in fields.items()}
+        assert read_usage(fields) == read_usage(as_bytes) == profile(Event.from_fields(as_bytes))
+    assert read_usage({b"type": b"token", b"data": b"{}"}) is None
+    assert read_usage({b"type": b"usage", b"data": b"[1]"}) == profile(Event("usage"))  # not an object: counts as empty
+    for bad in ({b"data": b"{}"}, {}, {b"type": b"usage", b"data": b"{"}, {b"type": b"usage", b"ts": b"noon"}):
+        with pytest.raises(EnvelopeError):
+            read_usage(bad)
+
+
 def test_entries_are_marked_in_a_set_per_hour_they_were_added_in() -> None:
     hour_ms = int(datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp() * 1000)
     ids = [f"{hour_ms}-0", f"{hour_ms + 3_599_999}-4", f"{hour_ms + 3_600_000}-0"]
@@ -158,16 +182,16 @@ def stored(client: redis.Redis) -> dict[str, dict[str, int]]:
 def test_a_batch_applied_twice_counts_once(fresh: redis.Redis) -> None:
     entries = varied(200)
     ledger = Ledger(fresh)
-    ledger(entries)
-    ledger(entries)
+    ledger.apply_events(entries)
+    ledger.apply_events(entries)
     assert stored(fresh) == one_at_a_time([event for _, event in entries])
 
 
 def test_a_batch_overlapping_one_applied_before_adds_only_its_new_entries(fresh: redis.Redis) -> None:
     entries = varied(1000)
     ledger = Ledger(fresh)
-    ledger(entries[:600])
-    ledger(entries[400:])  # 200 applied before, 400 new
+    ledger.apply_events(entries[:600])
+    ledger.apply_events(entries[400:])  # 200 applied before, 400 new
     assert stored(fresh) == one_at_a_time([event for _, event in entries])
     assert int(fresh.hget(keyspace.ledger_total("all"), "calls")) == 1000
     assert int(fresh.hget(keyspace.ledger_total("user3"), "cost")) == sum(
@@ -177,13 +201,13 @@ def test_a_batch_overlapping_one_applied_before_adds_only_its_new_entries(fresh:
 
 def test_an_entry_twice_in_one_batch_counts_once(fresh: redis.Redis) -> None:
     entries = varied(10)
-    Ledger(fresh)(entries + entries[:3])
+    Ledger(fresh).apply_events(entries + entries[:3])
     assert stored(fresh) == one_at_a_time([event for _, event in entries])
 
 
 def test_counters_and_marks_expire_and_marks_outlive_a_week(fresh: redis.Redis) -> None:
     entries = varied(40)
-    Ledger(fresh)(entries)
+    Ledger(fresh).apply_events(entries)
     for key in seen_sets(entry_id for entry_id, _ in entries):
         assert 0 < fresh.ttl(key) <= SEEN_TTL_S and SEEN_TTL_S >= 7 * 86400
     assert 0 < fresh.ttl("ledger:user1:h:2026113012") <= BUCKET_TTL_S
@@ -198,10 +222,26 @@ def test_entries_claimed_from_a_consumer_that_died_before_acking_count_once(fres
     stream_entries = [(entry_id, Event.from_fields(fields)) for entry_id, fields in fresh.xrange(keyspace.USAGE_STREAM)]
     fresh.xgroup_create(keyspace.USAGE_STREAM, GROUP, id="0")
     read = fresh.xreadgroup(GROUP, "first", {keyspace.USAGE_STREAM: ">"}, count=700)[0][1]
-    Ledger(fresh)([(entry_id, Event.from_fields(fields)) for entry_id, fields in read])  # applied, never acked
+    applied_never_acked = [(entry_id, Event.from_fields(fields)) for entry_id, fields in read]
+    Ledger(fresh).apply_events(applied_never_acked)
     second = ConsumerGroup(fresh, keyspace.USAGE_STREAM, GROUP, "second", Ledger(fresh), batch=BATCH, claim_idle_ms=0)
     while second.run_once():
         pass
     assert second.stats.claimed == 700 and second.stats.applied == 1500
     assert fresh.xpending(keyspace.USAGE_STREAM, GROUP)["pending"] == 0
     assert stored(fresh) == one_at_a_time([event for _, event in stream_entries])
+
+
+def test_an_unreadable_usage_entry_is_dead_lettered_and_the_rest_counted(fresh: redis.Redis) -> None:
+    entries = varied(20)
+    for i, (_, event) in enumerate(entries):
+        fresh.xadd(keyspace.USAGE_STREAM, event.to_fields())
+        if i == 9:
+            fresh.xadd(keyspace.USAGE_STREAM, {**event.to_fields(), "data": "{not json"})
+    group = ConsumerGroup(fresh, keyspace.USAGE_STREAM, GROUP, "one", Ledger(fresh), batch=BATCH)
+    group.ensure_group()
+    while group.run_once():
+        pass
+    assert group.stats.applied == 20 and group.stats.dead == 1
+    assert fresh.xlen(group.dead_stream) == 1 and fresh.xpending(keyspace.USAGE_STREAM, GROUP)["pending"] == 0
+    assert stored(fresh) == one_at_a_time([event for _, event in entries])

@@ -22,7 +22,7 @@ from events.store import keyspace
 log = logging.getLogger("events.process.consumer")
 
 Entry = tuple[str, Event]
-Handler = Callable[[Sequence[Entry]], None]
+Handler = Callable[[Sequence[tuple[str, Any]]], None]  # entries as Events, or as its own `decode` reads them
 
 
 @dataclass
@@ -36,7 +36,10 @@ class GroupStats:
 
 
 class ConsumerGroup:
-    """Runs `handler` over a stream as one consumer of a group."""
+    """Runs `handler` over a stream as one consumer of a group.
+
+    Entries reach the handler as Events, or as what its own `decode(fields)` reads them into when it has one (the
+    ledger reads four fields of each: a hot path); a decoder raises EnvelopeError for an entry it cannot read."""
 
     def __init__(
         self,
@@ -65,6 +68,7 @@ class ConsumerGroup:
         self.trim_every_s = trim_every_s
         self.clock = clock
         self.stats = GroupStats()
+        self.decode: Callable[[Any], Any] = getattr(handler, "decode", Event.from_fields)
         self._last_trim = clock()
 
     @property
@@ -106,19 +110,20 @@ class ConsumerGroup:
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _decode(self, raw: Sequence[Any]) -> list[Entry]:
-        entries: list[Entry] = []
+    def _decode(self, raw: Sequence[Any]) -> list[tuple[str, Any]]:
+        entries: list[tuple[str, Any]] = []
+        decode = self.decode
         for entry_id, fields in raw:
             if fields is None:  # deleted while pending
                 self.client.xack(self.stream, self.group, entry_id)
                 continue
             try:
-                entries.append((text(entry_id), Event.from_fields(fields)))
+                entries.append((text(entry_id), decode(fields)))
             except EnvelopeError as ex:
                 self._bury(text(entry_id), fields, f"undecodable: {ex}")
         return entries
 
-    def _read(self) -> list[Entry]:
+    def _read(self) -> list[tuple[str, Any]]:
         reply = self.client.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=self.batch, block=self.block_ms
         )
@@ -126,7 +131,7 @@ class ConsumerGroup:
             return []
         return self._decode(reply[0][1])
 
-    def _reclaim(self) -> list[Entry]:
+    def _reclaim(self) -> list[tuple[str, Any]]:
         pending = self.client.xpending_range(
             self.stream, self.group, min="-", max="+", count=self.batch, idle=self.claim_idle_ms
         )
@@ -154,7 +159,7 @@ class ConsumerGroup:
         self.stats.dead += 1
         log.error("dead-lettered %s of %s in group %s: %s", entry_id, self.stream, self.group, reason)
 
-    def _apply(self, entries: list[Entry]) -> int:
+    def _apply(self, entries: list[tuple[str, Any]]) -> int:
         try:
             self.handler(entries)
         except (redis.ConnectionError, redis.TimeoutError):
@@ -170,7 +175,7 @@ class ConsumerGroup:
         self.stats.applied += len(entries)
         return len(entries)
 
-    def _apply_each(self, entries: list[Entry]) -> int:
+    def _apply_each(self, entries: list[tuple[str, Any]]) -> int:
         applied = 0
         for entry in entries:
             try:

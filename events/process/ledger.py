@@ -13,12 +13,13 @@ again without them and applied (the rare path: a consumer killed between applyin
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from events.envelope import Event
+import orjson
+
+from events.envelope import EnvelopeError, Event
 from events.money.ledger_codec import FIGURES, TOTAL_FIELDS, member_fields, query_fields
 from events.money.periods import hour_bucket
-from events.process.consumer import Entry
 from events.store import counter_scripts, keyspace
 from events.store.counter_scripts import LedgerBatch
 from events.store.scripts import Scripts
@@ -34,6 +35,11 @@ QUERIES_TTL_S = 30 * 24 * 3600
 ALL = tuple(FIGURES)  # a usage event's figures, in the order `profile` gives them: cost, in, out, cached, calls
 SOME = ("cost", "calls")  # the figures kept per agent and per session
 Who = tuple[int, str, str, str, str, str, bool]  # hour (since the epoch), user, model, agent, session, query, run
+Usage = tuple[Who, list[int]]  # what one usage event counts for, and its figures
+_FIELDS: dict[type, tuple[Any, ...]] = {
+    bytes: (b"type", b"ts", b"attempt", b"data", b"usage"),
+    str: ("type", "ts", "attempt", "data", "usage"),
+}
 
 
 def _int(value: Any) -> int:
@@ -53,18 +59,39 @@ _fields = functools.lru_cache(maxsize=8192)(member_fields)
 _bucket = functools.lru_cache(maxsize=8192)(keyspace.ledger_hour)
 
 
-def profile(event: Event) -> tuple[Who, list[int]]:
+def profile(event: Event) -> Usage:
     """Who and what a usage event counts for, and its figures (in the order of ALL). Pure."""
-    data = event.data
+    return _usage(event.data, event.ts, event.attempt)
+
+
+def read_usage(raw: Mapping[Any, Any]) -> Usage | None:
+    """`profile` of a usage stream entry read straight from its fields (None for another type): the consumer
+    group's decoder for the ledger, which needs four of an event's fields; raises EnvelopeError as
+    Event.from_fields does. Pure."""
+    etype, ts, attempt, data, usage = _FIELDS[type(next(iter(raw), ""))]
+    found = raw.get(etype)
+    if found is None:
+        raise EnvelopeError("The entry has no 'type' field.")
+    if found != usage:
+        return None
+    try:
+        decoded = orjson.loads(raw.get(data) or b"{}")
+        when, tries = float(raw.get(ts) or 0.0), int(raw.get(attempt) or 0)
+    except ValueError as ex:
+        raise EnvelopeError(f"The entry has a malformed field: {ex}.") from ex
+    return _usage(decoded if isinstance(decoded, dict) else {}, when, tries)
+
+
+def _usage(data: Mapping[str, Any], ts: float, attempt: int) -> Usage:
     query = str(data.get("query_hash") or "")
     who = (
-        int(event.ts // 3600),
+        int(ts // 3600),
         str(data.get("user_id") or "unknown"),
         str(data.get("model") or "unknown"),
         str(data.get("agent") or ""),
         str(data.get("session_id") or ""),
         query,
-        bool(query) and _int(data.get("call")) == 0 and event.attempt <= 1,  # a job's first call counts its run
+        bool(query) and _int(data.get("call")) == 0 and attempt <= 1,  # a job's first call counts its run
     )
     figures = [
         _int(data.get("cost_micros")),
@@ -86,8 +113,13 @@ def _sum_into(sums: dict[Any, list[int]], key: Any, figures: Sequence[int]) -> N
 
 
 def counters(events: Iterable[Event]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
-    """What usage events add to the ledger, summed per counter (per hash, field -> amount), and the TTL of the
-    hashes that expire. Pure.
+    """What usage events add to the ledger: `tally` of their profiles. Pure."""
+    return tally(map(profile, events))
+
+
+def tally(usages: Iterable[Usage]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """What usage events (their profiles) add to the ledger, summed per counter (per hash, field -> amount), and
+    the TTL of the hashes that expire. Pure.
 
     Figures are summed from the finest grouping to the coarsest (a user's model and agent in an hour, then
     everyone's, then all time), so each counter is named and added once per batch, not once per event. A field
@@ -96,8 +128,7 @@ def counters(events: Iterable[Event]) -> tuple[dict[str, dict[str, int]], dict[s
     by_user: dict[tuple[int, str, str, str], list[int]] = {}  # hour, user, model, agent
     by_session: dict[tuple[int, str, str], list[int]] = {}  # hour, user, session: cost, calls
     by_query: dict[tuple[str, str], list[int]] = {}  # user, query: cost, runs
-    for event in events:
-        (hour, user, model, agent, session, query, run), figures = profile(event)
+    for (hour, user, model, agent, session, query, run), figures in usages:
         _sum_into(by_user, (hour, user, model, agent), figures)
         if session:
             _sum_into(by_session, (hour, user, session), (figures[0], 1))
@@ -163,18 +194,26 @@ def seen_sets(entry_ids: Iterable[str]) -> dict[str, list[str]]:
 
 
 class Ledger:
-    """Handler for the usage stream; a batch's counters and its marks land together in one script."""
+    """Handler for the usage stream; a batch's counters and its marks land together in one script.
+
+    Its consumer group reads each entry with `decode` (read_usage); `apply_events` takes decoded events."""
+
+    decode = staticmethod(read_usage)
 
     def __init__(self, client: Any) -> None:
         self.scripts = Scripts(client)
 
-    def __call__(self, entries: Sequence[Entry]) -> None:
+    def apply_events(self, entries: Sequence[tuple[str, Event]]) -> None:
         """Apply each usage event not applied before."""
-        usage = {entry_id: event for entry_id, event in entries if event.type == "usage"}
+        self([(entry_id, profile(event) if event.type == "usage" else None) for entry_id, event in entries])
+
+    def __call__(self, entries: Sequence[tuple[str, Usage | None]]) -> None:
+        """Apply each usage entry (read by `decode`) not applied before."""
+        usage = {entry_id: found for entry_id, found in entries if found is not None}
         while usage:
-            summed, ttls = counters(usage.values())
+            summed, ttls = tally(usage.values())
             batch = LedgerBatch(seen=seen_sets(usage), counters=summed, ttls=ttls)
             applied_before = self.scripts.run(counter_scripts.apply_ledger(batch=batch, seen_ttl_s=SEEN_TTL_S))
             if not applied_before:
                 return
-            usage = {entry_id: event for entry_id, event in usage.items() if entry_id not in applied_before}
+            usage = {entry_id: found for entry_id, found in usage.items() if entry_id not in applied_before}
