@@ -119,7 +119,7 @@ def create_app(
     if redis is None or reader is None:
         redis, reader = redis_clients(settings)
     instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    relay = Relay(reader, buffer=settings.sse_buffer)
+    relay = Relay(reader, buffer=settings.sse_buffer, heartbeat_s=settings.sse_heartbeat_s)
     drain.on_begin(relay.hand_over)
     users = UserStore(redis, settings.secret_key, clock)
     prices = PriceBook(Path(settings.prices_file))

@@ -58,6 +58,7 @@ class Notices:
             sender: asyncio.Task[None] | None = None
             try:
                 conn = await self.client.connection_pool.get_connection()
+                conn._parser.set_pubsub_push_handler(_as_is)  # as redis-py's PubSub does: see _as_is
                 self._subscribed = set()
                 self._pending = dict.fromkeys(self.wanted, True)  # a new connection subscribes to all of them
                 self._changed.set()
@@ -99,3 +100,9 @@ class Notices:
                 for start in range(0, len(keys), CHUNK):
                     chunk = keys[start : start + CHUNK]
                     await conn.send_packed_command(conn.pack_command(command, *chunk), check_health=False)
+
+
+async def _as_is(message: Any) -> Any:
+    """The notices' handler of push messages. redis-py's default logs each one at debug level, building its
+    `str()` first even when debug is off: 15% of the API process's CPU at 5,000 notices/s (py-spy)."""
+    return message

@@ -88,45 +88,54 @@ class Event:
 
     @classmethod
     def from_fields(cls, raw: Mapping[bytes | str, bytes | str]) -> Event:
-        """Decode a stream entry; raises EnvelopeError when it has no type or bad numbers.
-
-        On every hot path (the ledger, the relay): fields are looked up by the keys the client returned (bytes, or
-        str from a decoding client), numbers and the JSON `data` are parsed from the raw values, and only the
-        strings kept are decoded."""
-        names = _BYTE_NAMES if isinstance(next(iter(raw), ""), bytes) else _NAMES
-        known = [raw.get(name) for name in names]
-        etype, job_id, seq, ts, attempt, data, v = known
-        if etype is None:
-            raise EnvelopeError("The entry has no 'type' field.")
-        found = len(known) - known.count(None)
-        extra = {text(k): text(val) for k, val in raw.items() if text(k) not in _KNOWN} if len(raw) > found else {}
-        try:
-            decoded = orjson.loads(data or b"{}")
-            return cls(
-                type=text(etype),
-                job_id=text(job_id) if job_id is not None else "",
-                seq=int(seq or 0),
-                ts=float(ts or 0.0),
-                attempt=int(attempt or 0),
-                data=decoded if isinstance(decoded, dict) else {"value": decoded},
-                v=int(v or SCHEMA_VERSION),
-                extra=extra,
-            )
-        except ValueError as ex:
-            raise EnvelopeError(f"The entry has a malformed field: {ex}.") from ex
+        """Decode a stream entry; raises EnvelopeError when it has no type or bad numbers."""
+        return cls(*_read(raw))
 
     def to_json(self) -> dict[str, Any]:
         """What SSE clients receive as `data:`. A token also carries its text as top-level `content`, where the
         seed's JavaScript client reads it (`data.data.text` stays)."""
-        out: dict[str, Any] = {
-            "type": self.type,
-            "job_id": self.job_id,
-            "seq": self.seq,
-            "ts": self.ts,
-            "attempt": self.attempt,
-            "data": dict(self.data),
-            "v": self.v,
-        }
-        if self.type == EventType.TOKEN:
-            out["content"] = self.data.get("text", "")
-        return out
+        return _json(self.type, self.job_id, self.seq, self.ts, self.attempt, dict(self.data), self.v)
+
+    @staticmethod
+    def json_of_fields(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
+        """`from_fields(raw).to_json()` without the Event in between (the relay's hot path); raises as
+        from_fields does."""
+        return _json(*_read(raw)[:7])
+
+
+Fields = tuple[str, str, int, float, int, dict[str, Any], int, dict[str, str]]  # Event's, in its order
+
+
+def _read(raw: Mapping[bytes | str, bytes | str]) -> Fields:
+    """A stream entry's fields as Event's, in its order. Fields are looked up by the keys the client returned
+    (bytes, or str from a decoding client), numbers and the JSON `data` are parsed from the raw values, and only the
+    strings kept are decoded: on every hot path (the ledger, the relay)."""
+    names = _BYTE_NAMES if isinstance(next(iter(raw), ""), bytes) else _NAMES
+    known = [raw.get(name) for name in names]
+    etype, job_id, seq, ts, attempt, data, v = known
+    if etype is None:
+        raise EnvelopeError("The entry has no 'type' field.")
+    found = len(known) - known.count(None)
+    extra = {text(k): text(val) for k, val in raw.items() if text(k) not in _KNOWN} if len(raw) > found else {}
+    try:
+        decoded = orjson.loads(data or b"{}")
+        return (
+            text(etype),
+            text(job_id) if job_id is not None else "",
+            int(seq or 0),
+            float(ts or 0.0),
+            int(attempt or 0),
+            decoded if isinstance(decoded, dict) else {"value": decoded},
+            int(v or SCHEMA_VERSION),
+            extra,
+        )
+    except ValueError as ex:
+        raise EnvelopeError(f"The entry has a malformed field: {ex}.") from ex
+
+
+def _json(etype: str, job_id: str, seq: int, ts: float, attempt: int, data: dict[str, Any], v: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": etype, "job_id": job_id, "seq": seq, "ts": ts, "attempt": attempt}
+    out.update(data=data, v=v)
+    if etype == EventType.TOKEN:
+        out["content"] = data.get("text", "")
+    return out

@@ -58,3 +58,19 @@ def test_entries_without_type_or_with_bad_numbers_raise_envelope_error(fields: d
 )
 def test_only_done_error_and_cancelled_are_terminal(etype: str, terminal: bool) -> None:
     assert Event(etype).terminal is terminal
+
+
+def test_the_relays_json_of_an_entry_is_the_decoded_events_json() -> None:
+    events = [
+        Event("token", "j1", 3, 1700000000.5, 1, {"text": "héllo"}),
+        Event("tool_end", "j1", 7, 1700000000.123456, 2, {"ok": True}, extra={"trace": "t-9"}),
+        Event("telemetry_v9"),
+    ]
+    for event in events:
+        fields = event.to_fields()
+        for raw in (fields, {k.encode(): v.encode() for k, v in fields.items()}):
+            assert Event.json_of_fields(raw) == Event.from_fields(raw).to_json()
+    assert Event.json_of_fields({b"type": b"token", b"data": b'"x"'})["data"] == {"value": "x"}
+    for bad in ({b"data": b"{}"}, {b"type": b"token", b"seq": b"third"}, {b"type": b"token", b"data": b"{"}):
+        with pytest.raises(EnvelopeError):
+            Event.json_of_fields(bad)

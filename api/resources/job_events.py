@@ -12,7 +12,7 @@ from api.audit import AuditLog
 from api.disconnects import on_disconnect
 from api.job_service import JobService, check_event_id
 from api.permissions import Permission
-from api.relay import GONE, HANDOVER, Delivery, Relay, Subscription, parse_id
+from api.relay import GONE, HANDOVER, HEARTBEAT, Delivery, Relay, Subscription, parse_id
 from api.resources.jobs import visible_job
 from events import job_record
 from events.telemetry.metrics import SSE_STREAMS
@@ -50,7 +50,7 @@ class EventsResource:
         resp.set_header("X-Accel-Buffering", "no")
         sub = self.relay.subscribe(job_id, after)
         on_disconnect(req, lambda: self.relay.end(sub))
-        resp.sse = sse_events(self.relay, sub, self.settings.sse_heartbeat_s)
+        resp.sse = sse_events(self.relay, sub)
 
 
 class Frame(SSEvent):
@@ -82,30 +82,23 @@ def data_first_frame(delivery: Delivery) -> bytes:
 
 
 async def sse_events(
-    relay: Relay, sub: Subscription, heartbeat_s: float, frame: Callable[[Delivery], bytes] = typed_frame
+    relay: Relay, sub: Subscription, frame: Callable[[Delivery], bytes] = typed_frame
 ) -> AsyncIterator[SSEvent]:
     """A subscription as SSE, each event framed by `frame`: events until the terminal one, comment heartbeats
-    while idle (comments start with `:`, which every client skips)."""
+    while idle (the relay's HEARTBEAT; comments start with `:`, which every client skips)."""
     SSE_STREAMS.inc()
     try:
         yield SSEvent(retry=RETRY_MS, comment="stream open")
         while True:
-            delivery = await sub.next(heartbeat_s)
-            if delivery is None:
-                if sub.dropped:
-                    return  # too slow: the client resumes from its last id
-                yield SSEvent(comment="heartbeat")
-                continue
+            delivery = await sub.get()
             if delivery is GONE:
                 return
             if delivery is HANDOVER:
                 yield SSEvent(comment="handover: this server is stopping; reconnect with Last-Event-ID")
                 return
-            yield Frame(frame(delivery))
-            if delivery.terminal:
-                return
-            if sub.dropped and sub.queue.empty():
-                return
+            yield SSEvent(comment="heartbeat") if delivery is HEARTBEAT else Frame(frame(delivery))
+            if delivery.terminal or (sub.dropped and sub.queue.empty()):
+                return  # the end; or dropped as too slow, and the client resumes from its last id
     finally:
         SSE_STREAMS.dec()
         relay.unsubscribe(sub)

@@ -69,7 +69,7 @@ class StreamSubmitResource:
     async def _with_job(self, view: dict[str, Any], sub: Subscription) -> AsyncIterator[SSEvent]:
         job = {"type": "job", "job_id": view["id"], "status": view["status"], "stream_url": view["stream_url"]}
         yield Frame(b"data: %s\n\n" % json.dumps(job, separators=(",", ":")).encode())
-        async for event in sse_events(self.relay, sub, self.settings.sse_heartbeat_s, data_first_frame):
+        async for event in sse_events(self.relay, sub, data_first_frame):
             yield event
 
 
@@ -103,6 +103,7 @@ class StreamHealthResource:
             "status": "ok",
             "streams_open": self.relay.streams_open,
             "jobs_watched": len(self.relay.subs),
+            "gc_frozen_objects": self.relay.heap.frozen,
             "heartbeat_s": self.settings.sse_heartbeat_s,
             "agents": sorted(AGENT_TYPES),
         }

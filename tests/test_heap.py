@@ -1,0 +1,54 @@
+"""api/heap.py: when the streams' objects are frozen out of the garbage collector's sight, and when they are
+thawed and collected."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from typing import Iterator
+
+import pytest
+
+from api.heap import GROWTH, Heap
+
+
+@pytest.fixture
+def heap() -> Iterator[Heap]:
+    gc.unfreeze()
+    yield Heap()
+    gc.unfreeze()
+
+
+class Cycle:
+    """Garbage only the collector can free."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_few_streams_freeze_nothing(heap: Heap) -> None:
+    assert heap.tend(GROWTH - 1) == "" and heap.frozen == 0
+
+
+def test_growing_streams_freeze_and_halved_ones_thaw_and_collect(heap: Heap) -> None:
+    assert heap.tend(GROWTH) == "freeze" and heap.frozen > 0 and heap.frozen_at == GROWTH
+    assert heap.tend(GROWTH + 10) == ""  # not grown by GROWTH since
+    assert heap.tend(2 * GROWTH) == "freeze" and heap.frozen_at == 2 * GROWTH
+    assert heap.tend(GROWTH + 1) == ""  # more than half of what was frozen
+    assert heap.tend(GROWTH) == "thaw" and heap.frozen == 0 and heap.frozen_at == 0
+    assert heap.tend(GROWTH) == "freeze"  # the streams left are frozen again on the next look
+
+
+def test_young_garbage_is_collected_before_a_freeze_and_frozen_garbage_at_the_thaw(heap: Heap) -> None:
+    young = Cycle()
+    young_ref = weakref.ref(young)
+    del young
+    heap.tend(GROWTH)
+    assert young_ref() is None  # collected, not frozen
+    frozen = Cycle()
+    frozen_ref = weakref.ref(frozen)
+    gc.freeze()  # as if it had been frozen while its stream ran
+    del frozen
+    gc.collect()
+    assert frozen_ref() is not None  # out of the collector's sight
+    assert heap.tend(0) == "thaw" and frozen_ref() is None
