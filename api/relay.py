@@ -60,7 +60,7 @@ GONE = Delivery("", "gone", b"")  # its client disconnected: the stream ends
 HEARTBEAT = Delivery("", "heartbeat", b"")  # nothing was sent for a while: send a comment, the stream goes on
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Subscription:
     """One client's view of one job stream."""
 

@@ -91,15 +91,21 @@ class Notices:
                 await conn.send_packed_command(conn.pack_command("PING"), check_health=False)
                 continue
             self._changed.clear()
-            pending, self._pending = self._pending, {}
-            add = [k for k, wanted in pending.items() if wanted and k not in self._subscribed]
-            gone = [k for k, wanted in pending.items() if not wanted and k in self._subscribed]
-            self._subscribed.update(add)
-            self._subscribed.difference_update(gone)
-            for command, keys in (("SUBSCRIBE", add), ("UNSUBSCRIBE", gone)):
-                for start in range(0, len(keys), CHUNK):
-                    chunk = keys[start : start + CHUNK]
-                    await conn.send_packed_command(conn.pack_command(command, *chunk), check_health=False)
+            await self._sync(conn)
+
+    async def _sync(self, conn: Any) -> None:
+        """Send the subscription changes made since the last time. Its own frame: the keys it names are let go
+        of when it returns (the waiting loop above would hold its last lists of keys, and, pinned by them, the
+        memory of streams long closed: docs/BENCHMARKS.md)."""
+        pending, self._pending = self._pending, {}
+        add = [k for k, wanted in pending.items() if wanted and k not in self._subscribed]
+        gone = [k for k, wanted in pending.items() if not wanted and k in self._subscribed]
+        self._subscribed.update(add)
+        self._subscribed.difference_update(gone)
+        for command, keys in (("SUBSCRIBE", add), ("UNSUBSCRIBE", gone)):
+            for start in range(0, len(keys), CHUNK):
+                chunk = keys[start : start + CHUNK]
+                await conn.send_packed_command(conn.pack_command(command, *chunk), check_health=False)
 
 
 async def _as_is(message: Any) -> Any:
