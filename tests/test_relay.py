@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from api.app import create_app
 from api.drain import Drain
-from api.relay import HANDOVER, Relay, decode_entry, parse_id
+from api.relay import HANDOVER, Delivery, Inbox, Relay, decode_entry, parse_id
 from events.envelope import Event
 from events.store import keyspace
 from settings import Settings
@@ -31,6 +31,24 @@ _ids = itertools.count()
 def test_parse_id_reads_stream_ids(entry_id: str, pair: tuple[int, int]) -> None:
     assert parse_id(entry_id) == pair
     assert parse_id("1-2") < parse_id("1-10") < parse_id("2-0")
+
+
+async def test_an_inbox_keeps_order_refuses_past_its_limit_and_wakes_its_reader() -> None:
+    inbox = Inbox(2)
+    first, second = Delivery("1-0", "token", b"a"), Delivery("2-0", "token", b"b")
+    waiting = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait(first)
+    assert await waiting is first and inbox.empty()
+    with pytest.raises(TimeoutError):  # a reader that gives up leaves the inbox as it was
+        async with asyncio.timeout(0.05):
+            await inbox.get()
+    inbox.put_nowait(first)
+    inbox.put_nowait(second)
+    assert inbox.full()
+    with pytest.raises(asyncio.QueueFull):
+        inbox.put_nowait(second)
+    assert [await inbox.get(), await inbox.get()] == [first, second] and inbox.empty()
 
 
 @pytest.mark.parametrize("entry_id", ["", "abc", "1-", "-1", "1-x", "1-2-3", "$", "+1-0"])
