@@ -6,7 +6,7 @@ import asyncio
 import concurrent.futures
 import itertools
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
@@ -14,9 +14,15 @@ import redis
 import redis.asyncio as aioredis
 
 from api.users import UserStore
+from tests.llmsim import SimControl
 from tests.stack import SECRET, RedisServer, Stack
 
 _names = itertools.count()
+# The stack test_semantic_cache.py and test_hybrid_search.py share (`sim_semantic`): the response cache with semantic
+# matching, and an embedding model the simulator serves.
+SEMANTIC_THRESHOLD = 0.9
+CACHE_MAX_ENTRIES = 4  # small, so a test can push an entry out of the response cache for real
+EMBEDDING_MODEL = "text-embedding-3-small"  # priced in ops/prices.yaml at $0.02 per million input tokens
 
 
 @pytest.fixture(scope="session")
@@ -37,11 +43,52 @@ def redis_server(logdir: Path) -> Iterator[RedisServer]:
 def stack(redis_server: RedisServer, logdir: Path) -> Iterator[Stack]:
     """The API, two worker processes and the events process, offline provider."""
     stack = Stack(redis_server.url, logdir)
-    stack.events()
-    stack.worker(concurrency=2)
-    stack.api(workers=1)
+    stack.events(wait=False)
+    stack.worker(concurrency=2, wait=False)
+    stack.api(workers=1, wait=False)
+    stack.ready()
     yield stack
     stack.stop()
+
+
+def _simulated(logdir: Path, **settings: Any) -> Iterator[tuple[Stack, SimControl]]:
+    from tests.simstack import simulated_stack  # it imports this module
+
+    with simulated_stack(logdir, **settings) as both:
+        yield both
+
+
+# Stacks whose model is the LLM simulator, each shared by the modules that need its settings; started when a test
+# first asks for one. Their tests reset the simulator before counting its requests, and each makes its own users.
+
+
+@pytest.fixture(scope="session")
+def sim_default(logdir: Path) -> Iterator[tuple[Stack, SimControl]]:
+    """Default settings, one pool process: the math, code and admission tests."""
+    yield from _simulated(logdir)
+
+
+@pytest.fixture(scope="session")
+def sim_gpt4o(logdir: Path) -> Iterator[tuple[Stack, SimControl]]:
+    """DEFAULT_MODEL=gpt-4o: the session memory and vision tests."""
+    yield from _simulated(logdir, DEFAULT_MODEL="gpt-4o")
+
+
+@pytest.fixture(scope="session")
+def sim_semantic(logdir: Path) -> Iterator[tuple[Stack, SimControl]]:
+    """The response cache with semantic matching (a long TTL, few entries) and an embedding model, two pool
+    processes, no retries of model calls: the semantic cache and hybrid search tests."""
+    yield from _simulated(
+        logdir,
+        workers=2,
+        DEFAULT_MODEL="gpt-4o-mini",
+        LLM_MAX_RETRIES="0",
+        LLM_TIMEOUT_S="5",
+        CACHE_TTL_S="600",
+        CACHE_MAX_ENTRIES=str(CACHE_MAX_ENTRIES),
+        CACHE_SEMANTIC_THRESHOLD=str(SEMANTIC_THRESHOLD),
+        EMBEDDING_MODEL=EMBEDDING_MODEL,
+    )
 
 
 @pytest.fixture

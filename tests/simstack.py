@@ -24,9 +24,10 @@ def simulated_stack(logdir: Path, *, workers: int = 1, **env: str) -> Iterator[t
         stack = Stack(server.url, logdir, **{"OPENAI_API_KEY": PROVIDER_KEY, "OPENAI_BASE_URL": base_url, **env})
         control = SimControl(base_url)
         try:
-            stack.events()
-            stack.worker(concurrency=workers)
-            stack.api()
+            stack.events(wait=False)
+            stack.worker(concurrency=workers, wait=False)
+            stack.api(wait=False)
+            stack.ready()
             yield stack, control
         finally:
             control.close()

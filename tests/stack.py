@@ -65,11 +65,13 @@ class Proc:
         self.argv = argv
         self.env = env
         self.log_path = logdir / f"{name}.log"
+        self.log_start = 0
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
         """Start it (again)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.log_start = log.tell()  # another process of the same name may have logged here before
         self.popen = subprocess.Popen(
             self.argv,
             env=self.env,
@@ -94,13 +96,23 @@ class Proc:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to its whole process group (a worker's children too) and reap it."""
+        if self.send(sig):
+            self.reap()
+
+    def send(self, sig: int) -> bool:
+        """Send `sig` to its whole process group; False if it had already ended."""
         if not self.alive():
-            return
+            return False
         assert self.popen is not None
         try:
             os.killpg(self.popen.pid, sig)
         except ProcessLookupError:
-            return
+            return False
+        return True
+
+    def reap(self) -> None:
+        """Wait until it has ended; SIGKILL its group if it takes more than 15 s."""
+        assert self.popen is not None
         try:
             self.popen.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -114,6 +126,12 @@ class Proc:
     def log(self) -> str:
         """What it printed so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_since_start(self) -> str:
+        """What it printed since it was last started."""
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_start)
+            return log.read().decode(errors="replace")
 
 
 @dataclass(frozen=True)
@@ -255,6 +273,7 @@ class Stack:
         self.port = free_port()
         self.procs: list[Proc] = []
         self._workers = 0
+        self._starting: list[Callable[[], None]] = []
 
     @property
     def url(self) -> str:
@@ -266,8 +285,23 @@ class Stack:
         self.procs.append(proc)
         return proc.start()
 
-    def api(self, workers: int = 1, port: int | None = None) -> Proc:
-        """Start an API instance and wait until it is ready."""
+    def _started(self, proc: Proc, ready: Callable[[], None], wait: bool) -> Proc:
+        """Wait until `proc` is ready now, or (`wait=False`) leave that to `ready()`."""
+        if wait:
+            ready()
+        else:
+            self._starting.append(ready)
+        return proc
+
+    def ready(self) -> Stack:
+        """Wait until every process started with `wait=False` is ready: they start side by side meanwhile."""
+        starting, self._starting = self._starting, []
+        for ready in starting:
+            ready()
+        return self
+
+    def api(self, workers: int = 1, port: int | None = None, *, wait: bool = True) -> Proc:
+        """Start an API instance and wait until it is ready (with `wait=False`, at `ready()`)."""
         port = port or self.port
         proc = self._proc(
             f"api-{port}",
@@ -277,15 +311,20 @@ class Stack:
         )
         import httpx
 
-        wait_for(
-            lambda: httpx.get(f"http://127.0.0.1:{port}/api/v1/monitoring/live", timeout=1).status_code == 200,
-            timeout=30,
-            what="the API",
-        )
-        return proc
+        def live() -> None:
+            wait_for(
+                lambda: httpx.get(f"http://127.0.0.1:{port}/api/v1/monitoring/live", timeout=1).status_code == 200,
+                timeout=30,
+                what="the API",
+            )
 
-    def worker(self, concurrency: int = 2, name: str | None = None, metrics_port: int = 0, **env: str) -> Proc:
-        """Start a Celery worker (serving its metrics on `metrics_port` if not 0) and wait until it consumes."""
+        return self._started(proc, live, wait)
+
+    def worker(
+        self, concurrency: int = 2, name: str | None = None, metrics_port: int = 0, *, wait: bool = True, **env: str
+    ) -> Proc:
+        """Start a Celery worker (serving its metrics on `metrics_port` if not 0) and wait until it consumes (with
+        `wait=False`, at `ready()`)."""
         self._workers += 1
         name = name or f"w{self._workers}"
         proc = self._proc(
@@ -309,19 +348,29 @@ class Stack:
             WORKER_METRICS_PORT=str(metrics_port),
             **env,
         )
-        wait_for(lambda: "ready." in proc.log() or not proc.alive(), timeout=60, what="the worker")
-        assert proc.alive(), proc.log()[-3000:]
-        return proc
 
-    def events(self) -> Proc:
-        """Start the events process."""
+        def consuming() -> None:
+            wait_for(lambda: "ready." in proc.log_since_start() or not proc.alive(), timeout=60, what="the worker")
+            assert proc.alive(), proc.log()[-3000:]
+
+        return self._started(proc, consuming, wait)
+
+    def events(self, *, wait: bool = True) -> Proc:
+        """Start the events process and wait until it runs (with `wait=False`, at `ready()`)."""
         proc = self._proc("events", [sys.executable, "-m", "events"])
-        wait_for(lambda: "events process started" in proc.log() or not proc.alive(), timeout=30, what="events")
-        assert proc.alive(), proc.log()[-3000:]
-        return proc
 
-    def flower(self, port: int, basic_auth: str) -> Proc:
-        """Start Flower with basic auth and wait until it answers."""
+        def started() -> None:
+            wait_for(
+                lambda: "events process started" in proc.log_since_start() or not proc.alive(),
+                timeout=30,
+                what="events",
+            )
+            assert proc.alive(), proc.log()[-3000:]
+
+        return self._started(proc, started, wait)
+
+    def flower(self, port: int, basic_auth: str, *, wait: bool = True) -> Proc:
+        """Start Flower with basic auth and wait until it answers (with `wait=False`, at `ready()`)."""
         proc = self._proc(
             "flower",
             [
@@ -336,12 +385,14 @@ class Stack:
         )
         import httpx
 
-        wait_for(
-            lambda: httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=1).status_code == 200,
-            timeout=30,
-            what="Flower",
-        )
-        return proc
+        def answering() -> None:
+            wait_for(
+                lambda: httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=1).status_code == 200,
+                timeout=30,
+                what="Flower",
+            )
+
+        return self._started(proc, answering, wait)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run the `agentic` command."""
@@ -350,6 +401,7 @@ class Stack:
         )
 
     def stop(self) -> None:
-        """Stop everything it started."""
-        for proc in reversed(self.procs):
-            proc.stop()
+        """Stop everything it started: SIGTERM to every process at once, then wait for each to end."""
+        stopping = [proc for proc in reversed(self.procs) if proc.send(signal.SIGTERM)]
+        for proc in stopping:
+            proc.reap()

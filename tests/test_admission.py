@@ -9,7 +9,6 @@ import asyncio
 import base64
 import io
 import json
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -21,7 +20,8 @@ from events.money.budgets import first_call_micros
 from events.money.prices import PriceBook
 from events.store import keyspace
 from tests.conftest import create_user
-from tests.simstack import fresh_user, simulated_stack
+from tests.llmsim import SimControl
+from tests.simstack import fresh_user
 from tests.sse import read_events
 from tests.stack import ROOT, RedisServer, Stack, wait_for
 
@@ -29,7 +29,7 @@ PRICES = ROOT / "tests" / "data" / "prices.yaml"  # the offline model at $1 / $2
 QUESTION = "What is the capital of France, and how many people live there?"
 
 
-def test_each_agents_first_request_fits_its_declared_overhead(tmp_path: Path) -> None:
+def test_each_agents_first_request_fits_its_declared_overhead(sim_default: tuple[Stack, SimControl]) -> None:
     """The hold at submit counts the query plus `prompt_overhead_bytes`: the real first request (as the LLM service
     receives it) must never be larger, nor much smaller (a loose figure would hold money for nothing)."""
     from PIL import Image
@@ -37,7 +37,8 @@ def test_each_agents_first_request_fits_its_declared_overhead(tmp_path: Path) ->
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, "PNG")
     image = {"type": "image", "media_type": "image/png", "data_base64": base64.b64encode(buf.getvalue()).decode()}
-    with simulated_stack(tmp_path) as (stack, control), fresh_user(stack, control) as client:
+    stack, control = sim_default
+    with fresh_user(stack, control) as client:
         for agent, spec in AGENT_TYPES.items():
             control.reset()
             control.config(tokens_per_s=0)
@@ -62,9 +63,10 @@ def priced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, re
     stack = Stack(server.url, logdir, PRICES_FILE=str(PRICES), OFFLINE_TOKEN_DELAY_MS="30", HOLD_TTL_S="10")
     client = redis.Redis.from_url(server.url, decode_responses=True)
     try:
-        stack.events()
-        stack.worker(concurrency=4)
-        stack.api()
+        stack.events(wait=False)
+        stack.worker(concurrency=4, wait=False)
+        stack.api(wait=False)
+        stack.ready()
         yield stack, client
     finally:
         client.close()

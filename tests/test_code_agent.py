@@ -3,14 +3,13 @@ jobs offline and through the LLM simulator (real Redis, workers and API)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
 
 from tests.llmsim import SimControl
-from tests.simstack import fresh_user, simulated_stack
+from tests.simstack import fresh_user
 from tests.sse import read_events
 from tests.stack import SECRET, Stack
 from workers.agents.code import find_code, run_code
@@ -100,20 +99,14 @@ def test_offline_a_program_in_the_query_sees_no_network_and_no_secret(alice: htt
     assert "REDIS_URL" not in end["result"] and "AGENTIC_SECRET_KEY" not in end["result"]
 
 
-@pytest.fixture(scope="module")
-def sim_stack(logdir: Path) -> Iterator[tuple[Stack, SimControl]]:
-    with simulated_stack(logdir) as both:
-        yield both
-
-
 @pytest.fixture
-def api(sim_stack: tuple[Stack, SimControl]) -> Iterator[httpx.Client]:
-    with fresh_user(*sim_stack) as client:
+def api(sim_default: tuple[Stack, SimControl]) -> Iterator[httpx.Client]:
+    with fresh_user(*sim_default) as client:
         yield client
 
 
-def test_with_a_model_the_program_it_writes_runs_and_a_failure_can_be_fixed(sim_stack, api: httpx.Client) -> None:
-    _, control = sim_stack
+def test_with_a_model_the_program_it_writes_runs_and_a_failure_can_be_fixed(sim_default, api: httpx.Client) -> None:
+    _, control = sim_default
     control.script(
         {"kind": "tool_call", "name": "run_python", "arguments": {"code": "print(sum(range(10))"}},
         {"kind": "tool_call", "name": "run_python", "arguments": {"code": "print(sum(range(10)))"}},
@@ -133,9 +126,9 @@ def test_with_a_model_the_program_it_writes_runs_and_a_failure_can_be_fixed(sim_
 
 
 def test_with_a_model_that_never_stops_calling_tools_the_job_fails_at_the_step_limit(
-    sim_stack, api: httpx.Client
+    sim_default, api: httpx.Client
 ) -> None:
-    _, control = sim_stack
+    _, control = sim_default
     control.script(*[{"kind": "tool_call", "name": "run_python", "arguments": {"code": "print(1)"}}] * 4)
     done, _ = run_job(api, "loop forever")
     assert done["status"] == "failed" and done["error"]["code"] == "agent_error"
@@ -145,9 +138,9 @@ def test_with_a_model_that_never_stops_calling_tools_the_job_fails_at_the_step_l
 
 
 def test_with_a_model_a_refused_program_goes_back_to_the_model_and_the_job_still_answers(
-    sim_stack, api: httpx.Client
+    sim_default, api: httpx.Client
 ) -> None:
-    _, control = sim_stack
+    _, control = sim_default
     control.script({"kind": "tool_call", "name": "run_python", "arguments": {"code": "x = 1\n" * 11_000}})
     done, events = run_job(api, "run a long program")
     assert done["status"] == "succeeded", done

@@ -29,9 +29,10 @@ def money_stack(logdir: Path) -> Iterator[tuple[Stack, redis.Redis]]:
     """A stack whose offline model costs money, so budgets and holds bite."""
     server = RedisServer(logdir).start()
     stack = Stack(server.url, logdir, PRICES_FILE=PRICES, OFFLINE_TOKEN_DELAY_MS="2", HOLD_TTL_S="10")
-    stack.events()
-    stack.worker(concurrency=2)
-    stack.api(workers=2)
+    stack.events(wait=False)
+    stack.worker(concurrency=2, wait=False)
+    stack.api(workers=2, wait=False)
+    stack.ready()
     client = redis.Redis.from_url(server.url, decode_responses=True)
     yield stack, client
     client.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -25,16 +24,15 @@ from events.docs.records import new_doc_id
 from events.money.prices import PriceBook
 from events.store import keyspace
 from settings import ROOT
-from tests.conftest import create_user
+from tests.conftest import EMBEDDING_MODEL, create_user
 from tests.llmsim import SimControl, run_simulator, sim_embedding
-from tests.simstack import simulated_stack
 from tests.sse import read_events
 from tests.stack import wait_for
 from workers.llm.embeddings import ProviderEmbedder
 from workers.llm.openai_provider import OpenAIProvider
 from workers.llm.provider import LLMRequestError
 
-MODEL = "text-embedding-3-small"  # priced in ops/prices.yaml at $0.02 per million input tokens
+MODEL = EMBEDDING_MODEL  # the embedding model of the whole stack below
 CARS = "Automobile maintenance schedule: change the oil every 10,000 kilometres and rotate the tyres."
 TEA = "Green tea is brewed with water at about 80 degrees Celsius for two minutes."
 _users = itertools.count()
@@ -203,14 +201,7 @@ def test_a_provider_failure_leaves_the_document_searchable_by_its_words(
     assert _library(raw, provider).search(user, "zebrafish")[0].doc_id == doc
 
 
-# ---- a whole stack with a model -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def model_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, SimControl]]:
-    logdir: Path = tmp_path_factory.mktemp("hybrid")
-    with simulated_stack(logdir, workers=2, EMBEDDING_MODEL=MODEL, CACHE_TTL_S="0") as made:
-        yield made
+# ---- a whole stack with a model (`sim_semantic`, shared with the semantic cache tests) ------------------------------
 
 
 def _client(stack: Any, role: str = "user") -> httpx.Client:
@@ -232,9 +223,9 @@ def _ready(client: httpx.Client, name: str, text: str) -> dict[str, Any]:
 
 
 def test_a_rag_job_with_a_model_finds_by_meaning_and_pays_for_its_query_embedding(
-    model_stack: tuple[Any, SimControl],
+    sim_semantic: tuple[Any, SimControl],
 ) -> None:
-    stack, control = model_stack
+    stack, control = sim_semantic
     control.reset()
     control.config(tokens_per_s=0)
     with _client(stack) as alice:
@@ -256,8 +247,8 @@ def test_a_rag_job_with_a_model_finds_by_meaning_and_pays_for_its_query_embeddin
         assert done["usage"]["llm_calls"] == 3  # two chat calls and the query's embedding
 
 
-def test_a_budget_without_room_for_embeddings_still_indexes_by_words(model_stack: tuple[Any, SimControl]) -> None:
-    stack, control = model_stack
+def test_a_budget_without_room_for_embeddings_still_indexes_by_words(sim_semantic: tuple[Any, SimControl]) -> None:
+    stack, control = sim_semantic
     control.reset()
     with _client(stack) as carol, _client(stack, "admin") as admin:
         user_id = carol.user_id  # type: ignore[attr-defined]

@@ -3,7 +3,6 @@ child process, and whole jobs offline and through the LLM simulator (real Redis,
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import httpx
@@ -11,7 +10,7 @@ import pytest
 import sympy
 
 from tests.llmsim import SimControl
-from tests.simstack import fresh_user, simulated_stack
+from tests.simstack import fresh_user
 from tests.sse import read_events
 from tests.stack import Stack
 from workers.agents.math import read_request, run_sympy, sympy_tool
@@ -170,20 +169,14 @@ def test_offline_a_request_without_maths_is_answered_with_what_to_write(alice: h
     assert "No mathematical expression found" in done["result"]
 
 
-@pytest.fixture(scope="module")
-def sim_stack(logdir: Path) -> Iterator[tuple[Stack, SimControl]]:
-    with simulated_stack(logdir) as both:
-        yield both
-
-
 @pytest.fixture
-def api(sim_stack: tuple[Stack, SimControl]) -> Iterator[httpx.Client]:
-    with fresh_user(*sim_stack) as client:
+def api(sim_default: tuple[Stack, SimControl]) -> Iterator[httpx.Client]:
+    with fresh_user(*sim_default) as client:
         yield client
 
 
-def test_with_a_model_the_tool_call_loop_runs_sympy_and_the_answer_uses_it(sim_stack, api: httpx.Client) -> None:
-    _, control = sim_stack
+def test_with_a_model_the_tool_call_loop_runs_sympy_and_the_answer_uses_it(sim_default, api: httpx.Client) -> None:
+    _, control = sim_default
     control.script(
         {"kind": "tool_call", "name": "sympy", "arguments": {"operation": "solve", "expression": "x^2 - 2 = 0"}},
         {"kind": "tool_call", "name": "sympy", "arguments": {"operation": "differentiate", "expression": "x^3"}},
@@ -202,9 +195,9 @@ def test_with_a_model_the_tool_call_loop_runs_sympy_and_the_answer_uses_it(sim_s
 
 
 def test_with_a_model_that_never_stops_calling_tools_the_job_fails_at_the_step_limit(
-    sim_stack, api: httpx.Client
+    sim_default, api: httpx.Client
 ) -> None:
-    _, control = sim_stack
+    _, control = sim_default
     control.script(*[{"kind": "tool_call", "name": "sympy", "arguments": {"expression": "1+1"}}] * 4)
     done, _ = run_job(api, "keep going")
     assert done["status"] == "failed" and done["error"]["code"] == "agent_error"
@@ -214,9 +207,9 @@ def test_with_a_model_that_never_stops_calling_tools_the_job_fails_at_the_step_l
 
 
 def test_with_a_model_a_tool_error_goes_back_to_the_model_and_the_job_still_answers(
-    sim_stack, api: httpx.Client
+    sim_default, api: httpx.Client
 ) -> None:
-    _, control = sim_stack
+    _, control = sim_default
     control.script({"kind": "tool_call", "name": "sympy", "arguments": {"expression": "__import__('os')"}})
     done, events = run_job(api, "break it")
     assert done["status"] == "succeeded"

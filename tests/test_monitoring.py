@@ -81,12 +81,13 @@ def cluster(logdir: Path) -> Iterator[Cluster]:
     stack = Stack(server.url, logdir, PRICES_FILE=PRICES, OFFLINE_TOKEN_DELAY_MS="1", CONSUMER_STALL_S=str(STALL_S))
     api_ports, worker_ports, flower_port = [free_port(), free_port()], [free_port(), free_port()], free_port()
     try:
-        stack.events()
+        stack.events(wait=False)
         for i, port in enumerate(worker_ports):
-            stack.worker(concurrency=2, name=f"m{i}", metrics_port=port)
+            stack.worker(concurrency=2, name=f"m{i}", metrics_port=port, wait=False)
         for port in api_ports:
-            stack.api(workers=2, port=port)
-        stack.flower(flower_port, f"admin:{FLOWER_PASSWORD}")
+            stack.api(workers=2, port=port, wait=False)
+        stack.flower(flower_port, f"admin:{FLOWER_PASSWORD}", wait=False)
+        stack.ready()
         found = Cluster(stack, api_ports, worker_ports, flower_port)
         for role in ("admin", "user", "readonly"):
             found.keys[role] = create_user(server.url, role)[1]

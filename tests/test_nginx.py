@@ -77,10 +77,11 @@ def balanced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balanced]:
     )
     ca, cert, key = make_certificate(tmp_path_factory.mktemp("tls"))
     try:
-        stack.events()
-        stack.worker(concurrency=4)
+        stack.events(wait=False)
+        stack.worker(concurrency=4, wait=False)
         ports = [free_port() for _ in range(3)]
-        apis = [stack.api(workers=1, port=port) for port in ports]
+        apis = [stack.api(workers=1, port=port, wait=False) for port in ports]
+        stack.ready()
         nginx = Nginx(tmp_path_factory.mktemp("nginx"), ports, tls=(cert, key), fail_timeout_s=2)
         nginx.start()
         balanced = Balanced(stack, server.url, nginx, ports, apis, ca)

@@ -13,7 +13,6 @@ import secrets
 import ssl
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,7 +25,7 @@ from redis.exceptions import NoPermissionError
 
 from events.store.clients import access_problem
 from tests.sse import read_events
-from tests.stack import BIN, ROOT, Proc, RedisServer, Stack, TLSFiles, acl_user, free_port, make_tls, run_all, wait_for
+from tests.stack import BIN, ROOT, Proc, RedisServer, Stack, TLSFiles, acl_user, free_port, make_tls, wait_for
 
 USER = "agentic"
 # What the system needs (docs/security.md, "Secured Redis", says how it was found): data, streams, pub/sub, Lua and
@@ -102,10 +101,12 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     flower_auth = ("ops", f"flower-{secrets.token_urlsafe(8)}")
     found = Secured(server, stack, tls, other_ca, password, secret_key, free_port(), flower_auth, logdir)
     try:
-        stack.events()
-        run_all([threading.Thread(target=stack.worker, kwargs={"concurrency": 1, "name": f"s{i}"}) for i in (1, 2)])
-        stack.api(workers=1)
-        stack.flower(found.flower_port, ":".join(flower_auth))
+        stack.events(wait=False)
+        for i in (1, 2):
+            stack.worker(concurrency=1, name=f"s{i}", wait=False)
+        stack.api(workers=1, wait=False)
+        stack.flower(found.flower_port, ":".join(flower_auth), wait=False)
+        stack.ready()
         yield found
     finally:
         stack.stop()

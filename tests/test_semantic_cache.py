@@ -1,11 +1,10 @@
 """Semantic matching of the response cache (docs/cache.md, "Semantic matching"): the partition and the word
-vectors, pure; then end to end on one stack with CACHE_SEMANTIC_THRESHOLD=0.9 (real Redis, API and workers, the
-LLM simulator counting model calls)."""
+vectors, pure; then end to end on the stack with CACHE_SEMANTIC_THRESHOLD=0.9 that tests/conftest.py shares with the
+hybrid search tests (real Redis, API and workers, the LLM simulator counting model calls)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -15,14 +14,11 @@ import redis
 from events.cache_key import CacheRequest, semantic
 from events.semantic_cache import register, similarity, unit_vector
 from events.store import keyspace
-from tests.conftest import create_user
+from tests.conftest import CACHE_MAX_ENTRIES, create_user
 from tests.llmsim import SimControl
-from tests.simstack import simulated_stack
 from tests.stack import Stack, wait_for
 from tests.test_cache import cache_operations
 
-THRESHOLD = 0.9
-MAX_ENTRIES = 4  # small, so a test can push an entry out of the response cache for real
 BASE = CacheRequest("u1", "query", "m", "What is the capital of France?", 100, "0", "openai", ())
 
 
@@ -80,13 +76,11 @@ def test_a_word_vector_has_length_one_and_a_query_without_words_has_none() -> No
 
 
 @pytest.fixture(scope="module")
-def sim_stack(logdir: Path) -> Iterator[tuple[Stack, SimControl, redis.Redis]]:
-    settings = {"DEFAULT_MODEL": "gpt-4o-mini", "LLM_MAX_RETRIES": "0", "LLM_TIMEOUT_S": "5"}
-    cache = {"CACHE_TTL_S": "600", "CACHE_MAX_ENTRIES": str(MAX_ENTRIES), "CACHE_SEMANTIC_THRESHOLD": str(THRESHOLD)}
-    with simulated_stack(logdir, workers=2, **settings, **cache) as (stack, control):
-        client = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
-        yield stack, control, client
-        client.close()
+def sim_stack(sim_semantic: tuple[Stack, SimControl]) -> Iterator[tuple[Stack, SimControl, redis.Redis]]:
+    stack, control = sim_semantic
+    client = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
+    yield stack, control, client
+    client.close()
 
 
 def user_client(stack: Stack) -> httpx.Client:
@@ -167,7 +161,7 @@ def test_another_users_near_identical_query_misses(sim_stack, api) -> None:
 def test_a_match_whose_entry_was_evicted_misses_and_is_dropped(sim_stack, api) -> None:
     _, control, r = sim_stack
     record = stored(r, run(api, "What is the capital of Norway?"))
-    for n in range(MAX_ENTRIES):  # newer entries push it out of the response cache
+    for n in range(CACHE_MAX_ENTRIES):  # newer entries push it out of the response cache
         run(api, f"tell me about eviction number {n}")
     assert not r.hexists(keyspace.CACHE_ENTRIES, record["cache_digest"])
     calls = len(control.requests())

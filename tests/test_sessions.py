@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import create_user
 from tests.llmsim import SimControl
-from tests.simstack import simulated_stack
 from tests.stack import Stack
 from workers.agents.query import MAX_HISTORY_CHARS, MAX_TURN_CHARS, MAX_TURNS, history_messages, pick_turns
 
@@ -42,12 +40,6 @@ def test_pick_turns_cuts_long_turns_and_bounds_the_whole_history() -> None:
     ]
 
 
-@pytest.fixture(scope="module")
-def sim(logdir: Path) -> Iterator[tuple[Stack, SimControl]]:
-    with simulated_stack(logdir, DEFAULT_MODEL="gpt-4o") as both:
-        yield both
-
-
 def ask(client: httpx.Client, query: str, session_id: str | None) -> dict[str, Any]:
     body: dict[str, Any] = {"agent_type": "query", "query": query}
     if session_id:
@@ -62,8 +54,8 @@ def conversation(request: dict[str, Any]) -> list[tuple[str, str]]:
     return [(m["role"], m["content"]) for m in request["body"]["messages"] if m["role"] != "system"]
 
 
-def test_a_session_remembers_its_earlier_turns_and_no_one_elses(sim: tuple[Stack, SimControl]) -> None:
-    stack, control = sim
+def test_a_session_remembers_its_earlier_turns_and_no_one_elses(sim_gpt4o: tuple[Stack, SimControl]) -> None:
+    stack, control = sim_gpt4o
     control.reset()
     clients = []
     for _ in range(2):

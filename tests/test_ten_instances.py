@@ -31,12 +31,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Nginx, Pro
     )
     prometheus = None
     try:
-        stack.events()
+        stack.events(wait=False)
         worker_port = free_port()
-        stack.worker(concurrency=4, metrics_port=worker_port)
+        stack.worker(concurrency=4, metrics_port=worker_port, wait=False)
         ports = [free_port() for _ in range(INSTANCES)]
         for port in ports:
-            stack.api(workers=1, port=port)
+            stack.api(workers=1, port=port, wait=False)
+        stack.ready()  # all of them started side by side
         nginx = Nginx(tmp_path_factory.mktemp("ten-nginx"), ports).start()
         prometheus = Prometheus(
             stack, tmp_path_factory.mktemp("ten-prom"), {"api": ports, "workers": [worker_port]}

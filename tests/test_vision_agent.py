@@ -5,8 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import jsonschema
@@ -19,7 +18,6 @@ from events import attachments
 from events.attachments import IMAGE_TYPES
 from tests.conftest import create_user
 from tests.llmsim import SimControl
-from tests.simstack import simulated_stack
 from tests.sse import read_events
 from tests.stack import Stack
 from workers.agents.imagefacts import colour_name
@@ -212,16 +210,10 @@ def test_uploads_that_are_not_images_or_too_large_are_refused(alice: httpx.Clien
 # ---- with a model (the simulator as the OpenAI-compatible service) ------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sim(logdir: Path) -> Iterator[tuple[Stack, SimControl]]:
-    with simulated_stack(logdir, DEFAULT_MODEL="gpt-4o") as both:
-        yield both
-
-
 def test_with_a_model_the_image_goes_as_an_image_url_part_and_the_tool_is_offered(
-    sim: tuple[Stack, SimControl],
+    sim_gpt4o: tuple[Stack, SimControl],
 ) -> None:
-    stack, control = sim
+    stack, control = sim_gpt4o
     control.reset()
     control.script({"kind": "tool_call", "name": "image_facts", "arguments": {}})
     _, key = create_user(stack.env["REDIS_URL"])
