@@ -17,7 +17,7 @@ from api.relay import HANDOVER, Relay
 from events import job_record
 from events.cache_key import CacheRequest, cacheable, semantic
 from events.catalog import AGENT_TYPES
-from events.envelope import STREAM_ID, text
+from events.envelope import STREAM_ID, canonical_id, text
 from events.errors import DomainError
 from events.money.amounts import micros_to_usd
 from events.money.budgets import first_call_micros, job_scopes
@@ -422,4 +422,4 @@ def check_event_id(raw: str) -> str:
             f"Field 'Last-Event-ID': {printable(raw)!r} is not a stream id like 1700000000000-0.",
             code="invalid_last_event_id",
         )
-    return raw
+    return canonical_id(raw)

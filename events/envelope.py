@@ -18,6 +18,13 @@ SCHEMA_VERSION = 1
 STREAM_ID = re.compile(r"^[0-9]{1,15}-[0-9]{1,15}$")  # a Redis stream entry id of our era (ms, sequence)
 
 
+def canonical_id(entry_id: str) -> str:
+    """A stream id that matched STREAM_ID, without leading zeros ('00-0' -> '0-0'): Redis reads both alike but
+    refuses '(00-0', and a comparison with '0-0' must not tell them apart."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{int(ms)}-{int(seq)}"
+
+
 class EventType(StrEnum):
     """What happened; job streams, usage, audit and lifecycle share these names."""
 

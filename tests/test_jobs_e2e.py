@@ -67,6 +67,17 @@ def test_resume_with_last_event_id_delivers_every_event_exactly_once(alice: http
     assert [e.data["seq"] for e in first + rest] == list(range(len(replay)))
 
 
+def test_a_last_event_id_with_leading_zeros_is_the_same_id(alice: httpx.Client) -> None:
+    job = submit(alice)
+    url = f"/api/v1/jobs/{job['id']}/events"
+    _, replay = read_events(alice, url)
+    ms, seq = replay[1].id.split("-")
+    status, rest = read_events(alice, url, headers={"Last-Event-ID": f"00{ms}-000{seq}"})
+    assert status == 200 and [e.id for e in rest] == [e.id for e in replay[2:]]
+    status, everything = read_events(alice, url, headers={"Last-Event-ID": "00-000"})  # as from the start
+    assert status == 200 and [e.id for e in everything] == [e.id for e in replay]
+
+
 def test_late_subscriber_gets_the_whole_replay(alice: httpx.Client) -> None:
     job = submit(alice)
     live_status, live = read_events(alice, f"/api/v1/jobs/{job['id']}/events")

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import redis
 
-from events.envelope import STREAM_ID, Event, text, text_map
+from events.envelope import STREAM_ID, Event, canonical_id, text, text_map
 from events.errors import DomainError
 from events.process.consumer import Entry
 from events.store import audit_scripts, keyspace
@@ -293,6 +293,7 @@ def query(
     """
     if cursor and not STREAM_ID.fullmatch(cursor):
         raise AuditQueryError(f"The cursor {cursor!r} is not valid; pass back the next_cursor a listing returned.")
+    cursor = canonical_id(cursor) if cursor else cursor
     if cursor == "0-0":  # nothing is older than the first possible id (and Redis refuses "(0-0")
         return {"entries": [], "next_cursor": None}
     top = f"({cursor}" if cursor else "+"
