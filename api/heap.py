@@ -14,10 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-import logging
 from typing import Callable
-
-log = logging.getLogger("api.heap")
 
 GROWTH = 100  # streams beyond those open at the last freeze before freezing again
 

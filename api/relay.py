@@ -187,7 +187,7 @@ class Relay:
             # The read in flight may move this stream's cursor past `pos`: after it, read again from `pos`.
             self._rewound[key] = min(self._rewound.get(key, pos), pos)
         if self._handing_over:
-            self._hand_over(sub)
+            self._let_go(sub, HANDOVER)
             return sub
         if not self._tasks or any(t.done() for t in self._tasks):
             self._start()
@@ -199,20 +199,19 @@ class Relay:
         self._handing_over = True
         for subs in list(self.subs.values()):
             for sub in list(subs):
-                self._hand_over(sub)
-
-    def _hand_over(self, sub: Subscription) -> None:
-        sub.dropped = True
-        self.unsubscribe(sub)
-        with contextlib.suppress(asyncio.QueueFull):  # a full queue ends its stream anyway: the sub is dropped
-            sub.queue.put_nowait(HANDOVER)
+                self._let_go(sub, HANDOVER)
 
     def end(self, sub: Subscription) -> None:
         """The subscriber's client went away: stop following, and wake its stream so that it ends now."""
+        self._let_go(sub, GONE)
+
+    def _let_go(self, sub: Subscription, last: Delivery) -> None:
+        """Stop following for `sub` and queue `last` after what it holds (a full queue ends its stream anyway,
+        once drained: the sub is dropped)."""
         sub.dropped = True
         self.unsubscribe(sub)
-        with contextlib.suppress(asyncio.QueueFull):  # a full queue: the stream ends once it has drained it
-            sub.queue.put_nowait(GONE)
+        with contextlib.suppress(asyncio.QueueFull):
+            sub.queue.put_nowait(last)
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop following; the stream's cursor goes when its last subscriber does."""
@@ -242,8 +241,8 @@ class Relay:
         self._tasks = [
             asyncio.create_task(self._run(), name="sse-relay"),
             asyncio.create_task(self.notices.run(lambda: self._closing), name="sse-relay-notices"),
+            asyncio.create_task(self._tend_heap(), name="sse-relay-heap"),
         ]
-        self._tasks.append(asyncio.create_task(self._tend_heap(), name="sse-relay-heap"))
         if self.heartbeat_s:
             self._tasks.append(asyncio.create_task(self._heartbeats(self.heartbeat_s), name="sse-relay-heartbeats"))
 

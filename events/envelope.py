@@ -141,8 +141,15 @@ def _read(raw: Mapping[bytes | str, bytes | str]) -> Fields:
 
 
 def _json(etype: str, job_id: str, seq: int, ts: float, attempt: int, data: dict[str, Any], v: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": etype, "job_id": job_id, "seq": seq, "ts": ts, "attempt": attempt}
-    out.update(data=data, v=v)
+    out: dict[str, Any] = {
+        "type": etype,
+        "job_id": job_id,
+        "seq": seq,
+        "ts": ts,
+        "attempt": attempt,
+        "data": data,
+        "v": v,
+    }
     if etype == EventType.TOKEN:
         out["content"] = data.get("text", "")
     return out

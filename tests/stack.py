@@ -134,6 +134,17 @@ class Proc:
             return log.read().decode(errors="replace")
 
 
+def answering(url: str, what: str) -> Callable[[], None]:
+    """A wait until GET `url` answers 200 (30 s at most)."""
+
+    def ready() -> None:
+        import httpx
+
+        wait_for(lambda: httpx.get(url, timeout=1).status_code == 200, timeout=30, what=what)
+
+    return ready
+
+
 @dataclass(frozen=True)
 class TLSFiles:
     """A CA and a certificate it signed for 127.0.0.1 and localhost, with its key (PEM files)."""
@@ -309,16 +320,7 @@ class Stack:
             PORT=str(port),
             WEB_CONCURRENCY=str(workers),
         )
-        import httpx
-
-        def live() -> None:
-            wait_for(
-                lambda: httpx.get(f"http://127.0.0.1:{port}/api/v1/monitoring/live", timeout=1).status_code == 200,
-                timeout=30,
-                what="the API",
-            )
-
-        return self._started(proc, live, wait)
+        return self._started(proc, answering(f"http://127.0.0.1:{port}/api/v1/monitoring/live", "the API"), wait)
 
     def worker(
         self, concurrency: int = 2, name: str | None = None, metrics_port: int = 0, *, wait: bool = True, **env: str
@@ -383,16 +385,7 @@ class Stack:
                 f"--basic-auth={basic_auth}",
             ],
         )
-        import httpx
-
-        def answering() -> None:
-            wait_for(
-                lambda: httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=1).status_code == 200,
-                timeout=30,
-                what="Flower",
-            )
-
-        return self._started(proc, answering, wait)
+        return self._started(proc, answering(f"http://127.0.0.1:{port}/healthcheck", "Flower"), wait)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run the `agentic` command."""
