@@ -52,8 +52,3 @@ class Heap:
             self.frozen_at = streams
             return "freeze"
         return ""
-
-    @property
-    def frozen(self) -> int:
-        """Objects out of the collector's sight."""
-        return gc.get_freeze_count()

@@ -102,7 +102,7 @@ def test_a_thousand_concurrent_streams_get_every_event_once_and_in_order(sse_sta
         readers = [asyncio.create_task(follow(stack.port, key, job_id, 5)) for job_id in jobs]
         await asyncio.to_thread(lambda: wait_for(lambda: streams_open(stack) >= 1000, timeout=60, what="streams"))
         # The streams' objects are frozen out of the collector's sight while they stream (api/heap.py) ...
-        frozen = lambda: stream_health(stack)["gc_frozen_objects"] > 0  # noqa: E731
+        frozen = lambda: stream_health(stack)["heap_frozen_at_streams"] > 0  # noqa: E731
         await asyncio.to_thread(lambda: wait_for(frozen, timeout=20, what="the streams' objects frozen"))
         for seq in range(5):
             await asyncio.to_thread(publish, client, jobs, seq)
@@ -113,7 +113,7 @@ def test_a_thousand_concurrent_streams_get_every_event_once_and_in_order(sse_sta
     # Freed when each client left, not at the next heartbeat (30 s here): api/disconnects.py.
     wait_for(lambda: streams_open(stack) == 0, timeout=10, what="every stream closed")
     # ... and thawed and collected once they are gone.
-    wait_for(lambda: stream_health(stack)["gc_frozen_objects"] == 0, timeout=20, what="the frozen objects thawed")
+    wait_for(lambda: stream_health(stack)["heap_frozen_at_streams"] == 0, timeout=20, what="the frozen objects thawed")
 
 
 def test_stalled_clients_are_dropped_and_the_live_ones_get_everything(sse_stack) -> None:  # type: ignore[no-untyped-def]

@@ -58,8 +58,7 @@ class Frame(SSEvent):
 
     __slots__ = ("block",)
 
-    def __init__(self, block: bytes) -> None:
-        super().__init__()
+    def __init__(self, block: bytes) -> None:  # noqa: super().__init__ not called: falcon only calls serialize
         self.block = block
 
     def serialize(self, handler: BaseHandler | None = None) -> bytes:

@@ -103,7 +103,7 @@ class StreamHealthResource:
             "status": "ok",
             "streams_open": self.relay.streams_open,
             "jobs_watched": len(self.relay.subs),
-            "gc_frozen_objects": self.relay.heap.frozen,
+            "heap_frozen_at_streams": self.relay.heap.frozen_at,
             "heartbeat_s": self.settings.sse_heartbeat_s,
             "agents": sorted(AGENT_TYPES),
         }
