@@ -132,7 +132,10 @@ def decode_entry(entry_id: str, fields: Any) -> Delivery | None:
     except EnvelopeError:
         log.warning("skipping malformed entry %s", entry_id)
         return None
-    return Delivery(entry_id, event["type"], orjson.dumps({"id": entry_id, **event}))
+    payload = orjson.dumps({"id": entry_id, **event})
+    # Copied: orjson's result keeps the 4 KB buffer it was written into, whatever its length, and a stream's
+    # last delivery, and every queued one, lives on (tracemalloc: 4 KB a stream, docs/BENCHMARKS.md).
+    return Delivery(entry_id, event["type"], bytes(memoryview(payload)))
 
 
 class Relay:
@@ -293,46 +296,51 @@ class Relay:
     async def _run(self) -> None:
         delay = 0.05
         while not self._closing:
-            if not self.dirty:
-                self._news.clear()
-                try:
-                    async with asyncio.timeout(1.0):
-                        await self._news.wait()
-                except TimeoutError:
-                    self._sweep_some()
+            if self.dirty:
+                delay = await self._read_news(delay)
                 continue
-            keys = list(itertools.islice(self.dirty, self.batch))
-            for key in keys:
-                del self.dirty[key]
-            streams = {k: f"{self.cursors[k][0]}-{self.cursors[k][1]}" for k in keys if k in self.cursors}
-            if not streams:
-                continue
-            self.reads += 1
-            self.keys_read += len(streams)
-            read = self.reads
-            self._in_flight = True
+            self._news.clear()
             try:
-                reply = await self.wire.xread(streams, self.count)
-                delay = 0.05
-            except redis.RedisError as ex:
-                log.warning("relay cannot read from redis: %s; retrying in %.2fs", ex, delay)
-                for key in streams:
-                    self._mark(key)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            finally:
-                self._in_flight = False
-                rewound, self._rewound = self._rewound, {}
-            for raw_key, entries in reply:
-                key = raw_key.decode()
-                self._dispatch(key, entries, read)
-                if len(entries) >= self.count:
-                    self._mark(key)  # there may be more
-            for key, pos in rewound.items():
-                if key in self.cursors and pos < self.cursors[key]:
-                    self.cursors[key] = pos
+                async with asyncio.timeout(1.0):
+                    await self._news.wait()
+            except TimeoutError:
+                self._sweep_some()
+
+    async def _read_news(self, delay: float) -> float:
+        """Read a batch of the streams with news and dispatch what came; returns the delay before the next try
+        after a failure. Its own frame: the last reply is let go of when it returns, not held while the relay
+        waits for news (it pinned memory of streams long closed: docs/BENCHMARKS.md)."""
+        keys = list(itertools.islice(self.dirty, self.batch))
+        for key in keys:
+            del self.dirty[key]
+        streams = {k: f"{self.cursors[k][0]}-{self.cursors[k][1]}" for k in keys if k in self.cursors}
+        if not streams:
+            return delay
+        self.reads += 1
+        self.keys_read += len(streams)
+        read = self.reads
+        self._in_flight = True
+        try:
+            reply = await self.wire.xread(streams, self.count)
+        except (redis.RedisError, OSError) as ex:
+            log.warning("relay cannot read from redis: %s; retrying in %.2fs", ex, delay)
+            for key in streams:
                 self._mark(key)
+            await asyncio.sleep(delay)
+            return min(delay * 2, 2.0)
+        finally:
+            self._in_flight = False
+            rewound, self._rewound = self._rewound, {}
+        for raw_key, entries in reply:
+            key = raw_key.decode()
+            self._dispatch(key, entries, read)
+            if len(entries) >= self.count:
+                self._mark(key)  # there may be more
+        for key, pos in rewound.items():
+            if key in self.cursors and pos < self.cursors[key]:
+                self.cursors[key] = pos
+            self._mark(key)
+        return 0.05
 
     def _dispatch(self, key: str, entries: list[Entry], read: int) -> None:
         subs = self.subs.get(key)

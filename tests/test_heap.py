@@ -39,6 +39,17 @@ def test_growing_streams_freeze_and_halved_ones_thaw_and_collect(heap: Heap) -> 
     assert heap.tend(GROWTH) == "freeze"  # the streams left are frozen again on the next look
 
 
+def test_falling_streams_trim_the_allocator_each_time_they_have_fallen_by_growth(heap: Heap) -> None:
+    trims = []
+    heap._trim = lambda: trims.append(1)  # glibc's malloc_trim counted here: what it frees is the bench's to show
+    assert heap.tend(3 * GROWTH) == "freeze"
+    assert heap.tend(2 * GROWTH + 1) == "" and not trims  # not fallen by GROWTH yet
+    assert heap.tend(2 * GROWTH) == "trim" and len(trims) == 1
+    assert heap.tend(GROWTH + GROWTH // 2 + 1) == ""  # fallen by less than GROWTH since that trim
+    assert heap.tend(GROWTH + GROWTH // 2) == "thaw" and len(trims) == 2  # half of what was frozen: thawed, trimmed
+    assert heap.tend(GROWTH // 2 + 1) == "" and heap.tend(0) == "trim" and len(trims) == 3
+
+
 def test_young_garbage_is_collected_before_a_freeze_and_frozen_garbage_at_the_thaw(heap: Heap) -> None:
     young = Cycle()
     young_ref = weakref.ref(young)

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import json
 import time
+import tracemalloc
 from typing import AsyncIterator
 
 import httpx
@@ -71,6 +72,20 @@ def test_decode_entry_serialises_events_and_skips_non_events() -> None:
         "v": 1,
     }
     assert decode_entry("2-0", {b"w": b"1"}) is None
+
+
+def test_a_delivery_holds_no_more_memory_than_its_event_needs() -> None:
+    """Each stream keeps its last delivery, and a slow one all it has queued: a small event must cost about its
+    size (orjson's output kept a 4 KB buffer each)."""
+    fields = {b"type": b"token", b"job_id": b"j", b"seq": b"4", b"data": b'{"text":"x"}'}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        held = [decode_entry(f"{n}-0", fields) for n in range(1000)]
+        per_delivery = (tracemalloc.get_traced_memory()[0] - before) / len(held)
+    finally:
+        tracemalloc.stop()
+    assert per_delivery < 600, f"{per_delivery:.0f} bytes a delivery"
 
 
 @pytest.fixture

@@ -98,6 +98,7 @@ async def sse_events(
             yield SSEvent(comment="heartbeat") if delivery is HEARTBEAT else Frame(frame(delivery))
             if delivery.terminal or (sub.dropped and sub.queue.empty()):
                 return  # the end; or dropped as too slow, and the client resumes from its last id
+            del delivery  # not held while the stream waits for its next event
     finally:
         SSE_STREAMS.dec()
         relay.unsubscribe(sub)
