@@ -18,12 +18,22 @@ from typing import Any, Iterator
 Entry = tuple[bytes, dict[bytes, bytes]]  # an entry's id and its fields
 
 
+def bulk_strings(args: list[bytes]) -> bytes:
+    """`args` as the arguments of a command in Redis's wire protocol (RESP), one after the other."""
+    return b"".join([b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args])
+
+
+def command(args: list[bytes]) -> bytes:
+    """`args` as one command in Redis's wire protocol."""
+    return b"*%d\r\n" % len(args) + bulk_strings(args)
+
+
 def pack_xread(streams: dict[str, str], count: int) -> bytes:
     """XREAD COUNT `count` STREAMS for each stream key of `streams` after its id, as Redis's wire protocol."""
     args = [b"XREAD", b"COUNT", b"%d" % count, b"STREAMS"]
     args += [key.encode() for key in streams]
     args += [after.encode() for after in streams.values()]
-    return b"".join([b"*%d\r\n" % len(args), *[b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args]])
+    return command(args)
 
 
 def stream_entries(reply: Any) -> Iterator[tuple[bytes, list[Entry]]]:

@@ -40,6 +40,7 @@ import hiredis
 import redis
 import uvloop
 
+from api.relay_reads import bulk_strings, command
 from bench.rawhttp import Connection, SSECounter
 from events import job_record
 from events.envelope import Event
@@ -83,8 +84,7 @@ def _commands(job_id: str) -> tuple[bytes, bytes]:
     fields = Event("token", job_id, 0, 0.0, 1, {"text": "x"}).to_fields()
     del fields["seq"], fields["ts"]
     args = [b"XADD", key, b"*", *(part.encode() for pair in fields.items() for part in pair)]
-    xadd = b"*%d\r\n" % (len(args) + 4) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
-    return xadd, b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$0\r\n\r\n" % (len(key), key)
+    return b"*%d\r\n" % (len(args) + 4) + bulk_strings(args), command([b"PUBLISH", key, b""])
 
 
 class Wire:
@@ -98,7 +98,7 @@ class Wire:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = hiredis.Reader()
         if options.get("db"):
-            self.call(b"*2\r\n$6\r\nSELECT\r\n$%d\r\n%d\r\n" % (len(str(options["db"])), options["db"]), 1)
+            self.call(command([b"SELECT", b"%d" % options["db"]]), 1)
 
     def call(self, packed: bytes, replies: int) -> None:
         """Send `packed` and read its `replies`; raises on an error reply."""
@@ -123,8 +123,7 @@ class Wire:
 def write(wire: Wire, events: list[Token]) -> None:
     """Stamp `events` with the time now and write them in one round trip as JobPublisher does (events/publisher.py):
     each entry, then its stream's notice. They are built beforehand, so `ts` is the moment they are sent."""
-    ts = b"%.6f" % time.time()
-    stamp = b"$2\r\nts\r\n$%d\r\n%s\r\n" % (len(ts), ts)
+    stamp = bulk_strings([b"ts", b"%.6f" % time.time()])
     packed = b"".join(
         b"%s$3\r\nseq\r\n$%d\r\n%d\r\n%s%s" % (xadd, len(str(seq)), seq, stamp, notice) for xadd, seq, notice in events
     )
