@@ -346,14 +346,15 @@ class Relay:
         subs = self.subs.get(key)
         if not subs or not entries:
             return
-        last = parse_id(entries[-1][0].decode())
-        if key in self.cursors and last > self.cursors[key]:
-            self.cursors[key] = last
         deliveries = []
-        for entry_id, fields in entries:
-            delivery = decode_entry(entry_id.decode(), fields)
+        for raw_id, fields in entries:
+            entry_id = raw_id.decode()
+            last = parse_id(entry_id)
+            delivery = decode_entry(entry_id, fields)
             if delivery is not None:
-                deliveries.append((parse_id(delivery.id), delivery))
+                deliveries.append((last, delivery))
+        if key in self.cursors and last > self.cursors[key]:
+            self.cursors[key] = last  # past the last entry read, an event or not
         for sub in list(subs):
             if sub.since >= read:  # it subscribed while this read was in flight: the next read is its first
                 continue

@@ -133,6 +133,23 @@ async def test_one_reader_serves_many_streams_and_positions(clients) -> None:
     await relay.close()
 
 
+async def test_an_entry_that_is_no_event_is_skipped_and_read_past(clients) -> None:
+    writer, reader = clients
+    relay = Relay(reader)
+    job = new_job()
+    stream = keyspace.job_stream(job)
+    await add(writer, job, 0)
+    stray = (await writer.xadd(stream, {"w": "1"})).decode()  # the last entry, and not an event
+    sub = relay.subscribe(job)
+    assert (await sub.next(5)).type == "token"
+    await asyncio.sleep(0.2)
+    assert relay.cursors[stream] == parse_id(stray)  # the next read starts after it, not at it again
+    await add(writer, job, 1, "done")
+    assert (await sub.next(5)).type == "done" and sub.queue.empty()
+    relay.unsubscribe(sub)
+    await relay.close()
+
+
 async def test_a_new_subscriber_gets_what_its_stream_holds_at_once(clients) -> None:
     writer, reader = clients
     relay = Relay(reader)
