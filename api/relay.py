@@ -158,6 +158,7 @@ class Relay:
         self.sweep = sweep  # streams read per quiet second whatever the notices say
         self.heartbeat_s = heartbeat_s  # a subscriber sent nothing this long gets HEARTBEAT (None: never)
         self.subs: dict[str, set[Subscription]] = {}
+        self.streams_open = 0  # subscriptions held, counted as they come and go (GET /stream/health is public)
         self.cursors: dict[str, tuple[int, int]] = {}
         self.dirty: dict[str, None] = {}  # streams with news, oldest first
         self.reads = 0  # reads started so far; the newest may be in flight
@@ -172,11 +173,6 @@ class Relay:
         self._closing = False
         self._handing_over = False
 
-    @property
-    def streams_open(self) -> int:
-        """How many subscriptions this process holds."""
-        return sum(len(s) for s in self.subs.values())
-
     def subscribe(self, job_id: str, after: str = "0-0") -> Subscription:
         """Follow a job's stream from just after `after` (0-0: from the start)."""
         key = keyspace.job_stream(job_id)
@@ -185,6 +181,7 @@ class Relay:
         if key not in self.subs:
             self.notices.want(key)
         self.subs.setdefault(key, set()).add(sub)
+        self.streams_open += 1
         if key not in self.cursors or pos < self.cursors[key]:
             self.cursors[key] = pos
         if self._in_flight:
@@ -220,9 +217,10 @@ class Relay:
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop following; the stream's cursor goes when its last subscriber does."""
         subs = self.subs.get(sub.key)
-        if subs is None:
+        if subs is None or sub not in subs:
             return
-        subs.discard(sub)
+        subs.remove(sub)
+        self.streams_open -= 1
         if not subs:
             del self.subs[sub.key]
             self.cursors.pop(sub.key, None)

@@ -133,6 +133,23 @@ async def test_one_reader_serves_many_streams_and_positions(clients) -> None:
     await relay.close()
 
 
+async def test_streams_open_counts_each_subscription_once_however_often_it_is_let_go(clients) -> None:
+    _, reader = clients
+    relay = Relay(reader)
+    job = new_job()
+    first, second, other = relay.subscribe(job), relay.subscribe(job), relay.subscribe(new_job())
+    assert relay.streams_open == 3
+    relay.end(first)  # the client left; then its stream's generator unsubscribes it again on its way out
+    relay.unsubscribe(first)
+    relay.unsubscribe(first)
+    assert relay.streams_open == 2 == sum(len(subs) for subs in relay.subs.values())
+    relay.hand_over()
+    relay.unsubscribe(second)
+    relay.end(other)
+    assert relay.streams_open == 0 and relay.subs == {}
+    await relay.close()
+
+
 async def test_an_entry_that_is_no_event_is_skipped_and_read_past(clients) -> None:
     writer, reader = clients
     relay = Relay(reader)
