@@ -5,7 +5,8 @@ then ours, STREAMS authenticated job streams held by ONE API process (gunicorn, 
 gives every stream one token event per round, each round spread evenly, ROUNDS rounds at 5,000 events/s in all,
 then ROUNDS at 10,000, on the same open streams. Per rate: streams fed (each got every event of that rate) and
 event lag (client receive time - the event's `ts`) p50 / p99. Then memory per stream (the server's RSS with the
-streams open minus idle, over the streams), and our worker's RSS a few seconds after every stream closed. Last,
+streams open minus idle, over the streams), and our worker's RSS a few seconds after every stream closed; then
+the same streams opened and closed once more, to show whether the memory the first ones left is used again. Last,
 fan-out: FANOUT_VIEWERS clients of one job through our API, each of which must get every event once, in order,
 and how many XREADs Redis ran meanwhile, beside the number of events (one read serves every viewer).
 
@@ -154,9 +155,32 @@ def run() -> None:
             return int(httpx.get(f"{stack.url}/api/v1/stream/health", timeout=5).json()["streams_open"])
 
         warm_path = f"/api/v1/jobs/{warm}/events"
-        ours = measure(Server("ours", stack.port, pid, paths, warm_path, headers, open_streams), client, ids)
+        server = Server("ours", stack.port, pid, paths, warm_path, headers, open_streams)
+        ours = measure(server, client, ids)
         _print(ours, bare)
+        again(server, ours)
         fan_out(stack.port, headers, client, make_jobs(client, owner, 1, first=STREAMS + 1)[0])
+
+
+def again(server: Server, first: Figures) -> None:
+    """The same streams opened and closed again, no events: does RSS grow past the first round's, or is what the
+    first round left in the process used again?"""
+    idle_sockets = sockets(server.pid)
+    with LoadClient(server.port, server.paths, server.headers) as load:
+        opened, _ = load.opened()
+        open_kb = rss_kb(server.pid)
+        load.close()
+        wait_closed(server.pid, idle_sockets, SETTLE_S)
+    closed_kb = rss_kb(server.pid)
+    first_open_kb = first.idle_kb + first.per_stream_kb * opened
+    grew = max(open_kb - first_open_kb, closed_kb - first.closed_kb)
+    verdict = "reused: no growth" if grew <= 0.05 * first.closed_kb else f"grew {grew / 1024:.0f} MB"
+    line(
+        f"(c) RSS, {opened:,} streams opened and closed again",
+        f"{open_kb / 1024:.0f} MB open, {closed_kb / 1024:.0f} MB closed",
+        f"first {first_open_kb / 1024:.0f} / {first.closed_kb / 1024:.0f} MB",
+        verdict,
+    )
 
 
 def fan_out(port: int, headers: dict[str, str], client: redis.Redis, job_id: str) -> None:
