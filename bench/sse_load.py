@@ -68,12 +68,12 @@ def make_jobs(client: redis.Redis, owner: str, count: int, first: int = 1) -> li
     return ids
 
 
-Token = tuple[bytes, int, bytes]  # an XADD up to its seq and ts, the seq, the notice after it
+Token = tuple[bytes, bytes]  # an XADD up to its seq and ts fields, and the notice after it
 
 
-def tokens(ids: list[str], seq: int) -> list[Token]:
-    """A token event numbered `seq` for each job of `ids`, for `write` to stamp and send."""
-    return [(xadd, seq, notice) for xadd, notice in map(_commands, ids)]
+def tokens(ids: list[str]) -> list[Token]:
+    """A token event for each job of `ids`, for `write` to number, stamp and send."""
+    return [_commands(job_id) for job_id in ids]
 
 
 @functools.cache
@@ -120,14 +120,12 @@ class Wire:
         self.sock.close()
 
 
-def write(wire: Wire, events: list[Token]) -> None:
-    """Stamp `events` with the time now and write them in one round trip as JobPublisher does (events/publisher.py):
-    each entry, then its stream's notice. They are built beforehand, so `ts` is the moment they are sent."""
-    stamp = bulk_strings([b"ts", b"%.6f" % time.time()])
-    packed = b"".join(
-        b"%s$3\r\nseq\r\n$%d\r\n%d\r\n%s%s" % (xadd, len(str(seq)), seq, stamp, notice) for xadd, seq, notice in events
-    )
-    wire.call(packed, 2 * len(events))
+def write(wire: Wire, events: list[Token], seq: int) -> None:
+    """Number `events` `seq`, stamp them with the time now and write them in one round trip as JobPublisher does
+    (events/publisher.py): each entry, then its stream's notice. They are built beforehand, so `ts` is the moment
+    they are sent."""
+    fields = bulk_strings([b"seq", b"%d" % seq, b"ts", b"%.6f" % time.time()])
+    wire.call(b"".join(xadd + fields + notice for xadd, notice in events), 2 * len(events))
 
 
 def publish_rounds(
@@ -151,11 +149,11 @@ def publish_rounds(
     try:
         for seq in range(first_seq, first_seq + rounds):
             for batch in batches:
-                events = tokens(batch, seq)
+                events = tokens(batch)
                 next_at += tick
                 if stop.wait(max(0.0, next_at - time.monotonic())):
                     return sent / (time.monotonic() - start)
-                write(wire, events)
+                write(wire, events, seq)
                 sent += len(batch)
     finally:
         wire.close()
