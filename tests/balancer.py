@@ -86,8 +86,9 @@ class Nginx:
         return [m.groupdict() for m in map(pattern.search, path.read_text().splitlines()) if m]
 
     def stop(self) -> None:
-        """Stop it."""
+        """Stop it, and remove the temporary directory a root run's render made for it."""
         self.proc.stop()
+        nginx_conf.remove_temp(self.out)
 
 
 @dataclass

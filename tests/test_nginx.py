@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -22,6 +23,7 @@ import httpx
 import pytest
 import redis
 
+from api.uploads import FORM_OVERHEAD
 from events.store import keyspace
 from settings import Settings
 from tests.balancer import NGINX, Load, Nginx, make_certificate, nginx_conf
@@ -119,7 +121,8 @@ def test_the_body_limit_matches_what_the_api_accepts() -> None:
     assert f"client_max_body_size {limit}k;" in text
     assert f"client_body_buffer_size {limit}k;" in text
     uploads = nginx_conf.PARTS.joinpath("locations.conf").read_text()
-    assert f"client_max_body_size {Settings.max_upload_bytes // 1024}k;" in uploads  # documents, attachments
+    # documents, attachments: the file plus the multipart framing the API allows around it
+    assert f"client_max_body_size {-(-(Settings.max_upload_bytes + FORM_OVERHEAD) // 1024)}k;" in uploads
 
 
 def test_a_rendered_configuration_follows_max_body_bytes(tmp_path: Path) -> None:
@@ -127,9 +130,31 @@ def test_a_rendered_configuration_follows_max_body_bytes(tmp_path: Path) -> None
         tmp_path, listen="127.0.0.1:1", instances=["127.0.0.1:2"], max_body_bytes=1_000_001, max_upload_bytes=2 << 20
     )
     assert "client_max_body_size 977k;" in conf.read_text()
-    assert "client_max_body_size 2048k;" in (conf.parent / "nginx" / "locations.conf").read_text()
+    assert "client_max_body_size 2112k;" in (conf.parent / "nginx" / "locations.conf").read_text()  # + 64 KiB
     check = subprocess.run(nginx_conf.argv(NGINX, tmp_path, conf, test=True), capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+    nginx_conf.remove_temp(tmp_path)
+
+
+def block(conf: str, location: str) -> str:
+    """The body of the `location` block in `conf` (blocks end with a `}` at the start of a line)."""
+    found = re.search(rf"^location {re.escape(location)} {{\n(.*?)^}}", conf, re.MULTILINE | re.DOTALL)
+    assert found, f"no location {location}"
+    return found.group(1)
+
+
+def test_a_keyed_stream_post_keeps_the_stream_settings_and_every_keyed_post_is_rate_limited() -> None:
+    """A keyed POST leaves its location by `return 418` before limit_req runs: the named location must limit it
+    again, and a keyed POST /api/v1/stream/{agent} must not fall back to the server's 90 s, buffered proxying."""
+    conf = nginx_conf.PARTS.joinpath("locations.conf").read_text()
+    streams = block(conf, "~ ^/api/v1/(jobs/[^/]+/events|stream/[^/]+)/?$")
+    assert "error_page 418 = @idempotent_stream;" in streams
+    keyed = block(conf, "@idempotent_stream")
+    for directive in ("proxy_buffering off;", "proxy_read_timeout 1h;", "proxy_send_timeout 1h;", "gzip off;"):
+        assert directive in streams and directive in keyed, directive
+    assert "non_idempotent;" in keyed
+    for named in ("@idempotent_post", "@idempotent_stream"):
+        assert "limit_req zone=per_client burst=100 nodelay;" in block(conf, named), named
 
 
 def test_tls_serves_http2_with_tls_1_2_and_later_only(balanced: Balanced) -> None:
@@ -201,12 +226,32 @@ def test_a_body_over_the_limit_gets_nginx_json_413(balanced: Balanced) -> None:
             assert resp.json()["code"] == "body_too_large"
 
 
-def test_uploads_have_their_own_larger_limit(balanced: Balanced) -> None:
-    medium = b"x" * (Settings.max_body_bytes * 2)  # over the body limit, well under the upload limit
+def test_uploads_over_the_memory_buffer_reach_the_api_with_or_without_a_trailing_slash(balanced: Balanced) -> None:
+    """A document over client_body_buffer_size is spooled to a temporary file: as root, by a worker running as
+    `nobody`, which must be able to write it (it answered 500 under pytest's 0700 directory). With a trailing slash
+    (the app strips it) the upload location applies too, not the 256 KiB body limit."""
+    text = ("Tea is steeped in water just off the boil for three to five minutes.\n\n" * 5000).encode()
+    assert len(text) > Settings.max_body_bytes
+    log_from = len(balanced.nginx.access_log())
     with client(balanced) as c:
-        passed = c.post("/api/v1/documents", content=medium, headers={"Content-Type": "text/plain"})
-        assert passed.status_code != 413  # the API answered (it may refuse the body for its own reasons)
-        huge = b"x" * (Settings.max_upload_bytes + 1)
+        for path in ("/api/v1/documents", "/api/v1/documents/"):
+            resp = c.post(path, files={"file": ("tea.txt", text, "text/plain")})
+            assert resp.status_code == 202, (path, resp.status_code, resp.text)
+            assert resp.json()["id"] and resp.json()["bytes"] == len(text)
+    served = [line for line in balanced.nginx.access_log()[log_from:] if line["path"].startswith("/api/v1/documents")]
+    assert len(served) == 2 and all(line["status"] == "202" for line in served), served
+    assert all(line["up"].startswith("127.0.0.1:") for line in served), served  # an instance answered
+
+
+def test_a_file_of_max_upload_bytes_in_a_form_reaches_the_api_and_one_over_is_refused(balanced: Balanced) -> None:
+    """The multipart framing around a file of exactly MAX_UPLOAD_BYTES takes the body past that: nginx passes it
+    (the API reads it and refuses it as no image, 415), and nginx's own 413 comes only past the API's allowance."""
+    with client(balanced) as c:
+        full = b"x" * Settings.max_upload_bytes
+        resp = c.post("/api/v1/attachments", files={"file": ("x.png", full, "image/png")})
+        assert resp.status_code == 415, resp.text  # the API's answer: the bytes are not an image
+        assert resp.json()["code"] == "unsupported_media_type"
+        huge = b"x" * (Settings.max_upload_bytes + FORM_OVERHEAD + 1)
         refused = c.post("/api/v1/attachments", content=huge, headers={"Content-Type": "image/png"})
         assert refused.status_code == 413 and refused.json()["code"] == "body_too_large"
 
@@ -220,6 +265,7 @@ def test_no_instance_answering_gets_json_503_with_retry_after(tmp_path: Path) ->
             assert resp.json()["code"] == "no_upstream" and resp.headers["Retry-After"] == "2"
     finally:
         nginx.stop()
+        nginx_conf.remove_temp(tmp_path)
 
 
 def test_one_address_past_its_rate_gets_429_with_retry_after_and_others_are_unaffected(balanced: Balanced) -> None:
@@ -235,6 +281,25 @@ def test_one_address_past_its_rate_gets_429_with_retry_after_and_others_are_unaf
     assert 429 in statuses and 200 in statuses
     assert limited.json()["code"] == "rate_limited" and limited.headers["Retry-After"] == "1"
     assert httpx.get(f"{balanced.nginx.url}/api/v1/monitoring/live", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("address", "path"),
+    [("127.0.0.3", "/api/v1/monitoring/live"), ("127.0.0.4", "/api/v1/stream/no_such_agent")],
+    ids=["post", "stream"],
+)
+def test_keyed_posts_past_the_rate_get_429_too(balanced: Balanced, address: str, path: str) -> None:
+    """An Idempotency-Key sends a POST to a named location; the per-address limit applies there as well. The API's
+    own answers (405, 404) cost nothing; each address stands for a client on another host."""
+    statuses = []
+    with client(balanced, transport=httpx.HTTPTransport(local_address=address), timeout=10) as c:
+        for i in range(250):
+            resp = c.post(path, json={"query": "q"}, headers={"Idempotency-Key": f"flood-{i}"})
+            statuses.append(resp.status_code)
+            if resp.status_code == 429:
+                limited = resp
+    assert statuses.count(429) >= 50, statuses
+    assert limited.json()["code"] == "rate_limited" and limited.headers["Retry-After"] == "1"
 
 
 def test_the_api_sees_the_client_behind_nginx_and_never_a_forged_address(balanced: Balanced) -> None:
@@ -267,6 +332,26 @@ def test_events_reach_the_client_while_the_job_runs_not_at_its_end(balanced: Bal
                     break
         # The first token arrived through nginx while the job still had tokens to write.
         assert c.get(f"/api/v1/jobs/{job['id']}").json()["status"] == "running"
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "keyed"])
+def test_a_post_to_a_stream_route_streams_tokens_while_the_job_runs(balanced: Balanced, keyed: bool) -> None:
+    """POST /api/v1/stream/query through nginx, with and without an Idempotency-Key (which takes nginx's named
+    location for keyed stream POSTs): the first token arrives while the job still has tokens to write."""
+    headers = {"Idempotency-Key": f"keyed-stream-{uuid.uuid4().hex}"} if keyed else {}
+    with client(balanced) as c:
+        body = {"query": "unbuffered " * 30}
+        with c.stream("POST", "/api/v1/stream/query", json=body, headers=headers) as resp:
+            assert resp.status_code == 200, resp.read()
+            job = resp.headers["Location"]
+            seen = []
+            for item in parse(resp.iter_lines()):
+                if isinstance(item, SSE):
+                    seen.append(item.event)
+                    if item.event == "token":
+                        break
+        assert "done" not in seen and seen[-1] == "token", seen
+        assert c.get(job).json()["status"] == "running"
 
 
 # --- faults ------------------------------------------------------------------------------------------------------
