@@ -1,22 +1,21 @@
 """Who is asking: the client's address, from the socket's peer or, behind a trusted proxy, its forwarded headers.
 
 Forwarded headers are written by whoever sends the request, so they count only when the peer is a proxy the
-operator listed in TRUSTED_PROXIES (empty by default). Then the hops in `Forwarded: for=` (or, without it,
-`X-Forwarded-For`) are read right to left, skipping trusted proxies, and the first other address is the client,
-as nginx's real-ip module does with `real_ip_recursive on`. A malformed hop stops the walk at the last trusted
-one, so a forged header can never name an address of the sender's choosing.
+operator listed in TRUSTED_PROXIES (empty by default). Then the hops of `X-Forwarded-For` are read right to left,
+skipping trusted proxies, and the first other address is the client, as nginx's real-ip module does with
+`real_ip_recursive on`. A malformed hop stops the walk at the last trusted one, so a forged header can never name
+an address of the sender's choosing. Only `X-Forwarded-For` is read, the header nginx and ingress controllers
+set: RFC 7239 `Forwarded` is passed through untouched by many proxies, so a client could choose it.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Any, Iterable, Sequence
 
 import falcon
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-_FOR = re.compile(r'(?i)(?:^|[;,\s])for\s*=\s*("[^"]*"|[^;,\s]*)')
 
 
 def networks(entries: Iterable[str]) -> tuple[Network, ...]:
@@ -42,10 +41,8 @@ def _trusted(address: str, trusted: Sequence[Network]) -> bool:
     return any(ip in net for net in trusted)
 
 
-def hops(forwarded: str | None, x_forwarded_for: str | None) -> list[str]:
-    """The forwarded client chain, oldest first: RFC 7239 `Forwarded` if sent, else `X-Forwarded-For`."""
-    if forwarded:
-        return [m.group(1) for m in _FOR.finditer(forwarded)]
+def hops(x_forwarded_for: str | None) -> list[str]:
+    """The forwarded client chain of `X-Forwarded-For`, oldest first."""
     return [part for part in (x_forwarded_for or "").split(",") if part.strip()]
 
 
@@ -76,7 +73,7 @@ class ClientAddressMiddleware:
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Set req.context.client_ip."""
         peer = req.remote_addr or ""
-        chain = hops(req.get_header("Forwarded"), req.get_header("X-Forwarded-For")) if self.trusted else []
+        chain = hops(req.get_header("X-Forwarded-For")) if self.trusted else []
         req.context.client_ip = client_address(peer, chain, self.trusted)
 
 

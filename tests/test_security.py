@@ -353,7 +353,9 @@ def proxy_stacks(logdir: Path) -> Iterator[tuple[dict[str, Stack], redis.Redis]]
         ("127.0.0.1", {"X-Forwarded-For": "10.1.2.3"}, True, "10.1.2.3"),
         ("127.0.0.1", {"X-Forwarded-For": "10.1.2.3, 203.0.113.9"}, False, "203.0.113.9"),
         ("127.0.0.1", {"X-Forwarded-For": "203.0.113.9, 10.1.2.3, 127.0.0.1"}, True, "10.1.2.3"),
-        ("127.0.0.1", {"Forwarded": 'for="10.1.2.3:4711";proto=https'}, True, "10.1.2.3"),
+        # Only X-Forwarded-For counts: many proxies pass a client's own `Forwarded` through untouched.
+        ("127.0.0.1", {"Forwarded": 'for="10.1.2.3:4711";proto=https'}, False, "127.0.0.1"),
+        ("127.0.0.1", {"X-Forwarded-For": "203.0.113.9", "Forwarded": "for=10.1.2.3"}, False, "203.0.113.9"),
         ("127.0.0.1", {"X-Forwarded-For": "not-an-address"}, False, "127.0.0.1"),
     ],
 )
