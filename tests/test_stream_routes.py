@@ -35,6 +35,28 @@ def test_the_seeds_general_route_runs_the_agent_its_body_names(alice: httpx.Clie
     assert refused.status_code == 400 and "agent_type" in refused.json()["description"]  # the path names it
 
 
+def stream_once(client: httpx.Client, path: str, body: dict, key: str) -> tuple[httpx.Response, list[SSE]]:
+    with client.stream("POST", path, json=body, headers={"Idempotency-Key": key}) as resp:
+        return resp, [e for e in parse(resp.iter_lines()) if isinstance(e, SSE)]
+
+
+def test_post_stream_honours_idempotency_key_like_post_jobs(alice: httpx.Client) -> None:
+    """A retried stream POST gets the same job, streamed again from its first event, and is never run twice."""
+    body = {"query": "What is 6*7?", "cache": False}
+    first, events = stream_once(alice, "/api/v1/stream/query", body, "stream-retry-1")
+    again, replayed = stream_once(alice, "/api/v1/stream/query", body, "stream-retry-1")
+    assert first.status_code == again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
+    assert replayed[0].data["job_id"] == events[0].data["job_id"]
+    assert [e.id for e in replayed[1:]] == [e.id for e in events[1:]] and replayed[-1].event == "done"
+    # The path names the agent, so the same key and body on another agent's route is another request.
+    other = alice.post("/api/v1/stream/math", json=body, headers={"Idempotency-Key": "stream-retry-1"})
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_conflict"
+    for bad in ("é".encode(), b"x" * 10_000, b"two words"):
+        refused = alice.post("/api/v1/stream/query", json=body, headers={"Idempotency-Key": bad})
+        assert refused.status_code == 400, (bad, refused.text)
+
+
 def test_post_stream_to_an_unknown_agent_is_404(alice: httpx.Client) -> None:
     resp = alice.post("/api/v1/stream/astrology", json={"query": "hi"})
     assert resp.status_code == 404 and "query" in resp.json()["description"]

@@ -57,8 +57,12 @@ class StreamSubmitResource:
         await self._submit(req, resp, agent)
 
     async def _submit(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, agent: str) -> None:
-        job, _ = await submit_job(req, self.service, self.audit, agent=agent)
+        job, created = await submit_job(
+            req, self.service, self.audit, agent=agent, idempotency_key=req.get_header("Idempotency-Key")
+        )
         view = public_job(job, self.settings, principal_of(req))
+        if not created:  # a retried request: the same job, streamed from its first event
+            resp.set_header("Idempotent-Replayed", "true")
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
         resp.set_header("Location", f"/api/v1/jobs/{job['id']}")
@@ -78,10 +82,13 @@ class DemoResource:
 
     permissions = {"GET": PUBLIC}
 
+    def __init__(self, page: Path = DEMO_PAGE) -> None:
+        self.page = page.read_bytes()  # read once, when the app is built
+
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Serve the page."""
         resp.content_type = falcon.MEDIA_HTML
-        resp.text = DEMO_PAGE.read_text()
+        resp.data = self.page
         resp.set_header(
             "Content-Security-Policy",
             "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
