@@ -62,6 +62,9 @@ class DocumentLibrary:
 
     def ingest(self, user: str, doc_id: str) -> str:
         """Make an uploaded document searchable; returns its status afterwards ('deleted' if it is gone)."""
+        # Its message reached a worker: the sweeper no longer looks for it (a worker dying now leaves the message
+        # in kombu's `unacked`, which hands it back).
+        self.client.zrem(keyspace.QUEUED_DOCS, keyspace.queued_doc(user, doc_id))
         record = text_map(self.client.hgetall(keyspace.doc(user, doc_id)))
         if not record:
             self.client.delete(keyspace.doc_upload(user, doc_id))

@@ -7,7 +7,7 @@ from typing import Any
 from events.docs.records import DROP_VECTORS_TASK, INGEST_TASK, UPLOAD_TTL_S
 from events.envelope import text, text_map
 from events.store import keyspace
-from events.store.taskmsg import task_message
+from events.store.taskmsg import message_ids, task_message
 
 
 class DocumentStore:
@@ -19,14 +19,19 @@ class DocumentStore:
         self.vectors_on_server = vectors_on_server
 
     async def create(self, record: dict[str, str], data: bytes) -> None:
-        """Save the record (status processing) and the bytes, and queue the ingestion, in one transaction."""
+        """Save the record (status processing) and the bytes, and queue the ingestion, in one transaction. The
+        record keeps the message's ids and the document waits in QUEUED_DOCS, so that the sweeper can find a message
+        lost on its way to a worker and send a new one."""
         user, doc_id = record["owner"], record["id"]
         message = task_message(INGEST_TASK, [user, doc_id], self.queue)
+        ids = message_ids(message)
+        sent = {"msg_id": ids.task_id, "msg_origin": ids.origin, "msg_tag": ids.delivery_tag}
         pipe = self.client.pipeline(transaction=True)
         pipe.set(keyspace.doc_upload(user, doc_id), data, ex=UPLOAD_TTL_S)
-        pipe.hset(keyspace.doc(user, doc_id), mapping=record)
+        pipe.hset(keyspace.doc(user, doc_id), mapping={**record, **sent})
         pipe.zadd(keyspace.user_docs(user), {doc_id: float(record["created_at"])})
         pipe.hset(keyspace.DOC_OWNERS, doc_id, user)
+        pipe.zadd(keyspace.QUEUED_DOCS, {keyspace.queued_doc(user, doc_id): float(record["created_at"])})
         pipe.lpush(self.queue, message)
         await pipe.execute()
 
@@ -60,6 +65,7 @@ class DocumentStore:
         pipe.delete(keyspace.doc_chunks(user, doc_id), keyspace.doc_upload(user, doc_id))
         pipe.zrem(keyspace.user_docs(user), doc_id)
         pipe.hdel(keyspace.DOC_OWNERS, doc_id)
+        pipe.zrem(keyspace.QUEUED_DOCS, keyspace.queued_doc(user, doc_id))
         pipe.incr(keyspace.docs_version(user))
         if self.vectors_on_server:
             pipe.lpush(self.queue, task_message(DROP_VECTORS_TASK, [user, doc_id], self.queue))

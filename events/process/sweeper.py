@@ -1,7 +1,7 @@
 """The sweeper: a running job whose lease lapsed (its worker died) runs again as the next attempt, a job queued for
-long whose Celery message was lost on its way to a worker gets a new one, budget holds whose job ended or vanished
-are settled (their spend counted, the rest returned), and windows of failed authentications that are over become
-one audit record per address with its count."""
+long whose Celery message was lost on its way to a worker gets a new one (and so does a document waiting as long
+for its ingestion), budget holds whose job ended or vanished are settled (their spend counted, the rest returned),
+and windows of failed authentications that are over become one audit record per address with its count."""
 
 from __future__ import annotations
 
@@ -9,19 +9,22 @@ import logging
 import time
 from typing import Any, Callable
 
+from redis.exceptions import WatchError
+
 from events import job_record
+from events.docs.records import INGEST_TASK
 from events.envelope import text
 from events.store import job_scripts, keyspace, user_scripts
 from events.store.budget_scripts import settle_hold
 from events.store.cache_scripts import release_followers
 from events.store.job_scripts import Rechecked, Requeued
 from events.store.scripts import Scripts
-from events.store.taskmsg import RUN_AGENT_TASK, redelivered, task_message
+from events.store.taskmsg import RUN_AGENT_TASK, message_ids, redelivered, task_message
 
 log = logging.getLogger("events.process.sweeper")
 
 
-RECHECK_BATCH = 20  # queued jobs looked at per pass, oldest first
+RECHECK_BATCH = 20  # queued jobs (and as many documents) looked at per pass, oldest first
 RECHECK_DEPTH = 10_000  # queue entries searched from the tail per look (LPOS compares about 10 M a second)
 MISSING_CONFIRM_S = 1.0  # a message must be missing on two looks this far apart (one may see it in a worker's hand)
 
@@ -99,7 +102,8 @@ class Sweeper:
 
     def recheck_queued(self) -> dict[str, int]:
         """Look for the messages of the oldest jobs queued longer than `queued_recheck_s`; send a new one for each
-        job whose message is gone (on two looks). Returns how many jobs had each outcome.
+        job whose message is gone (on two looks). Returns how many jobs had each outcome; the documents waiting as
+        long for their ingestion get the same (`recheck_documents`), counted as `document_<outcome>`.
 
         A worker pops the oldest message first, so a message lost on its way to a worker is always one of the
         oldest: looking at a few of the oldest jobs each pass finds it, and each look is short, since their
@@ -107,6 +111,12 @@ class Sweeper:
         not found (the list is longer than the search) is looked at again only after another bound.
         """
         now = self.clock()
+        outcomes = self._recheck_jobs(now)
+        for outcome, count in self.recheck_documents(now).items():
+            outcomes[f"document_{outcome}"] = count
+        return outcomes
+
+    def _recheck_jobs(self, now: float) -> dict[str, int]:
         due = now - self.queued_recheck_s
         ids = [text(i) for i in self.client.zrangebyscore(keyspace.QUEUED_JOBS, "-inf", due, 0, RECHECK_BATCH)]
         outcomes: dict[str, int] = {}
@@ -150,6 +160,80 @@ class Sweeper:
             if outcome is Rechecked.UNKNOWN:
                 break  # one full search per pass at most; the younger jobs' messages wait further in
         return outcomes
+
+    def recheck_documents(self, now: float) -> dict[str, int]:
+        """Look for the ingest messages of the oldest documents still processing after `queued_recheck_s` and not
+        taken by a worker; send a new one for each document whose message is gone (on two looks), as for jobs.
+        Returns how many documents had each outcome."""
+        due = now - self.queued_recheck_s
+        members = [text(m) for m in self.client.zrangebyscore(keyspace.QUEUED_DOCS, "-inf", due, 0, RECHECK_BATCH)]
+        outcomes: dict[str, int] = {}
+        for member in members:
+            outcome = self._recheck_document(member, now)
+            outcomes[outcome.value] = outcomes.get(outcome.value, 0) + 1
+            if outcome is Rechecked.REENQUEUED:
+                user, _, doc_id = member.partition("\t")
+                log.warning(
+                    "document %s of %s lost its ingest message on the way to a worker; sent a new one",
+                    doc_id,
+                    user,
+                    extra={"user_id": user, "doc_id": doc_id},
+                )
+            if outcome is Rechecked.UNKNOWN:
+                break  # one full search per pass at most, as for jobs
+        return outcomes
+
+    def _recheck_document(self, member: str, now: float) -> Rechecked:
+        """recheck.lua's steps for one document, in a transaction that watches its record: a document deleted,
+        ingested or looked at by another sweeper meanwhile is left alone (`changed`), and never written back."""
+        user, _, doc_id = member.partition("\t")
+        doc_key = keyspace.doc(user, doc_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(doc_key)
+                fields = pipe.hmget(doc_key, "status", "msg_id", "msg_origin", "msg_tag", "lost_at")
+                status, task_id, origin, tag, lost_at = (text(f) if f is not None else None for f in fields)
+                waiting = pipe.zscore(keyspace.QUEUED_DOCS, member) is not None  # not taken by an ingest yet
+                if status != "processing" or not waiting or task_id is None or origin is None or tag is None:
+                    pipe.unwatch()
+                    self.client.zrem(keyspace.QUEUED_DOCS, member)
+                    return Rechecked.GONE
+                message = task_message(
+                    INGEST_TASK, [user, doc_id], self.queue, task_id=task_id, origin=origin, delivery_tag=tag
+                )
+                later = False  # looked at again only after another bound
+                if pipe.hexists(keyspace.KOMBU_UNACKED, tag):
+                    outcome, later = Rechecked.DELIVERED, True
+                elif any(
+                    pipe.lpos(self.queue, m, rank=-1, maxlen=max(1, RECHECK_DEPTH)) is not None
+                    for m in (message, redelivered(message))
+                ):
+                    outcome = Rechecked.WAITING
+                elif pipe.llen(self.queue) > RECHECK_DEPTH:
+                    outcome, later = Rechecked.UNKNOWN, True
+                else:
+                    outcome = Rechecked.MISSING
+                pipe.multi()
+                if outcome is not Rechecked.MISSING:
+                    if lost_at is not None:
+                        pipe.hdel(doc_key, "lost_at")
+                    if later:
+                        pipe.zadd(keyspace.QUEUED_DOCS, {member: now}, xx=True)
+                elif lost_at is None:
+                    pipe.hset(doc_key, "lost_at", f"{now:.6f}")
+                elif now - float(lost_at) >= MISSING_CONFIRM_S:
+                    new = task_message(INGEST_TASK, [user, doc_id], self.queue, origin="sweeper")
+                    ids = message_ids(new)
+                    pipe.rpush(self.queue, new)  # the front of the queue: the document has waited its turn
+                    sent = {"msg_id": ids.task_id, "msg_origin": ids.origin, "msg_tag": ids.delivery_tag}
+                    pipe.hset(doc_key, mapping=sent)
+                    pipe.hdel(doc_key, "lost_at")
+                    pipe.zadd(keyspace.QUEUED_DOCS, {member: now})
+                    outcome = Rechecked.REENQUEUED
+                pipe.execute()
+                return outcome
+            except WatchError:
+                return Rechecked.CHANGED
 
     def sweep_holds(self, batch: int = 500) -> dict[str, int]:
         """Settle holds past their expiry whose job has ended or is gone; extend those of live jobs."""

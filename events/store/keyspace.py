@@ -146,6 +146,17 @@ RUNNING_JOBS = "jobs:running"
 # Queued jobs by when their current message was pushed (or last looked for without an answer): the sweeper's
 # worklist for messages lost on the way to a worker. Written by submit and requeue, left by start and cancel.
 QUEUED_JOBS = "jobs:queued"
+# Documents whose ingest message is on its way to a worker, by when it was pushed (or last looked for without an
+# answer): the same worklist for lost ingest messages. Written by DocumentStore.create and the sweeper, left when an
+# ingest starts and on delete. One key for every user, as QUEUED_JOBS is; members are `queued_doc(user, doc)`.
+QUEUED_DOCS = "docs:queued"
+
+
+def queued_doc(user_id: str, doc_id: str) -> str:
+    """A document's member of QUEUED_DOCS: owner and id, tab-separated (ids never hold a tab)."""
+    return f"{user_id}\t{doc_id}"
+
+
 # kombu's Redis transport keeps each message a worker took and has not acknowledged here, by delivery tag.
 KOMBU_UNACKED = "unacked"
 WORKERS_SEEN = "workers:seen"  # zset: Celery worker hostname -> last heartbeat (epoch seconds)
