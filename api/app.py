@@ -175,7 +175,7 @@ def create_app(
     app.add_route("/api/v1/jobs/{job_id}/cancel", CancelResource(service, settings, audit))
     app.add_route("/api/v1/jobs/{job_id}/events", EventsResource(service, relay, settings, audit))
     app.add_route("/api/v1/attachments", AttachmentsResource(redis, settings, audit, clock))
-    app.add_route("/api/v1/attachments/{attachment_id}", AttachmentResource(redis))
+    app.add_route("/api/v1/attachments/{attachment_id}", AttachmentResource(redis, audit))
     documents = DocumentStore(redis, settings.queue, vectors_on_server=bool(settings.qdrant_url))
     app.add_route("/api/v1/documents", DocumentsResource(documents, settings, audit, clock))
     app.add_route("/api/v1/documents/{doc_id}", DocumentResource(documents, audit))

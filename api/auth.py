@@ -17,6 +17,7 @@ import falcon
 from api import credentials
 from api.address import client_ip
 from api.audit import AuditLog
+from api.errors import ForbiddenError
 from api.lockout import Lockout
 from api.permissions import PUBLIC, Permission, allowed
 from api.request_metrics import ActivityTracker
@@ -207,7 +208,7 @@ class AuthMiddleware:
             ip=client_ip(req),
             details={"permission": needed.value, "key_id": principal.key_id},
         )
-        raise falcon.HTTPForbidden(title="Forbidden", code="forbidden", description=why)
+        raise ForbiddenError(why)
 
 
 def principal_of(req: falcon.asgi.Request) -> Principal:

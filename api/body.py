@@ -9,6 +9,8 @@ from urllib.parse import unquote_to_bytes
 
 import falcon
 
+from events.errors import ContentTooLargeError, DomainError, UnsupportedMediaError
+
 MAX_DEPTH = 32  # objects and lists nested deeper than this are refused: no real request needs more
 
 
@@ -79,10 +81,8 @@ async def read_json(req: falcon.asgi.Request, max_bytes: int) -> dict[str, Any]:
         return kept
     media_type = (req.content_type or "").split(";")[0].strip().lower()
     if media_type != "application/json":
-        raise falcon.HTTPUnsupportedMediaType(
-            title="Unsupported Media Type",
-            description=f"Send the body as application/json (got {printable(media_type) or 'no content type'}).",
-            code="unsupported_media_type",
+        raise UnsupportedMediaError(
+            f"Send the body as application/json (got {printable(media_type) or 'no content type'})."
         )
     if req.content_length is not None and req.content_length > max_bytes:
         raise _too_large(max_bytes)
@@ -92,17 +92,11 @@ async def read_json(req: falcon.asgi.Request, max_bytes: int) -> dict[str, Any]:
     try:
         body = parse_json(raw)
     except BadTextError as ex:
-        raise falcon.HTTPBadRequest(
-            title="Bad Request", description=f"The body is refused: {ex}.", code="invalid_field"
-        ) from ex
+        raise DomainError(f"The body is refused: {ex}.", code="invalid_field") from ex
     except (ValueError, UnicodeDecodeError) as ex:
-        raise falcon.HTTPBadRequest(
-            title="Malformed JSON", description=f"The body is not valid JSON: {ex}.", code="malformed_json"
-        ) from ex
+        raise DomainError(f"The body is not valid JSON: {ex}.", code="malformed_json") from ex
     if not isinstance(body, dict):
-        raise falcon.HTTPBadRequest(
-            title="Bad Request", description="The body must be a JSON object.", code="invalid_request"
-        )
+        raise DomainError("The body must be a JSON object.", code="invalid_request")
     req.context.json = body
     return body
 
@@ -120,10 +114,8 @@ class TextMiddleware:
                 unquote_to_bytes(raw or b"").decode("utf-8")
             except UnicodeDecodeError:
                 why = f"The {part} is not valid UTF-8 once percent-decoded."
-                raise falcon.HTTPBadRequest(title="Bad Request", code="invalid_encoding", description=why) from None
+                raise DomainError(why, code="invalid_encoding") from None
 
 
-def _too_large(max_bytes: int) -> falcon.HTTPError:
-    return falcon.HTTPContentTooLarge(
-        title="Content Too Large", description=f"The body must be at most {max_bytes} bytes.", code="body_too_large"
-    )
+def _too_large(max_bytes: int) -> DomainError:
+    return ContentTooLargeError(f"The body must be at most {max_bytes} bytes.", code="body_too_large")

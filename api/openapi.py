@@ -12,13 +12,16 @@ import falcon
 from pydantic import BaseModel
 
 from api.job_service import JOB_ID
-from api.models import RequestModels
+from api.models import IDEMPOTENCY_KEY, RequestModels
 from api.permissions import PUBLIC
+from api.resources import attachments, documents
 from api.resources.health import VERSION
 from api.users import USER_ID
-from events.attachments import ATTACHMENT_ID
+from events.attachments import ATTACHMENT_ID, IMAGE_TYPES
 from events.catalog import AGENT_TYPES
+from events.docs.extract import MEDIA_TYPES
 from events.docs.records import DOC_ID
+from events.envelope import STREAM_ID
 
 SKIP = {"OPTIONS", "HEAD", "CONNECT", "TRACE"}
 ASSETS = {
@@ -38,10 +41,10 @@ SSE_EVENT = {
         "retry": {"type": "integer"},
     },
 }
-UPLOAD = {
-    "type": "object",
-    "required": ["file"],
-    "properties": {"file": {"type": "string", "format": "binary", "description": "The document: .txt, .md or .pdf."}},
+# The multipart routes: what each one's `file` part may be (the same words and types their handlers check).
+UPLOADS = {
+    "/api/v1/documents": (documents.ACCEPTED, list(MEDIA_TYPES)),
+    "/api/v1/attachments": (attachments.ACCEPTED, list(IMAGE_TYPES)),
 }
 ERROR = {
     "type": "object",
@@ -65,6 +68,43 @@ def path_params(path: str) -> list[dict[str, Any]]:
         {"name": name, "in": "path", "required": True, "schema": shapes.get(name, {"type": "string"})}
         for name in re.findall(r"\{([a-z_]+)\}", path)
     ]
+
+
+def upload_body(path: str) -> dict[str, Any]:
+    """The multipart request body of an upload route: one `file` part of the types that route reads."""
+    accepted, media_types = UPLOADS[path]
+    schema = {
+        "type": "object",
+        "required": ["file"],
+        "properties": {"file": {"type": "string", "format": "binary", "description": accepted}},
+    }
+    content = {"schema": schema, "encoding": {"file": {"contentType": ", ".join(media_types)}}}
+    return {"required": True, "content": {"multipart/form-data": content}}
+
+
+def header_params(path: str, method: str) -> list[dict[str, Any]]:
+    """Request headers a route reads, with the shapes its checks accept (api/models.py, api/job_service.py)."""
+    if (path, method) == ("/api/v1/jobs", "POST"):
+        return [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY.pattern, "minLength": 1, "maxLength": 255},
+                "description": "A retry with the same key within a day returns the first job instead of a new one.",
+            }
+        ]
+    if (path, method) == ("/api/v1/jobs/{job_id}/events", "GET"):
+        return [
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "pattern": STREAM_ID.pattern},
+                "description": "Resume after this event id (what EventSource sends when it reconnects).",
+            }
+        ]
+    return []
 
 
 def _inline(schema: dict[str, Any]) -> dict[str, Any]:
@@ -160,6 +200,13 @@ def _operation(
     }
     if method == "POST":
         codes.update({"201": "Created", "202": "Accepted", "402": "Budget exceeded"})
+    if path in UPLOADS and method == "POST":
+        codes.update(
+            {
+                "413": "The file is over MAX_UPLOAD_BYTES",
+                "415": "Not a multipart/form-data body, or a file of a type this route does not read",
+            }
+        )
     if path.endswith("/events"):
         codes["204"] = "The stream is over"
     if method == "DELETE" and path.startswith("/api/v1/documents/"):
@@ -182,7 +229,7 @@ def _operation(
     if permission == PUBLIC:
         op["security"] = []
     query = models.queries.get((path, method))
-    params = path_params(path) + (query_params(query) if query else [])
+    params = path_params(path) + (query_params(query) if query else []) + header_params(path, method)
     if params:
         op["parameters"] = params
     body = models.bodies.get((path, method))
@@ -191,8 +238,8 @@ def _operation(
             "required": (path, method) not in models.optional_bodies,
             "content": {"application/json": {"schema": body_schema(body, components)}},
         }
-    if (path, method) in (("/api/v1/documents", "POST"), ("/api/v1/attachments", "POST")):
-        op["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": UPLOAD}}}
+    if path in UPLOADS and method == "POST":
+        op["requestBody"] = upload_body(path)
     return op
 
 

@@ -2,7 +2,8 @@
 
 Shared by POST /api/v1/documents and POST /api/v1/attachments; each judges the file's type itself. 413 when
 Content-Length already says the body is too large, or once the part's bytes pass the limit while being read (a
-chunked body); 415 for a body that is not a form; 400 for a form that cannot be read or has no `file` part.
+chunked body); 415 for a body that is not a form; 400 `malformed_form` for a form that cannot be read (part headers
+that are not text, a body cut off before its closing boundary), `missing_file` for one without a `file` part.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import falcon.asgi
 
 from api.body import printable
 from api.errors import bad_request
+from events.errors import ContentTooLargeError, UnsupportedMediaError
 
 READ_SIZE = 64 * 1024
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, part headers and small fields around the file
@@ -28,33 +30,31 @@ class Upload:
     data: bytes
 
 
-def too_large(limit: int, what: str, advice: str) -> falcon.HTTPError:
+def too_large(limit: int, what: str, advice: str) -> ContentTooLargeError:
     """413 for an upload of `what` ("An image") over `limit` bytes."""
-    return falcon.HTTPContentTooLarge(
-        title="Content Too Large",
-        description=f"{what} must be at most {limit} bytes (MAX_UPLOAD_BYTES); {advice}.",
-        code="upload_too_large",
-    )
+    return ContentTooLargeError(f"{what} must be at most {limit} bytes (MAX_UPLOAD_BYTES); {advice}.")
 
 
-def unsupported(problem: str, accepted: str) -> falcon.HTTPError:
+def unsupported(problem: str, accepted: str) -> UnsupportedMediaError:
     """415 saying what is wrong and what is `accepted`."""
-    return falcon.HTTPUnsupportedMediaType(
-        title="Unsupported Media Type", description=f"{problem} {accepted}", code="unsupported_media_type"
-    )
+    return UnsupportedMediaError(f"{problem} {accepted}")
 
 
 async def read_file_part(req: falcon.asgi.Request, limit: int, what: str, advice: str, accepted: str) -> Upload:
-    """The form's `file` part, at most `limit` bytes; errors name `what` is uploaded and what is `accepted`."""
+    """The form's `file` part, at most `limit` bytes; errors name `what` is uploaded and what is `accepted`.
+
+    The whole form is read to its closing boundary, so a body cut off in the middle is refused, not stored short.
+    """
     if req.content_length is not None and req.content_length > limit + FORM_OVERHEAD:
         raise too_large(limit, what, advice)
     if (req.content_type or "").split(";")[0].strip().lower() != falcon.MEDIA_MULTIPART:
         got = printable(req.content_type or "none")
         raise unsupported(f"Send it as multipart/form-data with a 'file' part (got {got}).", accepted)
+    upload = None
     try:
         form = await req.get_media()
-        async for part in form:
-            if part.name != "file":
+        async for part in form:  # the next step of the loop skips what is left of the part before it
+            if upload is not None or part.name != "file":
                 continue
             data = bytearray()
             while chunk := await part.stream.read(READ_SIZE):
@@ -62,7 +62,16 @@ async def read_file_part(req: falcon.asgi.Request, limit: int, what: str, advice
                 if len(data) > limit:
                     raise too_large(limit, what, advice)
             claimed = (part.content_type or "").split(";")[0].strip().lower()
-            return Upload(part.filename or "", claimed, bytes(data))
+            upload = Upload(part.filename or "", claimed, bytes(data))
     except falcon.MediaMalformedError as ex:
         raise bad_request(f"The multipart form cannot be read: {ex.description}", code="malformed_form") from None
-    raise bad_request(f"The form has no 'file' part. {accepted}", code="missing_file")
+    except (UnicodeError, LookupError):
+        # Falcon decodes a part's name, file name and Content-Type as it is asked for them.
+        raise bad_request(
+            "The multipart form cannot be read: a part's headers are not valid text; send its name, file name and "
+            "Content-Type as UTF-8 (or percent-encoded).",
+            code="malformed_form",
+        ) from None
+    if upload is None:
+        raise bad_request(f"The form has no 'file' part. {accepted}", code="missing_file")
+    return upload

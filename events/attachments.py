@@ -11,14 +11,21 @@ The API checks the shape when a job is submitted; the worker decodes the same sh
 from __future__ import annotations
 
 import binascii
+import io
 import re
 import secrets
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from events.errors import UnsupportedMediaError
 
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF"}
 ATTACHMENT_ID = re.compile(r"^att_[A-Za-z0-9]{22}$")
 ATTACHMENT_TTL_S = 24 * 3600  # an upload is for the jobs that follow it, not an archive
+MAX_PIXELS = 40_000_000  # 40 megapixels: past a phone camera's output, far below a bomb's claim
 _KEYS = {"type", "media_type", "data_base64", "attachment_id", "name"}
 _ACCEPTED = "PNG, JPEG, WebP or GIF"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -87,6 +94,10 @@ class AttachmentError(ValueError):
     """Raised when an attachment is not an image of a type we accept, or is not in one of the two shapes."""
 
 
+class ImageRefusedError(UnsupportedMediaError, AttachmentError):
+    """Raised when bytes are not an image we can read: 415 for an upload, a 400 field error inside a job's body."""
+
+
 @dataclass(frozen=True)
 class InlineImage:
     """An image sent inside the job's body."""
@@ -126,10 +137,44 @@ def check_image_bytes(data: bytes, claimed: str | None = None) -> str:
     """The media type of `data`; raises AttachmentError if it is not an accepted image or not what was claimed."""
     found = sniff(data)
     if found is None:
-        raise AttachmentError(f"the data is not a {_ACCEPTED} image")
+        raise ImageRefusedError(f"the data is not a {_ACCEPTED} image")
     if claimed and claimed != found:
-        raise AttachmentError(f"media_type says {claimed} but the data is {found}; send the right media_type")
+        raise ImageRefusedError(f"media_type says {claimed} but the data is {found}; send the right media_type")
     return found
+
+
+def check_image_header(data: bytes) -> tuple[int, int]:
+    """(width, height) from the image's header, without decoding its pixels; raises ImageRefusedError if the
+    header cannot be read or claims no pixels or more than MAX_PIXELS (the bound the vision agent decodes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=list(IMAGE_TYPES.values())) as image:  # reads the header only
+                width, height = image.size
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageRefusedError(
+                f"the image claims more than {MAX_PIXELS:,} pixels (a possible decompression bomb); send a smaller one"
+            ) from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            raise ImageRefusedError(f"the image's header cannot be read as a {_ACCEPTED} image") from None
+    if width <= 0 or height <= 0 or width * height > MAX_PIXELS:
+        raise ImageRefusedError(
+            f"the image claims {width}x{height} pixels; send one of 1 to {MAX_PIXELS:,} pixels"
+            + (" (a possible decompression bomb)" if width * height > MAX_PIXELS else "")
+        )
+    return width, height
+
+
+def check_headers(parsed: Sequence[InlineImage | UploadedImage]) -> None:
+    """Check the header of every inline image of a job (check_image_header); the error names its position.
+
+    Kept apart from `parse`, which checks only what the JSON Schema can say (the type's signature)."""
+    for i, image in enumerate(parsed):
+        if isinstance(image, InlineImage):
+            try:
+                check_image_header(image.data)
+            except ImageRefusedError as ex:
+                raise AttachmentError(f"attachment {i}: {ex}") from None
 
 
 def parse(item: Any, max_bytes: int) -> InlineImage | UploadedImage:

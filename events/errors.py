@@ -37,3 +37,17 @@ class DomainError(Exception):
     def title(self) -> str:
         """The status's reason phrase, e.g. 'Not Found'."""
         return HTTPStatus(self.status).phrase
+
+
+class ContentTooLargeError(DomainError):
+    """Raised when an upload is larger than the limit for its kind (MAX_UPLOAD_BYTES)."""
+
+    status = 413
+    code = "upload_too_large"
+
+
+class UnsupportedMediaError(DomainError):
+    """Raised when a body or an uploaded file is of a type this route does not read."""
+
+    status = 415
+    code = "unsupported_media_type"

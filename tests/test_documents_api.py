@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import httpx
 import pytest
+import redis
+from PIL import Image
 
 from events.store import keyspace
 from tests.pdfs import make_pdf
@@ -142,3 +145,70 @@ def test_openapi_documents_the_upload_form_and_permissions(alice: httpx.Client) 
     assert "multipart/form-data" in post["requestBody"]["content"] and post["x-permission"] == "docs:upload"
     assert spec["paths"]["/api/v1/documents/{doc_id}"]["delete"]["x-permission"] == "docs:upload"
     assert spec["paths"]["/api/v1/documents"]["get"]["x-permission"] == "docs:read"
+
+
+def raw_form(part_headers: bytes, body: bytes = b"hello", closed: bool = True) -> bytes:
+    """A multipart body with boundary XyZ and one part, its header lines given byte for byte."""
+    return b"--XyZ\r\n" + part_headers + b"\r\n\r\n" + body + (b"\r\n--XyZ--\r\n" if closed else b"")
+
+
+def png_1x1() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(out, "PNG")
+    return out.getvalue()
+
+
+PNG_1X1 = png_1x1()
+
+
+@pytest.mark.parametrize("route", ["/api/v1/documents", "/api/v1/attachments"])
+@pytest.mark.parametrize(
+    "form",
+    [
+        raw_form(b'Content-Disposition: form-data; name="file"; filename="a\xff.txt"\r\nContent-Type: text/plain'),
+        raw_form(b'Content-Disposition: form-data; name="file"; filename="a\xed\xb0\x80.txt"'),
+        raw_form(b'Content-Disposition: form-data; name="fi\xffle"; filename="a.txt"'),
+        raw_form(
+            b'Content-Disposition: form-data; name="file"; filename="a.txt"\r\nContent-Type: text/plain; charset=\xff'
+        ),
+        raw_form(
+            b'Content-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png',
+            PNG_1X1,
+            closed=False,
+        ),
+        raw_form(b'Content-Disposition: form-data; name="file"', b"abc", closed=False),
+    ],
+    ids=["filename-ff", "filename-surrogate", "name-ff", "content-type-ff", "truncated-image", "truncated-text"],
+)
+def test_forms_with_undecodable_part_headers_or_no_closing_boundary_answer_400_and_store_nothing(
+    alice: httpx.Client,
+    r: redis.Redis,
+    route: str,
+    form: bytes,
+) -> None:
+    before = len(alice.get("/api/v1/documents").json()["documents"])
+    resp = alice.post(route, content=form, headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+    assert resp.status_code == 400 and resp.json()["code"] == "malformed_form", resp.text
+    assert len(alice.get("/api/v1/documents").json()["documents"]) == before
+    assert not list(r.scan_iter(keyspace.attachment(alice.user_id, "*")))  # type: ignore[attr-defined]
+
+
+def test_a_closed_raw_form_is_still_accepted(alice: httpx.Client) -> None:
+    form = raw_form(b'Content-Disposition: form-data; name="file"; filename="a.txt"\r\nContent-Type: text/plain')
+    resp = alice.post("/api/v1/documents", content=form, headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+    assert resp.status_code == 202 and resp.json()["bytes"] == 5, resp.text
+
+
+@pytest.mark.parametrize(("sent", "kept"), [(b"a\x00b\r.txt", "ab.txt"), (b"../../etc/passwd.txt", "passwd.txt")])
+def test_attachments_and_documents_clean_a_file_name_alike(alice: httpx.Client, sent: bytes, kept: str) -> None:
+    names = []
+    for route, kind, data in [
+        ("/api/v1/documents", b"text/plain", b"hello"),
+        ("/api/v1/attachments", b"image/png", PNG_1X1),
+    ]:
+        headers = b'Content-Disposition: form-data; name="file"; filename="' + sent + b'"\r\nContent-Type: ' + kind
+        form = raw_form(headers, data)
+        resp = alice.post(route, content=form, headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+        assert resp.status_code in (201, 202), resp.text
+        names.append(resp.json()["name"])
+    assert names == [kept, kept]

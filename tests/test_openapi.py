@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 from openapi_spec_validator import validate
@@ -58,3 +60,33 @@ def test_swagger_ui_and_redoc_render_the_api(stack: Stack) -> None:
             expect(page.get_by_text("Agentic job backend").first).to_be_visible(timeout=20_000)
         finally:
             browser.close()
+
+
+def test_each_upload_route_documents_its_own_file_types_and_413_415(spec: dict) -> None:
+    described = {}
+    for path, types in [("/api/v1/documents", "application/pdf"), ("/api/v1/attachments", "image/png")]:
+        op = spec["paths"][path]["post"]
+        form = op["requestBody"]["content"]["multipart/form-data"]
+        described[path] = form["schema"]["properties"]["file"]["description"]
+        assert types in form["encoding"]["file"]["contentType"]
+        assert "MAX_UPLOAD_BYTES" in op["responses"]["413"]["description"]
+        assert "JSON" not in op["responses"]["415"]["description"]
+    assert ".pdf" in described["/api/v1/documents"] and "PNG" in described["/api/v1/attachments"]
+    assert ".pdf" not in described["/api/v1/attachments"]
+    assert spec["paths"]["/api/v1/jobs"]["post"]["responses"]["415"]["description"] == "Not JSON"
+
+
+def test_the_headers_the_api_checks_are_documented_with_their_shapes(spec: dict, alice: httpx.Client) -> None:
+    def header(path: str, method: str, name: str) -> dict:
+        params = spec["paths"][path][method]["parameters"]
+        return next(p for p in params if p["in"] == "header" and p["name"] == name)
+
+    key = header("/api/v1/jobs", "post", "Idempotency-Key")["schema"]
+    last = header("/api/v1/jobs/{job_id}/events", "get", "Last-Event-ID")["schema"]
+    assert re.fullmatch(key["pattern"], "retry-1") and not re.fullmatch(key["pattern"], "has space")
+    assert key["maxLength"] == 255 and not re.fullmatch(key["pattern"], "k" * 256)
+    assert re.fullmatch(last["pattern"], "1700000000000-0") and not re.fullmatch(last["pattern"], "nope")
+    resp = alice.post(
+        "/api/v1/jobs", json={"agent_type": "query", "query": "hi"}, headers={"Idempotency-Key": "k" * 256}
+    )
+    assert resp.status_code == 400  # what the document says the API refuses, it refuses

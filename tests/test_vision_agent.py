@@ -5,11 +5,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
+import zlib
 from typing import Any
 
 import httpx
 import jsonschema
 import pytest
+import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -19,7 +22,8 @@ from events.attachments import IMAGE_TYPES
 from tests.conftest import create_user
 from tests.llmsim import SimControl
 from tests.sse import read_events
-from tests.stack import Stack
+from tests.stack import Stack, wait_for
+from tests.test_security import audit_records
 from workers.agents.imagefacts import colour_name
 
 GPS = {1: "N", 2: (51.0, 28.0, 39.0), 3: "W", 4: (0.0, 7.0, 12.0)}
@@ -142,6 +146,31 @@ def test_an_uploaded_image_is_used_by_id_and_only_by_its_owner(
     assert theirs.status_code == 404 and theirs.json()["code"] == "attachment_not_found"  # refused at submit
 
 
+def test_probing_another_users_attachment_is_audited_as_access_denied(
+    alice: httpx.Client, stack: Stack, user_factory: Any
+) -> None:
+    stored = upload(alice, halves_png(30, 20)).json()
+    mallory_id, key = user_factory("user")
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as mallory:
+        assert mallory.get(f"/api/v1/attachments/{stored['id']}").status_code == 404
+        item = {"type": "image", "attachment_id": stored["id"]}
+        resp = mallory.post(
+            "/api/v1/jobs", json={"agent_type": "vision", "query": "Describe it", "attachments": [item]}
+        )
+        assert resp.status_code == 404
+    r = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
+    probes = wait_for(
+        lambda: (
+            len(found := [e for e in audit_records(r) if e["actor"] == mallory_id and e["action"] == "access.denied"])
+            >= 2
+            and found
+        ),
+        timeout=10,
+        what="two access.denied records",
+    )
+    assert [p["resource"] for p in probes] == [stored["id"], stored["id"]], probes
+
+
 def test_exif_is_summarised_without_location(alice: httpx.Client) -> None:
     job, events = run(alice, "Which camera took this?", [inline(camera_jpeg(), "image/jpeg")])
     assert job["status"] == "succeeded", job
@@ -177,12 +206,37 @@ def test_a_damaged_image_gives_a_clear_tool_error(alice: httpx.Client) -> None:
     assert job["status"] == "succeeded" and "damaged and cannot be decoded" in job["result"]
 
 
-def test_a_decompression_bomb_is_refused_before_decoding(alice: httpx.Client) -> None:
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header claims `width`x`height` pixels (its pixel data is a 1x1 image's)."""
+    real = halves_png(1, 1)
+    ihdr = struct.pack(">II", width, height) + real[24:29]
+    return real[:16] + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)) + real[33:]
+
+
+def bomb_png() -> bytes:
     out = io.BytesIO()
     Image.new("1", (10_000, 10_000)).save(out, "PNG")  # 100 megapixels in about 12 KB
-    _, events = run(alice, "What is this?", [inline(out.getvalue())])
-    end = next(e for e in events if e.event == "tool_end").data["data"]
-    assert not end["ok"] and "decompression bomb" in end["result"], end
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("image", "says"),
+    [
+        (png_claiming(100_000, 100_000), "decompression bomb"),
+        (png_claiming(0, 0), "cannot be read"),  # Pillow refuses a header of no pixels
+        (png_claiming(40_000, 1_001), "decompression bomb"),  # past MAX_PIXELS, under Pillow's own bound
+        (bomb_png(), "decompression bomb"),
+    ],
+    ids=["10-gigapixel-claim", "no-pixels", "41-megapixels", "real-100-megapixels"],
+)
+def test_an_image_whose_header_is_unreadable_or_too_large_is_refused_at_upload_and_at_submit(
+    alice: httpx.Client, image: bytes, says: str
+) -> None:
+    resp = upload(alice, image)
+    assert resp.status_code == 415 and says in resp.json()["description"], resp.text
+    resp = alice.post("/api/v1/jobs", json={"agent_type": "vision", "query": "what?", "attachments": [inline(image)]})
+    assert resp.status_code == 400 and says in resp.json()["description"], resp.text
+    assert "attachment 0" in resp.json()["description"]
 
 
 def test_a_vision_job_without_an_image_fails_saying_how_to_attach_one(alice: httpx.Client) -> None:

@@ -1,6 +1,7 @@
 """Routes of /api/v1/attachments: upload an image for a later job (`attachments: [{"type": "image",
 "attachment_id": …}]`), and read back what was stored. An upload lives a day; it is its uploader's alone: another
-user's id answers 404, like one that does not exist, and a job naming it fails to find it.
+user's id answers 404, like one that does not exist, and a job naming it fails to find it; both are audited as
+`access.denied`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from api.auth import principal_of
 from api.body import printable
 from api.errors import not_found
 from api.permissions import Permission
-from api.uploads import read_file_part, unsupported
+from api.uploads import read_file_part
 from events import attachments
+from events.docs.records import clean_name
 from events.envelope import text_map
 from events.store import keyspace
 from settings import Settings
@@ -28,23 +30,24 @@ ACCEPTED = "Upload a PNG, JPEG, WebP or GIF image as the multipart part named 'f
 
 async def read_image(req: falcon.asgi.Request, limit: int) -> tuple[str, str, bytes]:
     """(file name, media type, bytes) of the form's `file` part (api/uploads.py): 415 for anything but an image
-    we read, judged by its bytes, not its name."""
+    whose header we read, judged by its bytes, not its name."""
     upload = await read_file_part(req, limit, "An image", "send a smaller one", ACCEPTED)
     claimed = upload.content_type if upload.content_type in attachments.IMAGE_TYPES else None
-    try:
-        kind = attachments.check_image_bytes(upload.data, claimed)
-    except attachments.AttachmentError as ex:
-        raise unsupported(f"The file is refused: {ex}.", ACCEPTED) from None
+    kind = attachments.check_image_bytes(upload.data, claimed)
+    attachments.check_image_header(upload.data)
     return upload.filename, kind, upload.data
 
 
-async def check_uploads(redis: Any, owner: str, items: list[Any]) -> None:
+async def check_uploads(req: falcon.asgi.Request, redis: Any, audit: AuditLog, owner: str, items: list[Any]) -> None:
     """At submit: 404 unless every `attachment_id` in `items` (already shape-checked) is an upload of `owner`.
 
-    The worker looks uploads up under the job owner's name too, so this only answers earlier and clearer."""
+    The worker looks uploads up under the job owner's name too, so this only answers earlier and clearer. Uploads
+    are keyed by their owner, so another user's cannot be told from a missing one: every miss is audited as
+    `access.denied` with the id probed."""
     for i, item in enumerate(items):
         attachment_id = item.get("attachment_id") if isinstance(item, dict) else None
         if attachment_id and not await redis.exists(keyspace.attachment(owner, attachment_id)):
+            await audit.access_denied(req, attachment_id)
             raise not_found(
                 f"attachments[{i}]: there is no upload {printable(attachment_id)!r} of yours (uploads expire after "
                 "a day); upload the image with POST /api/v1/attachments.",
@@ -84,7 +87,7 @@ class AttachmentsResource:
             "id": attachments.new_attachment_id(),
             "media_type": kind,
             "bytes": str(len(data)),
-            "name": printable(filename)[:200],
+            "name": clean_name(filename, ""),
             "created_at": f"{now:.6f}",
             "expires_at": f"{now + attachments.ATTACHMENT_TTL_S:.6f}",
         }
@@ -106,8 +109,9 @@ class AttachmentResource:
 
     permissions = {"GET": Permission.JOBS_READ}
 
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any, audit: AuditLog) -> None:
         self.redis = redis
+        self.audit = audit
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, attachment_id: str) -> None:
         """The upload's type, size, name and expiry."""
@@ -115,6 +119,9 @@ class AttachmentResource:
         values = []
         if attachments.ATTACHMENT_ID.match(attachment_id):
             values = await self.redis.hmget(keyspace.attachment(user, attachment_id), *_META)
+            if values[0] is None:
+                # Keyed by owner: another user's upload cannot be told from a missing one, so every miss is audited.
+                await self.audit.access_denied(req, attachment_id)
         if not values or values[0] is None:
             raise not_found(
                 f"There is no attachment {printable(attachment_id)!r} of yours; uploads expire after a day.",

@@ -35,7 +35,7 @@ class EventsResource:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str) -> None:
         """Open the stream; 204 once a finished job's stream has expired or was read to its end."""
-        raw = req.get_header("Last-Event-ID") or req.get_param("last_event_id")
+        raw = req.get_header("Last-Event-ID") or req.context.query.last_event_id
         after = check_event_id(raw) if raw else "0-0"
         job = await visible_job(req, self.service, self.audit, job_id)
         terminal = job["status"] in job_record.TERMINAL_STATUSES

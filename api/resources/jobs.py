@@ -23,6 +23,7 @@ from api.permissions import Permission, allowed
 from api.resources.attachments import check_uploads
 from api.users import Principal
 from events import job_record
+from events.store.job_scripts import Cancelled
 from settings import Settings
 
 log = logging.getLogger("api.job_service")
@@ -102,12 +103,15 @@ async def submit_job(
             details={"agent": job["agent"], "model": job["model"], "hold_micros": int(job.get("hold_micros") or 0)},
         ).data
 
-    await check_uploads(service.client, principal.user_id, submission.attachments)  # 404 now, not a failed job later
+    await check_uploads(
+        req, service.client, audit, principal.user_id, submission.attachments
+    )  # 404 now, not a failed job later
     return await service.submit(
         principal.user_id,
         submission,
         idempotency_key=idempotency_key,
-        digest=body_hash(req.context.json),
+        # The agent counts as part of the request: a stream route names it in the path, not the body.
+        digest=body_hash({**req.context.json, "agent_type": submission.agent_type}),
         traceparent=req.get_header("traceparent"),
         tracestate=req.get_header("tracestate"),
         audit=audited,
@@ -178,7 +182,7 @@ class CancelResource:
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str) -> None:
         """200 when the job is cancelled, 202 while a running one stops, 409 if it already ended otherwise."""
         outcome = await self.service.cancel(await visible_job(req, self.service, self.audit, job_id))
-        if outcome in ("cancelled", "cancelling"):
+        if outcome in (Cancelled.CANCELLED, Cancelled.CANCELLING):
             await self.audit.record(
                 principal_of(req).user_id,
                 "job.cancel",
@@ -186,10 +190,10 @@ class CancelResource:
                 ip=client_ip(req),
                 details={"outcome": outcome},
             )
-        if outcome == "missing":
+        if outcome is Cancelled.MISSING:
             raise not_found(f"There is no job {job_id!r} that you can see.", code="job_not_found")
-        if outcome in ("succeeded", "failed"):
+        if outcome in (Cancelled.SUCCEEDED, Cancelled.FAILED):
             raise ConflictError(f"The job already {outcome}; there is nothing to cancel.", code="job_finished")
         job = await self.service.load(job_id)
-        resp.status = falcon.HTTP_202 if outcome == "cancelling" else falcon.HTTP_200
+        resp.status = falcon.HTTP_202 if outcome is Cancelled.CANCELLING else falcon.HTTP_200
         resp.media = public_job(job, self.settings, principal_of(req)) if job else {"id": job_id, "status": outcome}

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from events.attachments import IMAGE_TYPES
+from events.attachments import IMAGE_TYPES, MAX_PIXELS
 
-MAX_PIXELS = 40_000_000  # 40 megapixels: past a phone camera's output, far below a bomb's claim
 THUMBNAIL = (128, 128)
 COLOURS = 5
 _EXIF_SHOWN = {
