@@ -264,7 +264,7 @@ class JobService:
         raw = await self.client.get(idem)
         if raw is None:
             return None
-        first_id, _, first_digest = text(raw).partition(":")
+        first_id, first_digest = job_scripts.idempotency_record(raw)
         if first_digest != digest:
             raise IdempotencyConflictError(
                 "This Idempotency-Key was already used with a different body; use a new key for a new job."
@@ -354,7 +354,7 @@ class JobService:
             "data": {"reason": "cancelled by request before it started"},
         }
         digest = job.get("cache_digest", "")
-        outcome: Cancelled | str = "moved"
+        outcome: Cancelled | cache_scripts.Raced = cache_scripts.Raced.MOVED
         if not digest:
             outcome = await self.scripts.run(job_scripts.cancel(now=self.clock(), **ends))
         shared = shared_failure(
@@ -368,7 +368,7 @@ class JobService:
             outcome = await self.scripts.run(
                 cache_scripts.cancel_leader(now=self.clock(), digest=digest, followers=followers, shared=shared, **ends)
             )
-            if outcome != "moved":
+            if outcome is not cache_scripts.Raced.MOVED:
                 break
         if not isinstance(outcome, Cancelled):
             raise CancelContendedError("Identical jobs kept joining this one while it was cancelled; cancel it again.")

@@ -169,6 +169,7 @@ def run_all(r: redis.Redis) -> list[Call[Any]]:
             user_id=user, job_id=job, attempt=1, charge_id="1:1", cost_micros=300, now=now, usage=usage
         )
     )  # the same charge again
+    run(budget_scripts.charge_document(user_id=user, doc_id="d1", charge_id="e1", cost_micros=5, now=now, usage=usage))
     outcome = Outcome("succeeded", "done", {"result": "4"}, result="4")
     finish = {
         "job_id": job,
@@ -377,3 +378,13 @@ def test_an_event_written_by_a_script_reads_back_as_an_envelope(server: RedisSer
     event = Event.from_fields(fields)
     assert (event.type, event.ts, event.data, event.v, event.extra) == ("usage", 1000.5, {"model": "m"}, 1, {})
     r.close()
+
+
+def test_the_lua_helpers_constants_agree_with_the_python_ones() -> None:
+    """_emit.lua knows job streams by their prefix and _budget.lua caps the alerts stream: the same values as
+    keyspace's and budget_scripts', so renaming a key family or changing the cap cannot silently part them."""
+    emit = (LUA / "_emit.lua").read_text()
+    prefix = keyspace.job_stream("x").partition("{")[0]
+    assert re.search(rf"string\.sub\(stream, 1, {len(prefix)}\) == '{re.escape(prefix)}'", emit), prefix
+    budget = (LUA / "_budget.lua").read_text()
+    assert budget.count(f"'{budget_scripts.ALERTS_MAX_LEN}'") == 1

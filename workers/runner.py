@@ -330,7 +330,7 @@ class JobRunner:
             if len(entry.encode()) > self.cache.max_bytes:
                 CACHE_OPS.labels("response_store", "too_large").inc()
                 entry = ""
-        reply = cache_scripts.LeaderFinished("moved")
+        reply = cache_scripts.LeaderFinished(cache_scripts.Raced.MOVED)
         for _ in range(cache_scripts.MAX_READS):
             followers = sorted(text(f) for f in self.client.smembers(keyspace.cache_followers(digest)))
             reply = self.scripts.run(
@@ -344,9 +344,9 @@ class JobRunner:
                     **ended,
                 )
             )
-            if reply.outcome != "moved":
+            if reply.outcome is not cache_scripts.Raced.MOVED:
                 break
-        if reply.outcome != "ok":
+        if reply.outcome is not cache_scripts.Ended.OK:
             return False
         if reply.stored:
             CACHE_OPS.labels("response_store", "stored").inc()

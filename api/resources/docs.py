@@ -11,6 +11,7 @@ from typing import Any
 
 import falcon
 
+from api.errors import not_found
 from api.models import RequestModels
 from api.openapi import ASSETS, document
 from api.permissions import PUBLIC
@@ -114,7 +115,7 @@ class AssetResource:
         """One asset, cached for a day; 304 when the client already has it (If-None-Match)."""
         asset = self.assets.get(name)
         if asset is None:
-            raise falcon.HTTPNotFound(title="Not Found", description=f"No asset {name!r}.", code="not_found")
+            raise not_found(f"No asset {name!r}.")
         resp.etag = asset.sha256
         resp.cache_control = ["public", "max-age=86400"]
         if req.if_none_match and ("*" in req.if_none_match or asset.sha256 in req.if_none_match):

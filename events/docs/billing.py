@@ -73,15 +73,13 @@ class DocumentBill:
             self.client.hset(keyspace.doc_charges(user, doc_id), "document", doc_id)
             self.client.expire(keyspace.doc_charges(user, doc_id), self.hold_ttl_s * 2)
             self.scripts.run(
-                budget_scripts.charge(
+                budget_scripts.charge_document(
                     user_id=user,
-                    job_id=doc_id,
-                    attempt=1,
+                    doc_id=doc_id,
                     charge_id=uuid.uuid4().hex,
                     cost_micros=cost,
                     now=self.clock(),
                     usage=usage,
-                    record_key=keyspace.doc_charges(user, doc_id),
                 )
             )
         finally:

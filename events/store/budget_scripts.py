@@ -20,7 +20,7 @@ from events.money.periods import PERIOD_TTL_S, PERIODS, period_ids
 from events.store import keyspace
 from events.store.scripts import Call, Scripts, call
 
-ALERTS_MAX_LEN = 100_000
+ALERTS_MAX_LEN = 100_000  # the alerts stream's cap, written in _budget.lua (tests/test_scripts.py checks both agree)
 
 
 def hold_member(user_id: str, job_id: str) -> str:
@@ -143,15 +143,34 @@ def charge(
     cost_micros: int,
     now: float,
     usage: Mapping[str, Any],
-    record_key: str = "",
 ) -> Call[int]:
     """Record one call's cost on the hold, the job and the usage stream, once per `charge_id`; returns the
-    hold's spend so far (-1 without a hold). `record_key` names the hash that counts the charges when the hold is
-    not a job's (a document's embedding: events/docs/billing.py)."""
+    hold's spend so far (-1 without a hold)."""
+    return _charge(user_id, job_id, keyspace.job(job_id), attempt, charge_id, cost_micros, now, usage)
+
+
+def charge_document(
+    *, user_id: str, doc_id: str, charge_id: str, cost_micros: int, now: float, usage: Mapping[str, Any]
+) -> Call[int]:
+    """`charge` for a document's embedding: its hold is under the document's id, its charges counted in the
+    document's charges hash (events/docs/billing.py)."""
+    return _charge(user_id, doc_id, keyspace.doc_charges(user_id, doc_id), 1, charge_id, cost_micros, now, usage)
+
+
+def _charge(
+    user_id: str,
+    hold_id: str,
+    record_key: str,
+    attempt: int,
+    charge_id: str,
+    cost_micros: int,
+    now: float,
+    usage: Mapping[str, Any],
+) -> Call[int]:
     return call(
         "charge",
-        [keyspace.budget_hold(user_id, job_id), record_key or keyspace.job(job_id), keyspace.USAGE_STREAM],
-        [cost_micros, charge_id, job_id, f"{now:.6f}", attempt, json.dumps(usage)],
+        [keyspace.budget_hold(user_id, hold_id), record_key, keyspace.USAGE_STREAM],
+        [cost_micros, charge_id, hold_id, f"{now:.6f}", attempt, json.dumps(usage)],
         lambda r: int(r),
     )
 

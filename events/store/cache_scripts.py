@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Mapping, Sequence
 
 from events.envelope import text
@@ -61,11 +62,25 @@ class Bounds:
     max_bytes: int
 
 
+class Raced(StrEnum):
+    """Why a cache script did nothing: the state it was given changed since it was read."""
+
+    MOVED = "moved"  # the followers changed since they were read: read them again and retry
+    RUNNING = "running"  # the leader runs again (release only): its next end releases them
+    LOST = "lost"  # another attempt holds the lease (finish only)
+
+
+class Ended(StrEnum):
+    """A leader's finish that took effect."""
+
+    OK = "ok"
+
+
 @dataclass(frozen=True)
 class LeaderFinished:
-    """How a leader's finish went: `outcome` is 'ok', 'lost' (another attempt holds the lease) or 'moved'."""
+    """How a leader's finish went: `outcome` is Ended.OK, or Raced.LOST / Raced.MOVED."""
 
-    outcome: str
+    outcome: Ended | Raced
     stored: bool = False
     evicted: int = 0
     expired: int = 0
@@ -75,8 +90,9 @@ class LeaderFinished:
 
 def _leader_finished(reply: Any) -> LeaderFinished:
     if not isinstance(reply, list):
-        return LeaderFinished(text(reply))
-    return LeaderFinished("ok", bool(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), int(reply[5]))
+        said = text(reply)
+        return LeaderFinished(Ended.OK if said == Ended.OK else Raced(said))
+    return LeaderFinished(Ended.OK, bool(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), int(reply[5]))
 
 
 def _follower_keys(followers: Sequence[str]) -> list[str]:
@@ -144,9 +160,9 @@ def cancel_leader(
     digest: str,
     followers: Sequence[str],
     shared: Shared,
-) -> Call[Cancelled | str]:
+) -> Call[Cancelled | Raced]:
     """Cancel a leader as `job_scripts.cancel` does; a queued one also ends `followers` (as read) with `shared`.
-    Returns 'moved' (a str) when the followers changed since they were read."""
+    Returns Raced.MOVED when the followers changed since they were read."""
     base = job_scripts.cancel(job_id=job_id, now=now, job_ttl_s=job_ttl_s, stream_ttl_s=stream_ttl_s, data=data)
     cache = {"followers": list(followers), "shared": shared.to_json()}
     keys = [
@@ -156,7 +172,10 @@ def cancel_leader(
         *_follower_keys(followers),
     ]
     return call(
-        "cancel", keys, [*base.args, json.dumps(cache)], lambda r: "moved" if text(r) == "moved" else Cancelled(text(r))
+        "cancel",
+        keys,
+        [*base.args, json.dumps(cache)],
+        lambda r: Raced.MOVED if text(r) == "moved" else Cancelled(text(r)),
     )
 
 
@@ -169,9 +188,9 @@ def release(
     digest: str,
     followers: Sequence[str],
     shared: Shared,
-) -> Call[int | str]:
-    """End the followers (as read) of a leader that ended outside finish.lua; an int (how many), or 'running' /
-    'moved' (a str)."""
+) -> Call[int | Raced]:
+    """End the followers (as read) of a leader that ended outside finish.lua; an int (how many), or
+    Raced.RUNNING / Raced.MOVED."""
     cache = {"followers": list(followers), "shared": shared.to_json()}
     keys = [
         keyspace.job(job_id),
@@ -184,7 +203,7 @@ def release(
         "cache_release",
         keys,
         [job_id, f"{now:.6f}", job_ttl_s, stream_ttl_s, json.dumps(cache)],
-        lambda r: r if isinstance(r, int) else text(r),
+        lambda r: r if isinstance(r, int) else Raced(text(r)),
     )
 
 
@@ -208,6 +227,6 @@ def release_followers(scripts: Any, client: Any, job_id: str, *, now: float, job
                 shared=shared,
             )
         )
-        if reply != "moved":
+        if reply is not Raced.MOVED:
             return reply if isinstance(reply, int) else 0
     return 0

@@ -67,8 +67,13 @@ def _submitted(reply: Any) -> SubmitReply:
         return SubmitReply(outcome, text(reply[1]), role=CacheRole(text(reply[2])), source=text(reply[3]))
     if outcome is Submitted.NEEDS_HOLD:
         return SubmitReply(outcome)
-    job_id, _, digest = text(reply[1]).partition(":")
-    return SubmitReply(outcome, job_id, digest)
+    return SubmitReply(outcome, *idempotency_record(reply[1]))
+
+
+def idempotency_record(raw: Any) -> tuple[str, str]:
+    """(job id, body digest) of an Idempotency-Key's record, as submit.lua writes it: `job_id:digest`."""
+    job_id, _, digest = text(raw).partition(":")
+    return job_id, digest
 
 
 def submit(

@@ -31,6 +31,9 @@ class Directory:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
+_shared: Directory | None = None  # set by `use_directory`: this process's one record of whether samples are shared
+
+
 def use_directory(given: str | None, *, prefix: str) -> Directory:
     """Share samples through `given` (an operator's directory: a previous run's files in it are dropped, or they
     would be counted again), or through a new directory of our own named `prefix`….
@@ -47,12 +50,14 @@ def use_directory(given: str | None, *, prefix: str) -> Directory:
         directory = Directory(tempfile.mkdtemp(prefix=prefix), owned=True)
     os.environ[ENV] = directory.path  # read by prometheus-client when each value is made, here and after forks
     values.ValueClass = values.get_value_class()  # computed when prometheus-client was imported, before this call
+    global _shared
+    _shared = directory  # kept by the processes forked after this call
     return directory
 
 
 def in_use() -> str | None:
     """The shared directory, or None when this process keeps its samples alone."""
-    return os.environ.get(ENV) or None
+    return _shared.path if _shared else None
 
 
 def process_dead(pid: int) -> None:
