@@ -273,7 +273,7 @@ class Settings:
     port: int = 8000
     secret_key: str = field(default="", repr=False)
     openai_api_key: str = field(default="", repr=False)
-    openai_base_url: str = ""
+    openai_base_url: str = field(default="", metadata={"url": True})
     default_model: str = "offline"
     llm_timeout_s: float = 60.0
     llm_max_retries: int = 3
@@ -283,7 +283,9 @@ class Settings:
     max_query_chars: int = 32_000
     max_body_bytes: int = 256 * 1024
     max_upload_bytes: int = 10 * 1024 * 1024  # POST /documents and /attachments (their own limit, nginx's too)
-    qdrant_url: str = ""  # a Qdrant server for document vectors; empty: in-memory Qdrant per process
+    qdrant_url: str = field(
+        default="", metadata={"url": True}
+    )  # a Qdrant server for document vectors; empty: in-memory Qdrant per process
     embedding_model: str = ""  # the provider's embedding model for documents (hybrid search); empty: sparse only
     qdrant_api_key: str = field(default="", repr=False)
     job_ttl_s: int = 7 * 24 * 3600
@@ -321,7 +323,7 @@ class Settings:
     audit_retention_days: int = 365
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = 9540
-    otlp_endpoint: str = ""
+    otlp_endpoint: str = field(default="", metadata={"url": True})
     service_name: str = "agentic"
 
     @property
@@ -419,20 +421,39 @@ class Settings:
         if self.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise SettingsError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR.")
 
+    def _shown(self) -> dict[str, object]:
+        """Every field that may be shown (repr=True), with the credentials of URL-valued fields masked."""
+        return {
+            f.name: mask_password(getattr(self, f.name)) if f.metadata.get("url") else getattr(self, f.name)
+            for f in fields(self)
+            if f.repr
+        }
+
     def public(self) -> dict[str, object]:
-        """The settings that matter to an operator, without secrets (a password in REDIS_URL is masked)."""
-        hidden = {"secret_key", "openai_api_key", "qdrant_api_key", "redis"}
-        shown: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
+        """The settings that matter to an operator, without secrets (passwords in every URL are masked)."""
+        shown = {name: value for name, value in self._shown().items() if name != "redis"}
         shown.update(self.redis.public())
         return shown
 
+    def __repr__(self) -> str:
+        # Written out because the dataclass repr would show a password in OPENAI_BASE_URL, QDRANT_URL, ...
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in self._shown().items())})"
+
+
+def _is_secret(query_key: str) -> bool:
+    """Whether a URL query parameter of this name carries a credential (password=, api_key=, token=, ...)."""
+    key = query_key.lower().replace("-", "_")
+    return key in {"password", "passwd", "token", "access_token", "secret", "key"} or key.endswith(
+        ("_key", "_token", "_secret", "_password")
+    )
+
 
 def mask_password(url: str) -> str:
-    """`url` with any password replaced by ***."""
+    """`url` with any credential (its password, a password= or api_key= query parameter) replaced by ***."""
     parts = urlsplit(url)
     if parts.password:
         host = parts.netloc.rsplit("@", 1)[1]
         user = f"{parts.username}:" if parts.username else ":"
         parts = parts._replace(netloc=f"{user}***@{host}")
-    query = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    query = [(k, "***" if _is_secret(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     return urlunsplit(parts._replace(query=urlencode(query, safe="*")))

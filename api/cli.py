@@ -6,7 +6,8 @@
     agentic keys list alice
     agentic keys revoke alice KEY_ID
     agentic prometheus-config --out var/prometheus --api 127.0.0.1:8000 --workers 127.0.0.1:9540 \
-        --flower 127.0.0.1:5555 --flower-password PW --self 127.0.0.1:9090
+        --flower 127.0.0.1:5555 --self 127.0.0.1:9090   # Flower's login from FLOWER_BASIC_AUTH=user:password
+        (or --flower-password-file FILE; never a password argument, which `ps` would show)
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,22 +63,43 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="where Prometheus itself listens",
     )
-    prom.add_argument("--flower-user", default="admin", help="the user of Flower's basic auth")
-    prom.add_argument("--flower-password", default="", help="the password of Flower's basic auth")
+    prom.add_argument(
+        "--flower-user", default=None, help="the user of Flower's basic auth (default: FLOWER_BASIC_AUTH's, or admin)"
+    )
+    prom.add_argument(
+        "--flower-password-file",
+        type=Path,
+        default=None,
+        help="a file holding Flower's password (default: the password of FLOWER_BASIC_AUTH=user:password)",
+    )
+    # Deprecated, kept for old scripts: any user on the host sees it in `ps`.
     prom.add_argument("--interval", default=None, help="scrape and evaluation interval (default: the file's)")
     return top
+
+
+def flower_login(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, str]:
+    """Flower's user and password for prometheus-config: --flower-password-file, else FLOWER_BASIC_AUTH."""
+    env_user, _, env_password = env.get("FLOWER_BASIC_AUTH", "").partition(":")
+    user = args.flower_user or env_user or "admin"
+    if args.flower_password_file is not None:
+        try:
+            return user, args.flower_password_file.read_text().rstrip("\n")
+        except OSError as ex:
+            raise UserError(f"Cannot read --flower-password-file {args.flower_password_file}: {ex.strerror}.") from ex
+    return user, env_password
 
 
 async def run(args: argparse.Namespace, store: UserStore, audit: AuditLog) -> Any:
     """Carry out one command (changes are audited, actor 'cli'); returns what to print."""
     if args.noun == "prometheus-config":
         targets = {job: getattr(args, job) for job in promconfig.JOBS}
+        flower_user, flower_password = flower_login(args, os.environ)
         path = await promconfig.write(
             args.out,
             store,
             targets,
-            flower_user=args.flower_user,
-            flower_password=args.flower_password,
+            flower_user=flower_user,
+            flower_password=flower_password,
             interval=args.interval,
         )
         return {"config": str(path), "targets": {job: hosts for job, hosts in targets.items() if hosts}}

@@ -154,6 +154,18 @@ def api_live(port: int) -> bool:
         return False
 
 
+def private_logs(logs: Path) -> None:
+    """Make nginx's log directory 0700 and its logs 0600 before nginx opens them (it keeps a file's mode).
+
+    nginx's error log records a failed request's line, a stream's `?token=` included, and cannot redact it.
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    logs.chmod(0o700)
+    for name in ("error.log", "access.log"):
+        (logs / name).touch(mode=0o600)
+        (logs / name).chmod(0o600)
+
+
 class Stack:
     """The processes of `make run`, started in order under one supervisor."""
 
@@ -200,7 +212,8 @@ class Stack:
         )
         self._start_apis()
         flower = [*celery, "flower", "--address=127.0.0.1", f"--port={config.flower_port}"]
-        self._start("flower", [*flower, f"--basic-auth={config.flower_auth}"])
+        # From the environment (Flower reads FLOWER_<OPTION>): on the command line `ps` would show the password.
+        self._start("flower", flower, FLOWER_BASIC_AUTH=config.flower_auth)
         up = supervisor.supervise(lambda: all(api_live(p) for p in config.instance_ports), timeout=API_START_S)
         if supervisor.stop_requested or supervisor.failure:
             return False
@@ -242,6 +255,7 @@ class Stack:
             max_body_bytes=config.max_body_bytes,
             max_upload_bytes=config.max_upload_bytes,
         )
+        private_logs(out / "logs")
         check = subprocess.run(nginx_conf.argv(config.nginx, out, conf, test=True), capture_output=True, text=True)
         if check.returncode:
             last = (check.stderr.strip().splitlines() or ["no message"])[-1]
@@ -302,16 +316,21 @@ class Stack:
     def _prometheus_config(self, out: Path) -> None:
         """Its config, rules and scrape secrets (a readonly user's key, Flower's password) for this run's ports."""
         config = self.config
-        user, _, password = config.flower_auth.partition(":")
+        user = config.flower_auth.partition(":")[0]
         targets = "".join(f"--api 127.0.0.1:{port} " for port in config.instance_ports) + (
             f"--workers 127.0.0.1:{config.worker_metrics_port} "
             f"--flower 127.0.0.1:{config.flower_port} --self 127.0.0.1:{config.prometheus_port}"
         )
         argv = [str(BIN / "agentic"), "prometheus-config", "--out", str(out), *targets.split()]
-        argv += ["--flower-user", user, "--flower-password", password]
+        argv += ["--flower-user", user]  # the password from FLOWER_BASIC_AUTH: not in argv, where `ps` shows it
         try:
             done = subprocess.run(
-                argv, env=self.env, capture_output=True, text=True, timeout=60, start_new_session=True
+                argv,
+                env={**self.env, "FLOWER_BASIC_AUTH": config.flower_auth},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                start_new_session=True,
             )
         except subprocess.TimeoutExpired as ex:
             raise StartError("agentic prometheus-config did not finish within 60 s.") from ex

@@ -382,8 +382,8 @@ class Stack:
                 "flower",
                 "--address=127.0.0.1",
                 f"--port={port}",
-                f"--basic-auth={basic_auth}",
             ],
+            FLOWER_BASIC_AUTH=basic_auth,  # not an argument, which `ps` would show
         )
         return self._started(proc, answering(f"http://127.0.0.1:{port}/healthcheck", "Flower"), wait)
 

@@ -125,6 +125,8 @@ def test_an_unreachable_redis_exits_2_naming_redis_url_without_a_traceback(name:
 
 def test_prometheus_config_writes_a_checked_config_and_keeps_a_working_key(logdir, tmp_path) -> None:
     server = RedisServer(logdir).start()
+    password = logdir / "flower.pw"  # from a file: an argument would show in `ps`
+    password.write_text("pw-1\n")
     try:
         args = (
             "prometheus-config",
@@ -138,8 +140,8 @@ def test_prometheus_config_writes_a_checked_config_and_keeps_a_working_key(logdi
             "127.0.0.1:9541",
             "--flower",
             "127.0.0.1:5556",
-            "--flower-password",
-            "pw-1",
+            "--flower-password-file",
+            str(password),
             "--self",
             "127.0.0.1:9091",
             "--interval",

@@ -563,6 +563,18 @@ def test_compose_never_writes_a_credential_down(which: str) -> None:
 
 
 @pytest.mark.parametrize("which", sorted(MODELS))
+def test_no_command_carries_a_password_which_ps_would_show(which: str) -> None:
+    services = MODELS[which]()["services"]
+    secret = COMPOSE_ENV["FLOWER_BASIC_AUTH"].partition(":")[2]
+    for name, service in services.items():
+        words = " ".join(argv(service.get("command")))
+        assert "--flower-password " not in words and "basic-auth" not in words and secret not in words, name
+        assert "FLOWER_BASIC_AUTH" not in words, f"{name}: pass it in the environment, not as an argument"
+    for name in ("flower", "prometheus-config"):
+        assert env_of(services[name])["FLOWER_BASIC_AUTH"] == COMPOSE_ENV["FLOWER_BASIC_AUTH"], name
+
+
+@pytest.mark.parametrize("which", sorted(MODELS))
 def test_every_image_is_pinned(which: str) -> None:
     for name, service in MODELS[which]()["services"].items():
         image = service["image"]
@@ -672,6 +684,43 @@ def test_secrets_reach_the_pods_as_files_named_by_their_file_variables() -> None
     for ref in auth["spec"]["secretTargetRef"]:
         assert ref["name"] == template["metadata"]["name"] and ref["key"] in keys
     assert urlsplit(configmap()["REDIS_URL"]).password is None
+
+
+def secret_file_key(spec: dict[str, Any], c: dict[str, Any], path: str) -> str:
+    """The key of the Secret `agentic-secrets` that the file `path` of container `c` is mounted from."""
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
+    secret = mounts[str(Path(path).parent)]["secret"]
+    assert secret["secretName"] == "agentic-secrets"
+    (item,) = [i for i in secret["items"] if i["path"] == Path(path).name]
+    return str(item["key"])
+
+
+def test_every_pod_and_keda_reach_the_secured_redis_as_the_same_acl_user_over_tls() -> None:
+    """With the default user off and TLS on (docs/security.md), a pod or KEDA that lacks the user, TLS or the CA
+    cannot log in: the pods stop and queue scaling stops."""
+    config = configmap()
+    assert urlsplit(config["REDIS_URL"]).scheme == "rediss" and urlsplit(config["REDIS_URL"]).username is None
+    ca_file = config["REDIS_TLS_CA_FILE"]
+    for name, spec, c in containers():
+        user = container_env(c)["REDIS_USERNAME"]["valueFrom"]["secretKeyRef"]
+        assert (user["name"], user["key"]) == ("agentic-secrets", "redis-username"), name
+        assert secret_file_key(spec, c, ca_file) == "redis-ca", name
+    (trigger,) = [t for t in one("ScaledObject", "worker")["spec"]["triggers"] if t["type"] == "redis"]
+    assert trigger["metadata"]["enableTLS"] == "true"
+    assert trigger["metadata"]["address"] == urlsplit(config["REDIS_URL"]).netloc
+    auth = one("TriggerAuthentication", trigger["authenticationRef"]["name"])
+    refs = {ref["parameter"]: ref["key"] for ref in auth["spec"]["secretTargetRef"]}
+    assert refs == {"username": "redis-username", "password": "redis-password", "ca": "redis-ca"}
+    assert {"redis-username", "redis-password", "redis-ca"} <= set(one("Secret", "agentic-secrets")["stringData"])
+
+
+def test_the_processes_that_use_qdrant_get_its_api_key_as_a_file() -> None:
+    for name in ("api", "worker", "events"):
+        c = container(name)
+        path = container_env(c)["QDRANT_API_KEY_FILE"]["value"]
+        assert secret_file_key(pod(name), c, path) == "qdrant-api-key", name
+    assert "QDRANT_URL" in configmap() and "qdrant-api-key" in one("Secret", "agentic-secrets")["stringData"]
 
 
 def test_the_secret_template_holds_placeholders_the_app_refuses(tmp_path: Path) -> None:

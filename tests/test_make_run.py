@@ -17,6 +17,7 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from stat import S_IMODE
 from typing import Any
 
 import httpx
@@ -47,6 +48,15 @@ def group_alive(pgid: int) -> bool:
         if state != "Z" and int(group) == pgid:
             return True
     return False
+
+
+def command_lines() -> list[str]:
+    """The command line of every process on this host, as `ps` shows it to any user."""
+    lines = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            lines.append(path.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return lines
 
 
 def run_env(tmp: Path, **overrides: str) -> dict[str, str]:
@@ -183,6 +193,8 @@ def test_make_run_starts_everything_runs_a_job_and_is_scraped(make_run: Run) -> 
         what="the worker in Flower",
     )
     assert len(workers) == 1
+    # Flower's password reaches it (and prometheus-config) through the environment, never the command line.
+    assert not [line for line in command_lines() if FLOWER_AUTH[1] in line]
 
     if shutil.which("prometheus"):
         prom = f"http://127.0.0.1:{ports['PROMETHEUS_PORT']}/api/v1"
@@ -399,7 +411,10 @@ def test_api_instances_behind_nginx_share_the_load_and_restart_one_at_a_time_on_
             out.index(f"run: rolling restart: {name}") for name in instances
         )
         assert all(run.pid(name) != before[name] for name in instances)
-        access = (run.var / "nginx" / "logs" / "access.log").read_text()
+        logs = run.var / "nginx" / "logs"  # private: the error log may hold a stream's ?token=
+        assert S_IMODE(logs.stat().st_mode) == 0o700
+        assert {S_IMODE(p.stat().st_mode) for p in (logs / "error.log", logs / "access.log")} == {0o600}
+        access = (logs / "access.log").read_text()
         assert all(f"up=127.0.0.1:{port + i} " in access for i in (1, 2, 3))
 
         if shutil.which("prometheus"):

@@ -276,14 +276,16 @@ def test_flower_sees_both_workers_behind_basic_auth(cluster: Cluster) -> None:
 
 def _prometheus_config(cluster: Cluster, workdir: Path, prom_port: int) -> Path:
     """ops/prometheus/prometheus.yml for this module's targets, by `agentic prometheus-config` (as make run does)."""
+    password = workdir / "flower.pw"
+    password.write_text(FLOWER_PASSWORD)
     args = [
         "prometheus-config",
         "--out",
         str(workdir),
         "--flower",
         f"127.0.0.1:{cluster.flower_port}",
-        "--flower-password",
-        FLOWER_PASSWORD,
+        "--flower-password-file",
+        str(password),
         "--self",
         f"127.0.0.1:{prom_port}",
         "--interval",

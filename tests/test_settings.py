@@ -87,6 +87,30 @@ def test_public_settings_hide_the_redis_password(url: str, shown: str | None) ->
 
 
 @pytest.mark.parametrize(
+    ("name", "url", "shown"),
+    [
+        ("OPENAI_BASE_URL", "https://u:hunter2@llm.example/v1", "https://u:***@llm.example/v1"),
+        ("QDRANT_URL", "https://:hunter2@qdrant.example:6333", "https://:***@qdrant.example:6333"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://u:hunter2@otel.example:4318", "https://u:***@otel.example:4318"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otel.example:4318/?api_key=hunter2", None),
+        ("QDRANT_URL", "https://qdrant.example:6333?api-key=hunter2&timeout=5", None),
+        ("QDRANT_URL", "http://qdrant:6333", "http://qdrant:6333"),
+    ],
+)
+def test_public_settings_and_repr_mask_credentials_in_every_url(name: str, url: str, shown: str | None) -> None:
+    settings = Settings.from_env({"AGENTIC_SECRET_KEY": SECRET, "REDIS_URL": "redis://:hunter2@r:6379/0", name: url})
+    public = settings.public()
+    for text in (json.dumps(public), repr(settings)):
+        assert "hunter2" not in text
+    attribute = {"OPENAI_BASE_URL": "openai_base_url", "OTEL_EXPORTER_OTLP_ENDPOINT": "otlp_endpoint"}.get(
+        name, "qdrant_url"
+    )
+    assert getattr(settings, attribute) == url  # masked only where shown, never in use
+    assert shown is None or public[attribute] == shown
+    assert "timeout=5" in json.dumps(public) or "timeout" not in url
+
+
+@pytest.mark.parametrize(
     ("name", "attribute"),
     [
         ("AGENTIC_SECRET_KEY", "secret_key"),
