@@ -4,13 +4,20 @@ PY := .venv/bin/python
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-install:  ## Debian packages, venv and the pip packages of requirements.lock (idempotent)
+install:  ## Debian packages, venv and the pip packages of requirements.lock, the runtime ones (idempotent)
 	@bash ops/install.sh
 
-lock: install  ## rewrite requirements.lock from pyproject.toml (LOCK_ARGS=--upgrade for newer versions)
-	$(PY) -m uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+install-dev:  ## install, but requirements-dev.lock: the runtime lock plus the dev extra (tests, linters, uv)
+	@bash ops/install.sh dev
+
+# The runtime lock first, then the dev lock constrained by it: a package both name has the same version in each.
+lock: install-dev  ## rewrite requirements.lock and requirements-dev.lock from pyproject.toml (LOCK_ARGS=--upgrade for newer versions)
+	$(PY) -m uv pip compile pyproject.toml --python-version 3.11 \
 		--python-platform x86_64-unknown-linux-gnu --generate-hashes --custom-compile-command "make lock" -q \
 		$(LOCK_ARGS) -o requirements.lock
+	$(PY) -m uv pip compile pyproject.toml --extra dev -c requirements.lock --python-version 3.11 \
+		--python-platform x86_64-unknown-linux-gnu --generate-hashes --custom-compile-command "make lock" -q \
+		$(LOCK_ARGS) -o requirements-dev.lock
 
 run: install  ## set up and run the whole system (Ctrl-C stops it)
 	@bash ops/run.sh
@@ -26,12 +33,12 @@ test:  ## set up and run lint and the whole test suite
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -p no:cacheprovider
 
-lint: install  ## ruff (lint and format) and mypy
+lint: install-dev  ## ruff (lint and format) and mypy
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy api events workers settings.py
 
-bench: install  ## run the benchmarks (prints figures beside same-run baselines)
+bench: install-dev  ## run the benchmarks (prints figures beside same-run baselines)
 	$(PY) -m bench
 
-.PHONY: help install lock run rolling-restart test lint bench
+.PHONY: help install install-dev lock run rolling-restart test lint bench

@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
-# Sets up everything `make run` needs on Debian/Ubuntu (Debian packages, a venv, pip packages);
-# `install.sh test` adds what only the tests use (Chromium for the browser test).
+# Sets up everything `make run` needs on Debian/Ubuntu (Debian packages, a venv, the pip packages of
+# requirements.lock: the runtime dependencies only);
+# `install.sh dev` installs requirements-dev.lock instead (the runtime lock plus the dev extra: pytest, ruff, mypy,
+# uv, ...) for `make lint`, `make bench` and `make lock`;
+# `install.sh test` is `dev` plus what only the tests use outside pip (Chromium for the browser test).
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+mode=${1:-run}
+case "$mode" in
+  run) lock=requirements.lock ;;
+  dev | test) lock=requirements-dev.lock ;;
+  *) echo "usage: $0 [run|dev|test]" >&2; exit 2 ;;
+esac
 
 PYTHON=${PYTHON:-python3}
 SUDO=""
@@ -29,7 +39,7 @@ command -v prometheus >/dev/null || missing+=(prometheus)  # make run scrapes th
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v bwrap >/dev/null || missing+=(bubblewrap)  # the code agent's sandbox (workers/sandbox.py)
-if [ "${1:-}" = "test" ]; then
+if [ "$mode" = "test" ]; then
   [ -x /usr/bin/chromium ] || missing+=(chromium)  # the browser test drives it with Playwright
 fi
 if [ ${#missing[@]} -gt 0 ]; then
@@ -47,23 +57,32 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 
-# The exact versions (and hashes) of requirements.lock, then the project itself without resolving again.
-# `make lock` writes the lock from pyproject.toml. PIP_CONSTRAINT=/dev/null: the lock is the whole answer, so a
-# machine-wide pip constraints file (e.g. /etc/xdg/pip) can only get in its way.
-lock=requirements.lock
+# The exact versions (and hashes) of $lock, then the project itself without resolving again. `make lock` writes
+# both locks from pyproject.toml, the dev lock constrained by the runtime one, so a package both name has the same
+# version in each. PIP_CONSTRAINT=/dev/null: the lock is the whole answer, so a machine-wide pip constraints file
+# (e.g. /etc/xdg/pip) can only get in its way.
+# .venv/.installed names the lock last installed. A runtime install (make run) is already satisfied by an up-to-date
+# dev install (the dev lock pins every runtime package at the runtime lock's version), so `make run` after
+# `make test` neither reinstalls nor pulls the tools out from under a test run; a fresh .venv gets the runtime lock only.
 stamp=.venv/.installed
-if [ ! -f "$stamp" ] || [ "$lock" -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+installed=$(cat "$stamp" 2>/dev/null || true)
+if [ "$mode" = run ] && [ "$installed" = requirements-dev.lock ] && [ ! requirements-dev.lock -nt "$stamp" ] \
+  && [ ! "$lock" -nt "$stamp" ] && [ ! pyproject.toml -nt "$stamp" ]; then
+  exit 0
+fi
+if [ "$installed" != "$lock" ] || [ "$lock" -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "install: pip packages from $lock"
   .venv/bin/python -m pip install -q --upgrade pip
-  PIP_CONSTRAINT=/dev/null .venv/bin/python -m pip install -q -r "$lock"
+  PIP_CONSTRAINT=/dev/null .venv/bin/python -m pip install -q --require-hashes -r "$lock"
   .venv/bin/python -m pip install -q --no-deps -e .
-  # A package an older lock (or a hand install) left behind goes, so .venv holds what the lock says.
+  # A package another lock (an older one, the dev lock, or a hand install) left behind goes, so .venv holds what
+  # $lock says.
   locked=$(sed -nE 's/^([A-Za-z0-9._-]+)==.*/\1/p' "$lock" | tr 'A-Z_.' 'a-z--')
   stale=$(.venv/bin/python -m pip freeze --exclude-editable | sed -nE 's/^([A-Za-z0-9._-]+)==.*/\1/p' \
     | tr 'A-Z_.' 'a-z--' | grep -vxF "$locked" || true)
   if [ -n "$stale" ]; then
-    echo "install: removing what $lock no longer names:" $stale
+    echo "install: removing what $lock does not name:" $stale
     .venv/bin/python -m pip uninstall -q -y $stale
   fi
-  touch "$stamp"
+  echo "$lock" >"$stamp"
 fi

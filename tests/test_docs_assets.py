@@ -28,7 +28,8 @@ from api.server import ApiWorker
 from tests.stack import ROOT, RedisServer, Stack
 
 MANIFEST = json.loads((VENDOR / "MANIFEST.json").read_text())["files"]
-LOCK = (ROOT / "requirements.lock").read_text()
+LOCK = (ROOT / "requirements.lock").read_text()  # the runtime packages: make run, the image
+DEV_LOCK = (ROOT / "requirements-dev.lock").read_text()  # runtime + the dev extra: make test, lint, bench
 # A pinned line of the lock ("name==version \") and the "# via" block after it.
 PIN = re.compile(
     r"^([A-Za-z0-9._-]+)==(\S+) \\\n((?:    --hash=sha256:[0-9a-f]{64}(?: \\)?\n)+)((?:    #.*\n)*)", re.MULTILINE
@@ -45,10 +46,10 @@ def vendor_check(directory: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def locked() -> dict[str, tuple[str, set[str]]]:
-    """Each package of the lock: its version and what it is there for (the names under `# via`)."""
+def locked(lock: str = LOCK) -> dict[str, tuple[str, set[str]]]:
+    """Each package of a lock: its version and what it is there for (the names under `# via`)."""
     pins: dict[str, tuple[str, set[str]]] = {}
-    for name, version, _, via in PIN.findall(LOCK):
+    for name, version, _, via in PIN.findall(lock):
         parents = set(re.findall(r"^    #[ \t]+(?:via[ \t]+)?([A-Za-z0-9._-]+)", via, re.MULTILINE)) - {"via"}
         pins[canonicalize_name(name)] = (version, parents)
     return pins
@@ -118,16 +119,20 @@ def test_an_unknown_asset_is_404(api: Stack) -> None:
     assert resp.status_code == 404 and resp.json()["code"] == "not_found"
 
 
-def test_the_lock_pins_every_package_exactly_with_hashes() -> None:
-    requirement_lines = [line for line in LOCK.splitlines() if line and not line.startswith((" ", "#"))]
+@pytest.mark.parametrize("lock", [LOCK, DEV_LOCK], ids=["runtime", "dev"])
+def test_the_lock_pins_every_package_exactly_with_hashes(lock: str) -> None:
+    requirement_lines = [line for line in lock.splitlines() if line and not line.startswith((" ", "#"))]
     assert requirement_lines and all(re.fullmatch(r"[A-Za-z0-9._-]+==\S+ \\", line) for line in requirement_lines)
-    assert len(locked()) == len(requirement_lines)
+    assert len(locked(lock)) == len(requirement_lines)
 
 
-def test_the_lock_covers_every_dependency_pyproject_declares_within_its_bounds() -> None:
+@pytest.mark.parametrize("lock, extras", [(LOCK, ()), (DEV_LOCK, ("dev",))], ids=["runtime", "dev"])
+def test_the_lock_covers_every_dependency_pyproject_declares_within_its_bounds(
+    lock: str, extras: tuple[str, ...]
+) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = [*project["dependencies"], *(d for extra in project["optional-dependencies"].values() for d in extra)]
-    pins = locked()
+    declared = [*project["dependencies"], *(d for extra in extras for d in project["optional-dependencies"][extra])]
+    pins = locked(lock)
     for text in declared:
         req = Requirement(text)
         name = canonicalize_name(req.name)
@@ -137,6 +142,13 @@ def test_the_lock_covers_every_dependency_pyproject_declares_within_its_bounds()
             for dep in map(Requirement, metadata.requires(req.name) or []):
                 if dep.marker is not None and dep.marker.evaluate({"extra": extra}):
                     assert canonicalize_name(dep.name) in pins, f"{text} needs {dep.name}: run `make lock`"
+
+
+def test_the_dev_lock_is_the_runtime_lock_plus_the_dev_tools() -> None:
+    runtime, dev = locked(LOCK), locked(DEV_LOCK)
+    assert {name: pin[0] for name, pin in runtime.items()} == {name: dev[name][0] for name in runtime if name in dev}
+    assert runtime.keys() <= dev.keys()
+    assert not {"pytest", "ruff", "mypy", "playwright", "schemathesis", "uv"} & runtime.keys()
 
 
 def test_the_lock_leaves_out_what_uvicorn_standard_would_bring() -> None:
