@@ -258,6 +258,12 @@ class UsageTrack(Body):
     session_id: Annotated[str, Field(pattern=rf"^$|{SESSION_ID.pattern}")] = ""
     agent: Literal[("", *AGENT_NAMES)] = ""  # type: ignore[valid-type]
 
+    @model_validator(mode="after")
+    def _cached_within_input(self) -> UsageTrack:
+        if self.cached_input_tokens > self.input_tokens:
+            raise ValueError("cached_input_tokens: cached tokens are input tokens; send at most input_tokens")
+        return self
+
 
 # ---- security ---------------------------------------------------------------------------------------------------
 

@@ -283,6 +283,15 @@ def test_tracking_usage_for_a_user_that_does_not_exist_gets_404(admin: httpx.Cli
     assert resp.status_code == 404
 
 
+def test_tracking_more_cached_tokens_than_input_tokens_gets_400_not_a_silent_clamp(
+    admin: httpx.Client, alice: httpx.Client
+) -> None:
+    body = {"user_id": alice.user_id, "model": "gpt-4o", "input_tokens": 1, "output_tokens": 1}  # type: ignore[attr-defined]
+    resp = admin.post("/api/v1/costs/track", json={**body, "cached_input_tokens": 5})
+    assert resp.status_code == 400 and "cached_input_tokens" in resp.json()["description"]
+    assert admin.post("/api/v1/costs/track", json={**body, "cached_input_tokens": 1}).status_code in (200, 201)
+
+
 @pytest.mark.parametrize("raw", ["/api/v1/jobs?status=%ff", "/api/v1/jobs?cursor=%ed%b0%80", "/api/v1/jobs/%ff%fe"])
 def test_a_path_or_query_that_is_not_utf8_gets_400(alice: httpx.Client, raw: str) -> None:
     resp = alice.get(raw)

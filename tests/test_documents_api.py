@@ -109,7 +109,9 @@ def test_another_users_document_is_404_for_get_and_delete_and_absent_from_lists(
     resp = bob.delete(f"/api/v1/documents/{doc['id']}")
     assert resp.status_code == 404 and resp.json()["code"] == "document_not_found"
     assert bob.get("/api/v1/documents").json()["documents"] == []
-    assert bob.get("/api/v1/documents", params={"user_id": alice.user_id}).json()["documents"] == []
+    probe = bob.get("/api/v1/documents", params={"user_id": alice.user_id})  # as for another user's costs
+    assert probe.status_code == 404 and probe.json()["code"] == "user_not_found"
+    assert bob.get("/api/v1/documents", params={"user_id": bob.user_id}).json()["documents"] == []
     assert bob.get("/api/v1/documents", params={"all": "true"}).json()["documents"] == []
     assert alice.get(f"/api/v1/documents/{doc['id']}").status_code == 200  # still there
     assert bob.get("/api/v1/documents/doc_0123").status_code == 404

@@ -140,13 +140,12 @@ class TrackResource(_Costs):
         """Body: {user_id, model, input_tokens, output_tokens, cached_input_tokens?, session_id?, agent?}."""
         body: UsageTrack = req.context.body
         user_id = await self.existing_user(body.user_id)
-        cached = min(body.cached_input_tokens, body.input_tokens)  # cached tokens are input tokens
         tracked = await self.costs.track(
             user_id,
             body.model,
             body.input_tokens,
             body.output_tokens,
-            cached_input_tokens=cached,
+            cached_input_tokens=body.cached_input_tokens,
             session_id=body.session_id,
             agent=body.agent,
         )

@@ -78,11 +78,13 @@ class DocumentsResource:
         """List documents, newest first: ?limit= (1-100); admins ?all=true or ?user_id=."""
         principal, query = principal_of(req), req.context.query
         admin = allowed(principal.role, Permission.DOCS_READ_ALL)
+        if query.user_id and query.user_id != principal.user_id and not admin:
+            await self.audit.access_denied(req, f"documents of {query.user_id}")  # as another's costs answer
+            raise not_found(f"There is no user {query.user_id!r} whose documents you can see.", code="user_not_found")
         if query.all and admin:
             found = await self.store.list(None, query.limit)
         else:
-            user = query.user_id if (query.user_id and admin) else principal.user_id
-            found = await self.store.list(user, query.limit)
+            found = await self.store.list(query.user_id or principal.user_id, query.limit)
         shown = [records.view(r if admin else {k: v for k, v in r.items() if k != "owner"}) for r in found]
         resp.media = {"documents": shown, "accepted_types": list(MEDIA_TYPES)}
 
