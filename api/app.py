@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import falcon.asgi
 
-from api import errors
+from api import http_errors
 from api.address import ClientAddressMiddleware, networks
 from api.audit import AuditLog
 from api.auth import AuthMiddleware
@@ -23,6 +23,7 @@ from api.lockout import Lockout
 from api.models import ModelsMiddleware, RequestModels
 from api.relay import Relay
 from api.request_metrics import ActivityTracker, MetricsMiddleware
+from api.resources.api_docs import REDOC, SWAGGER, AssetResource, OpenAPIResource, PageResource
 from api.resources.attachments import AttachmentResource, AttachmentsResource
 from api.resources.costs import (
     BudgetResource,
@@ -34,7 +35,6 @@ from api.resources.costs import (
     TrackResource,
     UsageResource,
 )
-from api.resources.docs import REDOC, SWAGGER, AssetResource, OpenAPIResource, PageResource
 from api.resources.documents import DocumentResource, DocumentsResource
 from api.resources.health import HealthResource, LiveResource, ReadyResource
 from api.resources.job_events import EventsResource
@@ -63,7 +63,7 @@ from api.resources.security import (
 from api.resources.stream import DemoResource, StreamHealthResource, StreamSubmitResource
 from api.trace_middleware import TracingMiddleware
 from api.users import UserStore
-from events.docs.store import DocumentStore
+from events.documents.document_store import DocumentStore
 from events.money.prices import PriceBook
 from events.store.clients import async_client
 from events.telemetry import logs, tracing
@@ -161,7 +161,7 @@ def create_app(
         middleware.insert(1, TracingMiddleware())  # right after the metrics: the span covers every other step
     app = falcon.asgi.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
-    errors.install(app)
+    http_errors.install(app)
     app.add_route("/api/v1/health", HealthResource(redis, settings))
     app.add_route("/api/v1/monitoring/live", LiveResource())
     app.add_route("/api/v1/monitoring/ready", ReadyResource(redis, drain))

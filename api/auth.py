@@ -17,7 +17,7 @@ import falcon
 from api import credentials
 from api.address import client_ip
 from api.audit import AuditLog
-from api.errors import ForbiddenError
+from api.http_errors import ForbiddenError
 from api.lockout import Lockout
 from api.permissions import PUBLIC, Permission, allowed
 from api.request_metrics import ActivityTracker

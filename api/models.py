@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from api.body import printable, read_json
-from api.errors import bad_request
+from api.http_errors import bad_request
 from api.params import INTEGER, parse_number
 from api.permissions import Permission, Role
 from api.users import USER_ID

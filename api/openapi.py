@@ -19,8 +19,8 @@ from api.resources.health import VERSION
 from api.users import USER_ID
 from events.attachments import ATTACHMENT_ID, IMAGE_TYPES
 from events.catalog import AGENT_TYPES
-from events.docs.extract import MEDIA_TYPES
-from events.docs.records import DOC_ID
+from events.documents.extract import MEDIA_TYPES
+from events.documents.records import DOC_ID
 from events.envelope import STREAM_ID
 
 SKIP = {"OPTIONS", "HEAD", "CONNECT", "TRACE"}

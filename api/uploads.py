@@ -14,7 +14,7 @@ import falcon
 import falcon.asgi
 
 from api.body import printable
-from api.errors import bad_request
+from api.http_errors import bad_request
 from events.errors import ContentTooLargeError, UnsupportedMediaError
 
 READ_SIZE = 64 * 1024

@@ -1,6 +1,6 @@
 """The one base of the errors a request can run into, with the HTTP status and code that answer it.
 
-Domain code raises these; the API maps every one of them in one place (api/errors.py), so no resource translates
+Domain code raises these; the API maps every one of them in one place (api/http_errors.py), so no resource translates
 errors by hand. Pure: no HTTP framework here, only the numbers and words an answer needs.
 """
 

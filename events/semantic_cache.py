@@ -1,7 +1,7 @@
 """Semantic matching for the response cache: a request answered from the entry of a similar earlier one.
 
 Similar means the same words, whatever their order, case, punctuation or repetition of the whole question: each
-query becomes a hashed-term vector (events/docs/sparse.py) of term frequencies scaled to length 1, so the dot
+query becomes a hashed-term vector (events/documents/sparse.py) of term frequencies scaled to length 1, so the dot
 product of two is their cosine. It is word overlap, not meaning. Provider embeddings are not used: one would be a
 paid model call before the budget admits the job. Question words and negations (`why`, `not`) count, although
 document search drops them as stop words, because they change the answer.
@@ -23,8 +23,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from events.docs.index import Chunk, LocalIndex
-from events.docs.sparse import SparseVector, term_index, terms
+from events.documents.index import Chunk, LocalIndex
+from events.documents.sparse import SparseVector, term_index, terms
 from events.envelope import text
 from events.store import keyspace
 from events.telemetry.metrics import CACHE_OPS

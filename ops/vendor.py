@@ -6,7 +6,7 @@
 
 A refresh runs `npm pack` for each package into a temporary directory, copies the files below out of the tarballs
 and writes MANIFEST.json with each file's package, version, path inside the package and sha256. The API checks
-the served files against those checksums when it starts (api/resources/docs.py).
+the served files against those checksums when it starts (api/resources/api_docs.py).
 
 Standard library only, like the rest of ops/; a refresh needs `npm` on PATH, `--check` needs nothing.
 """

@@ -23,7 +23,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.openapi import ASSETS
-from api.resources.docs import VENDOR, AssetError, AssetResource
+from api.resources.api_docs import VENDOR, AssetError, AssetResource
 from api.server import ApiWorker
 from tests.stack import ROOT, RedisServer, Stack
 

@@ -10,13 +10,13 @@ from typing import Iterator
 import pytest
 import redis
 
-from events.docs import sparse
-from events.docs.cache import EmbeddingCache
-from events.docs.chunking import chunk_text, normalise
-from events.docs.extract import MARKDOWN, PDF, PLAIN, ExtractError, extract_text, media_type
-from events.docs.index import Chunk, LocalIndex, ServerIndex
-from events.docs.library import DocumentLibrary
-from events.docs.records import clean_name, new_doc_id
+from events.documents import sparse
+from events.documents.cache import EmbeddingCache
+from events.documents.chunking import chunk_text, normalise
+from events.documents.extract import MARKDOWN, PDF, PLAIN, ExtractError, extract_text, media_type
+from events.documents.index import Chunk, LocalIndex, ServerIndex
+from events.documents.library import DocumentLibrary
+from events.documents.records import clean_name, new_doc_id
 from events.store import keyspace
 from events.telemetry.metrics import CACHE_OPS
 from tests.pdfs import make_pdf

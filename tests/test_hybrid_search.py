@@ -14,13 +14,13 @@ import httpx
 import pytest
 import redis
 
-from events.docs import sparse
-from events.docs.billing import DocumentBill
-from events.docs.cache import EmbeddingCache
-from events.docs.dense import fuse, pack, unpack
-from events.docs.index import Chunk, DenseQuery, LocalIndex, ServerIndex
-from events.docs.library import DocumentLibrary
-from events.docs.records import new_doc_id
+from events.documents import sparse
+from events.documents.billing import DocumentBill
+from events.documents.cache import EmbeddingCache
+from events.documents.dense import fuse, pack, unpack
+from events.documents.index import Chunk, DenseQuery, LocalIndex, ServerIndex
+from events.documents.library import DocumentLibrary
+from events.documents.records import new_doc_id
 from events.money.prices import PriceBook
 from events.store import keyspace
 from settings import ROOT

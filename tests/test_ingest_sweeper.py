@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from events.docs.records import INGEST_TASK
+from events.documents.records import INGEST_TASK
 from events.process.sweeper import Sweeper
 from events.store import keyspace
 from events.store.taskmsg import task_message

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from api.errors import DomainError
+from api.http_errors import DomainError
 from api.models import (
     AuditQuery,
     BudgetSet,

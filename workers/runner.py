@@ -14,7 +14,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 from redis.exceptions import RedisError
 
 from events import semantic_cache
-from events.docs.dense import pack
+from events.documents.dense import pack
 from events.envelope import text
 from events.money.amounts import micros_to_usd
 from events.money.prices import PriceBook

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Callable, Mapping, Sequence
 
-from events.docs.dense import token_bound
+from events.documents.dense import token_bound
 from events.envelope import text
 from events.money.amounts import micros_to_usd
 from events.money.budgets import call_cost_bound, prompt_bytes

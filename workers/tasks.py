@@ -9,7 +9,7 @@ from pathlib import Path
 
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
-from events.docs.records import DROP_VECTORS_TASK, INGEST_TASK
+from events.documents.records import DROP_VECTORS_TASK, INGEST_TASK
 from events.money.prices import PriceBook
 from events.store.cache_scripts import Bounds
 from events.store.clients import sync_client

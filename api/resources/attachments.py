@@ -15,11 +15,11 @@ from api.address import client_ip
 from api.audit import AuditLog
 from api.auth import principal_of
 from api.body import printable
-from api.errors import not_found
+from api.http_errors import not_found
 from api.permissions import Permission
 from api.uploads import read_file_part
 from events import attachments
-from events.docs.records import clean_name
+from events.documents.records import clean_name
 from events.envelope import text_map
 from events.store import keyspace
 from settings import Settings

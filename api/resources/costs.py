@@ -8,7 +8,7 @@ from api.address import client_ip
 from api.audit import AuditLog
 from api.auth import principal_of
 from api.cost_service import CostService
-from api.errors import ForbiddenError, bad_request, not_found
+from api.http_errors import ForbiddenError, bad_request, not_found
 from api.models import BudgetSet, UsageTrack
 from api.permissions import Permission, allowed
 from api.users import USER_ID, UserStore

@@ -15,12 +15,12 @@ from api.address import client_ip
 from api.audit import AuditLog
 from api.auth import principal_of
 from api.body import printable
-from api.errors import not_found
+from api.http_errors import not_found
 from api.permissions import Permission, allowed
 from api.uploads import read_file_part, unsupported
-from events.docs import records
-from events.docs.extract import MEDIA_TYPES, media_type
-from events.docs.store import DocumentStore
+from events.documents import records
+from events.documents.document_store import DocumentStore
+from events.documents.extract import MEDIA_TYPES, media_type
 from settings import Settings
 
 ACCEPTED = "Upload text/plain, text/markdown or application/pdf (.txt, .md or .pdf)."

@@ -11,7 +11,7 @@ from api import credentials
 from api.address import client_ip
 from api.audit import AuditLog
 from api.auth import principal_of
-from api.errors import ConflictError, ForbiddenError, not_found
+from api.http_errors import ConflictError, ForbiddenError, not_found
 from api.job_service import (
     JobService,
     Submission,

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.address import client_ip
 from api.audit import AuditLog
 from api.auth import principal_of
-from api.errors import ConflictError
+from api.http_errors import ConflictError
 from api.models import MetricRecord
 from api.permissions import PUBLIC, Permission
 from api.resources.health import VERSION, redis_check, unavailable

@@ -12,7 +12,7 @@ from api.address import client_ip
 from api.audit import AuditLog
 from api.auth import principal_of
 from api.body import printable
-from api.errors import not_found
+from api.http_errors import not_found
 from api.models import AuditQuery, KeyCreate, PermissionCheck, RoleChange, UserCreate
 from api.permissions import DESCRIPTIONS, ROLE_PERMISSIONS, Permission, Role, allowed
 from api.users import KEEP, USER_ID, Principal, UserStore

@@ -12,7 +12,7 @@ from falcon.asgi import SSEvent
 from api.audit import AuditLog
 from api.auth import principal_of
 from api.disconnects import on_disconnect
-from api.errors import not_found
+from api.http_errors import not_found
 from api.job_service import JobService
 from api.permissions import PUBLIC, Permission
 from api.relay import Relay, Subscription

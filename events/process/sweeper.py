@@ -12,7 +12,7 @@ from typing import Any, Callable
 from redis.exceptions import WatchError
 
 from events import job_record
-from events.docs.records import INGEST_TASK
+from events.documents.records import INGEST_TASK
 from events.envelope import text
 from events.store import job_scripts, keyspace, user_scripts
 from events.store.budget_scripts import settle_hold

@@ -153,7 +153,7 @@ def charge_document(
     *, user_id: str, doc_id: str, charge_id: str, cost_micros: int, now: float, usage: Mapping[str, Any]
 ) -> Call[int]:
     """`charge` for a document's embedding: its hold is under the document's id, its charges counted in the
-    document's charges hash (events/docs/billing.py)."""
+    document's charges hash (events/documents/billing.py)."""
     return _charge(user_id, doc_id, keyspace.doc_charges(user_id, doc_id), 1, charge_id, cost_micros, now, usage)
 
 

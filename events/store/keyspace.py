@@ -61,7 +61,7 @@ def docs_version(user_id: str) -> str:
     return f"docs:{{{user_id}}}:version"
 
 
-# Documents (events/docs): Redis holds the source of truth; every key of one user shares the hash tag {user}.
+# Documents (events/documents): Redis holds the source of truth; every key of one user shares the hash tag {user}.
 DOC_OWNERS = "docs:owners"  # hash: document id -> owner's user id (admins' look-ups)
 EMBEDDING_INDEX = "cache:emb:index"  # zset: embedding cache entry -> when it was stored (eviction order)
 EMBEDDING_BYTES = "cache:emb:bytes"  # counter: bytes of the embedding cache's entries

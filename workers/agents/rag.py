@@ -1,6 +1,6 @@
 """The `rag` agent: answers from the job owner's own documents, citing document, chunk and score.
 
-Its one tool, `search_documents`, searches only the owner's ready documents (events/docs). With a model, the model
+Its one tool, `search_documents`, searches only the owner's ready documents (events/documents). With a model, the model
 reads the passages and answers with citations; offline, the answer is the best passages with their citations.
 """
 
@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from events.catalog import AGENT_TYPES
-from events.docs.billing import DocumentBill
-from events.docs.cache import EmbeddingCache
-from events.docs.index import Hit, LocalIndex, ServerIndex
-from events.docs.library import DocumentLibrary
+from events.documents.billing import DocumentBill
+from events.documents.cache import EmbeddingCache
+from events.documents.index import Hit, LocalIndex, ServerIndex
+from events.documents.library import DocumentLibrary
 from events.money.prices import PriceBook
 from events.store.clients import sync_client
 from settings import Settings

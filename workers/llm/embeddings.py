@@ -1,11 +1,11 @@
-"""The provider's embedding model, as the document library and the `rag` agent use it (events/docs/dense.py)."""
+"""The provider's embedding model, as the document library and the `rag` agent use it (events/documents/dense.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from events.docs.dense import Embedded
+from events.documents.dense import Embedded
 from workers.llm.provider import Provider
 
 

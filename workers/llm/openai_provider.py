@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import openai
 from opentelemetry.trace import SpanKind, StatusCode
 
-from events.docs.dense import Embedded
+from events.documents.dense import Embedded
 from events.telemetry import tracing
 from events.telemetry.metrics import LLM_ERRORS
 from workers.llm.provider import (

@@ -11,7 +11,7 @@ from typing import Any
 
 import falcon
 
-from api.errors import not_found
+from api.http_errors import not_found
 from api.models import RequestModels
 from api.openapi import ASSETS, document
 from api.permissions import PUBLIC

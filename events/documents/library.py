@@ -2,7 +2,7 @@
 
 Sync Redis. Ingestion is idempotent (a redelivered task finds the document ready and does nothing) and a document
 deleted while it was being ingested stays deleted. Every chunk gets a local sparse vector; with an embedding model
-configured it also gets the provider's dense vector (paid under a hold: events/docs/billing.py), and searches are
+configured it also gets the provider's dense vector (paid under a hold: events/documents/billing.py), and searches are
 hybrid. When dense embedding cannot be done (a budget without room, the provider down) the document is still made
 searchable with its sparse vectors, and its record says why it has no dense ones.
 """
@@ -17,17 +17,17 @@ from typing import Any, Callable
 
 import redis
 
-from events.docs import sparse
-from events.docs.billing import DocumentBill
-from events.docs.cache import EmbeddingCache
-from events.docs.chunking import chunk_text
-from events.docs.dense import Embedder, unpack
-from events.docs.extract import ExtractError, extract_text
-from events.docs.index import Chunk, DenseQuery, Hit, LocalIndex, ServerIndex
+from events.documents import sparse
+from events.documents.billing import DocumentBill
+from events.documents.cache import EmbeddingCache
+from events.documents.chunking import chunk_text
+from events.documents.dense import Embedder, unpack
+from events.documents.extract import ExtractError, extract_text
+from events.documents.index import Chunk, DenseQuery, Hit, LocalIndex, ServerIndex
 from events.envelope import text, text_map
 from events.store import keyspace
 
-log = logging.getLogger("events.docs")
+log = logging.getLogger("events.documents")
 MAX_CHUNKS = 5000  # per document: about 4 MB of text
 EMBED_BATCH = 64  # chunks per /embeddings call (about 64 KB of text; OpenAI takes up to 2,048 inputs)
 PayQuery = Callable[[list[str]], list[str]]  # embeds query texts, paid by the job that asks: packed vectors

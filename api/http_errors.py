@@ -13,7 +13,7 @@ from kombu.exceptions import OperationalError
 from events.errors import DomainError
 from events.store.clients import pool_exhausted
 
-log = logging.getLogger("api.errors")
+log = logging.getLogger("api.http_errors")
 
 RETRY_AFTER_S = 2
 

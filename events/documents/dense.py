@@ -3,7 +3,7 @@
 A dense vector is kept as base64 of little-endian float32 (a 1,536-dimension vector is 8 KB this way, about 30 KB
 as JSON numbers), in the embedding cache and beside each chunk in Redis. `Embedder` is what the workers give the
 document library (workers/llm/embeddings.py calls the provider's `/embeddings`); the library never calls it
-without a budget hold that covers the worst case (events/docs/billing.py, workers/spending.py).
+without a budget hold that covers the worst case (events/documents/billing.py, workers/spending.py).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from events.docs.records import DROP_VECTORS_TASK, INGEST_TASK, UPLOAD_TTL_S
+from events.documents.records import DROP_VECTORS_TASK, INGEST_TASK, UPLOAD_TTL_S
 from events.envelope import text, text_map
 from events.store import keyspace
 from events.store.taskmsg import message_ids, task_message

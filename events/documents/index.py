@@ -22,8 +22,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from events.docs.dense import fuse
-from events.docs.sparse import SparseVector
+from events.documents.dense import fuse
+from events.documents.sparse import SparseVector
 
 SPARSE = "terms"
 DENSE = "dense"

@@ -15,7 +15,7 @@ import uuid
 from decimal import Decimal
 from typing import Any, Callable, Sequence
 
-from events.docs.dense import Embedder, pack, token_bound
+from events.documents.dense import Embedder, pack, token_bound
 from events.money.amounts import ceil_micros, micros_to_usd
 from events.money.budgets import job_scopes
 from events.money.prices import PriceBook
