@@ -6,7 +6,7 @@ import asyncio
 import concurrent.futures
 import itertools
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import httpx
 import pytest
@@ -14,8 +14,15 @@ import redis
 import redis.asyncio as aioredis
 
 from api.users import UserStore
+from events import job_record
+from events.store import keyspace
+from events.store.scripts import Scripts
+from tests.eventsdb import DB, NOW, uid
 from tests.llmsim import SimControl
 from tests.stack import SECRET, RedisServer, Stack
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 _names = itertools.count()
 # The stack test_semantic_cache.py and test_hybrid_search.py share (`sim_semantic`): the response cache with semantic
@@ -23,6 +30,17 @@ _names = itertools.count()
 SEMANTIC_THRESHOLD = 0.9
 CACHE_MAX_ENTRIES = 4  # small, so a test can push an entry out of the response cache for real
 EMBEDDING_MODEL = "text-embedding-3-small"  # priced in ops/prices.yaml at $0.02 per million input tokens
+# The browser the Playwright tests drive (`browser`, test_openapi.py).
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +117,34 @@ def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A non-decoding client of the session's Redis, as the workers use."""
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def own_redis(logdir: Path) -> Iterator[RedisServer]:
+    """A redis-server for the asking module only: nothing else (e.g. the API's consumers) writes to it, so the
+    module's tests can count or compare everything in it exactly."""
+    server = RedisServer(logdir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, driven by Playwright; one per module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield browser
+        browser.close()
+
+
 def create_user(redis_url: str, role: str = "user", prefix: str = "u") -> tuple[str, str]:
     """A new user with one key, made through the same store the CLI uses; returns (user_id, key)."""
     user_id = f"{prefix}{next(_names)}"
@@ -149,3 +195,45 @@ def client_for(user_factory: Callable[..., tuple[str, str]], stack: Stack):  # t
     yield make
     for client in made:
         client.close()
+
+
+# The event runtime tests (test_publisher, test_consumer, test_lifecycle_counts, test_job_scripts, test_sweeper) use
+# logical database `eventsdb.DB` of the session's redis-server.
+
+
+@pytest.fixture
+def db_url(redis_server: RedisServer) -> str:
+    return redis_server.url.rsplit("/", 1)[0] + f"/{DB}"
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(db_url, decode_responses=True) as client:
+        yield client
+
+
+@pytest.fixture
+def scripts(db: redis.Redis) -> Scripts:
+    return Scripts(db)
+
+
+@pytest.fixture
+def new_job(db: redis.Redis) -> Iterator[Callable[..., str]]:
+    """Saves queued jobs made by `job_record`; removes them, and their place in the running set, afterwards."""
+    made: list[str] = []
+
+    def make() -> str:
+        job_id = uid("job")
+        db.hset(
+            keyspace.job(job_id),
+            mapping=job_record.job_record(
+                job_id=job_id, owner="tester", agent="query", model="offline", query="2+2", max_tokens=64, now=NOW
+            ),
+        )
+        made.append(job_id)
+        return job_id
+
+    yield make
+    for job_id in made:
+        db.delete(keyspace.job(job_id), keyspace.job_stream(job_id), keyspace.job_lease(job_id))
+        db.zrem(keyspace.RUNNING_JOBS, job_id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -41,18 +40,10 @@ from tests.stack import RedisServer, run_all
 ACTIONS = ["auth.failure", "user.create", "key.create", "job.submit", "job.cancel", "budget.set"]
 
 
-@pytest.fixture(scope="module")
-def audit_redis(logdir: Path) -> Iterator[RedisServer]:
-    """A redis-server for this module only, so the API's audit consumer cannot add records mid-test."""
-    server = RedisServer(logdir).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def client(audit_redis: RedisServer) -> Iterator[redis.Redis]:
+def client(own_redis: RedisServer) -> Iterator[redis.Redis]:
     """A client of the module's Redis, with every audit key and the audit stream removed first."""
-    c = redis.Redis.from_url(audit_redis.url, decode_responses=True)
+    c = redis.Redis.from_url(own_redis.url, decode_responses=True)
     stale = list(c.scan_iter(match="audit:*"))
     c.delete(keyspace.AUDIT_STREAM, keyspace.dead_letters(audit_chain.GROUP), *stale)
     yield c
@@ -264,12 +255,12 @@ def test_entries_of_other_types_are_left_out_of_the_chain(client: redis.Redis) -
 
 
 def test_racing_chains_on_interleaved_batches_make_one_linear_chain(
-    audit_redis: RedisServer, client: redis.Redis
+    own_redis: RedisServer, client: redis.Redis
 ) -> None:
     publish(client, 240)
     entries = stream_entries(client)
     batches = [entries[i : i + 8] for i in range(0, len(entries), 8)]
-    clients = [redis.Redis.from_url(audit_redis.url, decode_responses=True) for _ in range(4)]
+    clients = [redis.Redis.from_url(own_redis.url, decode_responses=True) for _ in range(4)]
     start = threading.Barrier(len(clients))
     errors: list[BaseException] = []
 
@@ -377,9 +368,9 @@ def test_trim_stops_at_a_broken_link_and_keeps_the_evidence(client: redis.Redis)
     assert verify(client)["first_broken"]["seq"] == 5
 
 
-def test_racing_trims_never_move_the_checkpoint_back(client: redis.Redis, audit_redis: RedisServer) -> None:
+def test_racing_trims_never_move_the_checkpoint_back(client: redis.Redis, own_redis: RedisServer) -> None:
     chained(client, 200)
-    clients = [redis.Redis.from_url(audit_redis.url, decode_responses=True) for _ in range(2)]
+    clients = [redis.Redis.from_url(own_redis.url, decode_responses=True) for _ in range(2)]
     start = threading.Barrier(2)
     results: list[dict[str, Any]] = []
 
@@ -394,10 +385,10 @@ def test_racing_trims_never_move_the_checkpoint_back(client: redis.Redis, audit_
     assert client.hget(CHECKPOINT, "seq") == "190" and verify(client)["ok"] and client.xlen(LOG) == 10
 
 
-def test_verify_stays_ok_while_records_are_appended_and_trimmed(client: redis.Redis, audit_redis: RedisServer) -> None:
+def test_verify_stays_ok_while_records_are_appended_and_trimmed(client: redis.Redis, own_redis: RedisServer) -> None:
     publish(client, 600)
     entries = stream_entries(client)
-    writer = redis.Redis.from_url(audit_redis.url, decode_responses=True)
+    writer = redis.Redis.from_url(own_redis.url, decode_responses=True)
     done = threading.Event()
 
     def append_and_trim() -> None:

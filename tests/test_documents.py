@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Iterator
 
 import pytest
 import redis
@@ -113,14 +112,6 @@ def test_clean_name_keeps_the_last_path_part_and_printable_text() -> None:
 
 
 # ---- with Redis -------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def raw(redis_server) -> Iterator[redis.Redis]:  # type: ignore[no-untyped-def]
-    """A non-decoding client, as the workers use."""
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
 
 
 def _lookups(result: str) -> float:

@@ -100,13 +100,6 @@ def provider(sim: tuple[str, SimControl]) -> Iterator[OpenAIProvider]:
     made.close()
 
 
-@pytest.fixture
-def raw(redis_server) -> Iterator[redis.Redis]:  # type: ignore[no-untyped-def]
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
-
-
 def test_the_provider_embeds_in_order_retries_a_503_and_reports_tokens(
     provider: OpenAIProvider, sim: tuple[str, SimControl]
 ) -> None:

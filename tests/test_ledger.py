@@ -5,7 +5,6 @@ back in (applied twice, overlapping a later batch, claimed from a consumer that 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -153,14 +152,6 @@ def test_entries_are_marked_in_a_set_per_hour_they_were_added_in() -> None:
         "seen:ledger:h:2026113012": ids[:2],
         "seen:ledger:h:2026113013": ids[2:],
     }
-
-
-@pytest.fixture(scope="module")
-def own_redis(logdir: Path) -> Iterator[RedisServer]:
-    """A server of this module's own: the tests compare everyone's (`all`) counters exactly."""
-    server = RedisServer(logdir).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

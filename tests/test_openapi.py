@@ -13,8 +13,8 @@ from api.app import create_app
 from api.openapi import route_table
 from events.catalog import AGENT_TYPES
 from settings import Settings
+from tests.conftest import CHROMIUM, FLAGS
 from tests.stack import Stack, base_env
-from tests.test_demo_browser import CHROMIUM, FLAGS
 
 
 @pytest.fixture(scope="module")

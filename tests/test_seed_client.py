@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Iterator
 
 import httpx
-import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from tests.sse import SSE, parse
 from tests.stack import Stack
-from tests.test_demo_browser import CHROMIUM, FLAGS
 
 # From ../shared/seed/PHASE6_IMPLEMENTATION.md, "Example Usage", unchanged but for the Authorization header (the
 # seed's example has no auth) and the two names it assumes exist: `responseDiv` and the key.
@@ -47,14 +44,6 @@ while (true) {
 return responseDiv.textContent;
 }
 """
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield browser
-        browser.close()
 
 
 def test_seed_javascript_client_prints_the_streamed_answer(browser: Browser, stack: Stack, alice: httpx.Client) -> None:
