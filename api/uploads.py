@@ -51,10 +51,16 @@ async def read_file_part(req: falcon.asgi.Request, limit: int, what: str, advice
         got = printable(req.content_type or "none")
         raise unsupported(f"Send it as multipart/form-data with a 'file' part (got {got}).", accepted)
     upload = None
+    other = 0  # bytes of the parts that are not the file, read and dropped: bounded too (a chunked body has no
+    # Content-Length to refuse it by)
     try:
         form = await req.get_media()
-        async for part in form:  # the next step of the loop skips what is left of the part before it
+        async for part in form:
             if upload is not None or part.name != "file":
+                while chunk := await part.stream.read(READ_SIZE):
+                    other += len(chunk)
+                    if other > FORM_OVERHEAD:
+                        raise too_large(limit, what, advice)
                 continue
             data = bytearray()
             while chunk := await part.stream.read(READ_SIZE):

@@ -101,6 +101,20 @@ def test_uploads_over_the_limit_answer_413_by_content_length_and_by_counting(ali
     assert resp.status_code == 413 and "MAX_UPLOAD_BYTES" in resp.json()["description"]
     assert alice.get("/api/v1/documents").json()["documents"] == []  # nothing was saved
 
+    def padded():  # a small file, then a part that never ends: the parts around the file are counted too
+        boundary = b"--xyz"
+        yield boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\nhello\r\n'
+        yield boundary + b'\r\nContent-Disposition: form-data; name="padding"\r\n\r\n'
+        for _ in range(11):
+            yield b"p" * (1024 * 1024)
+        yield b"\r\n" + boundary + b"--\r\n"
+
+    resp = alice.post(
+        "/api/v1/documents", content=padded(), headers={"Content-Type": "multipart/form-data; boundary=xyz"}
+    )
+    assert resp.status_code == 413 and resp.json()["code"] == "upload_too_large"
+    assert alice.get("/api/v1/documents").json()["documents"] == []
+
 
 def test_another_users_document_is_404_for_get_and_delete_and_absent_from_lists(client_for) -> None:  # type: ignore[no-untyped-def]
     alice, bob = client_for(), client_for()
