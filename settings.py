@@ -283,9 +283,8 @@ class Settings:
     max_query_chars: int = 32_000
     max_body_bytes: int = 256 * 1024
     max_upload_bytes: int = 10 * 1024 * 1024  # POST /documents and /attachments (their own limit, nginx's too)
-    qdrant_url: str = field(
-        default="", metadata={"url": True}
-    )  # a Qdrant server for document vectors; empty: in-memory Qdrant per process
+    # A Qdrant server for document vectors; empty: in-memory Qdrant per process.
+    qdrant_url: str = field(default="", metadata={"url": True})
     embedding_model: str = ""  # the provider's embedding model for documents (hybrid search); empty: sparse only
     qdrant_api_key: str = field(default="", repr=False)
     job_ttl_s: int = 7 * 24 * 3600

@@ -159,7 +159,7 @@ def job_models(settings: Settings) -> tuple[type[Body], type[Body], type[Body]]:
         @model_validator(mode="after")
         def _images(self) -> JobFields:
             try:
-                attachments.check_headers(attachments.parse_all(self.attachments or [], settings.max_upload_bytes))
+                attachments.parse_all(self.attachments or [], settings.max_upload_bytes)
             except attachments.AttachmentError as ex:
                 raise ValueError(f"attachments: {ex}") from None
             return self

@@ -165,18 +165,6 @@ def check_image_header(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-def check_headers(parsed: Sequence[InlineImage | UploadedImage]) -> None:
-    """Check the header of every inline image of a job (check_image_header); the error names its position.
-
-    Kept apart from `parse`, which checks only what the JSON Schema can say (the type's signature)."""
-    for i, image in enumerate(parsed):
-        if isinstance(image, InlineImage):
-            try:
-                check_image_header(image.data)
-            except ImageRefusedError as ex:
-                raise AttachmentError(f"attachment {i}: {ex}") from None
-
-
 def parse(item: Any, max_bytes: int) -> InlineImage | UploadedImage:
     """One attachment in either shape; raises AttachmentError saying what is wrong and how to send it."""
     if not isinstance(item, Mapping):

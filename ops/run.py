@@ -399,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     supervisor.install_signals()
     code = 0
+    config: Config | None = None
     try:
         config = Config.from_env(os.environ)
         config.var.mkdir(parents=True, exist_ok=True)
@@ -420,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
             print(supervisor.failure, file=sys.stderr, flush=True)
             code = 1
         supervisor.stop()
+        if config is not None:
+            nginx_conf.remove_temp(config.var / "nginx")  # a root run's spool for uploads, once nginx has stopped
     return code
 
 

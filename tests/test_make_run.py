@@ -389,6 +389,8 @@ def test_api_instances_behind_nginx_share_the_load_and_restart_one_at_a_time_on_
         run.wait_up()
         banner = run.output()
         assert f"nginx in front of 3 instances on ports {port + 1}, {port + 2}, {port + 3}" in banner
+        record = tmp_path / "var" / "nginx" / "temp.dir"  # as root: where nginx's workers spool uploads
+        spool = Path(record.read_text().strip()) if record.exists() else None
         instances = [f"api{i}" for i in (1, 2, 3)]
         assert all(group_alive(run.pid(name)) for name in [*instances, "nginx"])
         run.key = new_user_key(run, "scaled")
@@ -427,5 +429,6 @@ def test_api_instances_behind_nginx_share_the_load_and_restart_one_at_a_time_on_
             wait_for(api_targets_up, timeout=60, interval=1, what="three API targets up in Prometheus")
         assert run.stop() == 0
         assert not [p for p in (port, port + 1, port + 2, port + 3) if listening(p)]
+        assert spool is None or not spool.exists()  # removed with the run
     finally:
         run.stop()

@@ -78,7 +78,7 @@ def test_each_upload_route_documents_its_own_file_types_and_413_415(spec: dict) 
 
 def test_the_headers_the_api_checks_are_documented_with_their_shapes(spec: dict, alice: httpx.Client) -> None:
     def header(path: str, method: str, name: str) -> dict:
-        params = spec["paths"][path][method]["parameters"]
+        params = spec["paths"][path][method]["x-request-headers"]
         return next(p for p in params if p["in"] == "header" and p["name"] == name)
 
     key = header("/api/v1/jobs", "post", "Idempotency-Key")["schema"]
