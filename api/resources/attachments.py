@@ -38,12 +38,13 @@ async def read_image(req: falcon.asgi.Request, limit: int) -> tuple[str, str, by
     return upload.filename, kind, upload.data
 
 
-async def check_uploads(req: falcon.asgi.Request, redis: Any, audit: AuditLog, owner: str, items: list[Any]) -> None:
-    """At submit: 404 unless every `attachment_id` in `items` (already shape-checked) is an upload of `owner`.
+async def check_uploads(req: falcon.asgi.Request, redis: Any, audit: AuditLog, items: list[Any]) -> None:
+    """At submit: 404 unless every `attachment_id` in `items` (already shape-checked) is an upload of the caller.
 
     The worker looks uploads up under the job owner's name too, so this only answers earlier and clearer. Uploads
     are keyed by their owner, so another user's cannot be told from a missing one: every miss is audited as
     `access.denied` with the id probed."""
+    owner = principal_of(req).user_id
     for i, item in enumerate(items):
         attachment_id = item.get("attachment_id") if isinstance(item, dict) else None
         if attachment_id and not await redis.exists(keyspace.attachment(owner, attachment_id)):

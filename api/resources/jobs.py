@@ -103,9 +103,7 @@ async def submit_job(
             details={"agent": job["agent"], "model": job["model"], "hold_micros": int(job.get("hold_micros") or 0)},
         ).data
 
-    await check_uploads(
-        req, service.client, audit, principal.user_id, submission.attachments
-    )  # 404 now, not a failed job later
+    await check_uploads(req, service.client, audit, submission.attachments)  # 404 now, not a failed job later
     return await service.submit(
         principal.user_id,
         submission,
