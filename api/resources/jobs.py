@@ -73,11 +73,12 @@ async def submit_job(
     audit: AuditLog,
     *,
     agent: str | None = None,
-    idempotency_key: str | None = None,
 ) -> tuple[dict[str, str], bool]:
-    """The one submit path of POST /jobs and POST /stream/{agent}: check the caller's agent allow list, hold and
-    enqueue, audit (the body was checked against its model already). Returns (job, created)."""
+    """The one submit path of POST /jobs and POST /stream/{agent}: check the caller's agent allow list and
+    Idempotency-Key, hold and enqueue, audit (the body was checked against its model already). Returns (job,
+    created)."""
     body = req.context.body
+    idempotency_key = req.get_header("Idempotency-Key")
     submission = Submission(
         agent_type=agent or body.agent_type,
         query=body.query,
@@ -128,9 +129,7 @@ class JobsResource:
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Submit a job: 202 with its id, status and stream URL."""
-        job, created = await submit_job(
-            req, self.service, self.audit, idempotency_key=req.get_header("Idempotency-Key")
-        )
+        job, created = await submit_job(req, self.service, self.audit)
         resp.status = falcon.HTTP_202 if created else falcon.HTTP_200
         if not created:
             resp.set_header("Idempotent-Replayed", "true")

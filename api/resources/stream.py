@@ -57,9 +57,7 @@ class StreamSubmitResource:
         await self._submit(req, resp, agent)
 
     async def _submit(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, agent: str) -> None:
-        job, created = await submit_job(
-            req, self.service, self.audit, agent=agent, idempotency_key=req.get_header("Idempotency-Key")
-        )
+        job, created = await submit_job(req, self.service, self.audit, agent=agent)
         view = public_job(job, self.settings, principal_of(req))
         if not created:  # a retried request: the same job, streamed from its first event
             resp.set_header("Idempotent-Replayed", "true")
