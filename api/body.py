@@ -9,6 +9,7 @@ from urllib.parse import unquote_to_bytes
 
 import falcon
 
+from api.http_errors import bad_request
 from events.errors import ContentTooLargeError, DomainError, UnsupportedMediaError
 
 MAX_DEPTH = 32  # objects and lists nested deeper than this are refused: no real request needs more
@@ -92,11 +93,11 @@ async def read_json(req: falcon.asgi.Request, max_bytes: int) -> dict[str, Any]:
     try:
         body = parse_json(raw)
     except BadTextError as ex:
-        raise DomainError(f"The body is refused: {ex}.", code="invalid_field") from ex
+        raise bad_request(f"The body is refused: {ex}.", code="invalid_field") from ex
     except (ValueError, UnicodeDecodeError) as ex:
-        raise DomainError(f"The body is not valid JSON: {ex}.", code="malformed_json") from ex
+        raise bad_request(f"The body is not valid JSON: {ex}.", code="malformed_json") from ex
     if not isinstance(body, dict):
-        raise DomainError("The body must be a JSON object.", code="invalid_request")
+        raise bad_request("The body must be a JSON object.")
     req.context.json = body
     return body
 
@@ -114,7 +115,7 @@ class TextMiddleware:
                 unquote_to_bytes(raw or b"").decode("utf-8")
             except UnicodeDecodeError:
                 why = f"The {part} is not valid UTF-8 once percent-decoded."
-                raise DomainError(why, code="invalid_encoding") from None
+                raise bad_request(why, code="invalid_encoding") from None
 
 
 def _too_large(max_bytes: int) -> DomainError:
